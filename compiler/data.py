@@ -1,0 +1,148 @@
+"""Synthetic requests with a planted signal and real history lengths.
+
+There is no public long-history dataset on these machines, so requests come from a small generative
+world: items belong to clusters, each user has sparse latent interests over the clusters, histories are
+drawn from those interests (with actions that reveal affinity), and each candidate's labels depend on the
+user's affinity for its cluster. A model can only rank well by reading the history.
+
+History lengths follow KuaiRand-1K (Kuaishou, one month of logs): per-user quantiles p10 1,998 /
+p25 4,370 / p50 8,327 / p75 14,990 / p90 24,418, interpolated log-linearly and clipped at the served
+maximum, which puts about 40% of users at the cap of 10,000.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.model import STCAConfig
+
+KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptions, the rest measured
+    (0.0, 50),
+    (0.10, 1_998),
+    (0.25, 4_370),
+    (0.50, 8_327),
+    (0.75, 14_990),
+    (0.90, 24_418),
+    (1.0, 60_000),
+)
+ACTIONS = ("skip", "finish", "like", "share")  # history action ids 0..3
+
+
+def kuairand_lengths(n: int, max_history: int, seed: int) -> np.ndarray:
+    """n history lengths drawn from the KuaiRand-1K per-user distribution, clipped at max_history."""
+    q, lengths = np.array(KUAIRAND_QUANTILES, dtype=np.float64).T
+    drawn = np.exp(np.interp(np.random.default_rng(seed).random(n), q, np.log(lengths)))
+    return np.clip(np.round(drawn), 1, max_history).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class World:
+    """The generative world behind the requests: a catalog of clustered items and the label rule."""
+
+    n_clusters: int = 16
+    n_items: int = 256  # small enough that a model learns every item's cluster in a few CPU minutes
+    interest_concentration: float = 0.3  # Dirichlet alpha: small = few clusters per user
+    seed: int = 1234
+    item_ids: np.ndarray = field(init=False, repr=False)  # raw ids, hashed in-graph
+    item_cluster: np.ndarray = field(init=False, repr=False)
+    item_author: np.ndarray = field(init=False, repr=False)
+    item_duration: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        rng = np.random.default_rng(self.seed)
+        ids = 1 + rng.choice(10**9 - 1, size=self.n_items, replace=False)  # raw ids, never 0 (padding)
+        cluster = rng.integers(0, self.n_clusters, self.n_items)
+        object.__setattr__(self, "item_ids", ids.astype(np.int64))
+        object.__setattr__(self, "item_cluster", cluster)
+        object.__setattr__(self, "item_author", cluster * 8 + rng.integers(0, 8, self.n_items))  # authors stay in a cluster
+        object.__setattr__(self, "item_duration", rng.integers(0, 16, self.n_items))
+
+    def affinity(self, interest: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """How much a user likes items, scaled so a user with uniform interest has affinity 1."""
+        return interest[self.item_cluster[items]] * self.n_clusters
+
+    def labels(self, rng: np.random.Generator, affinity: np.ndarray) -> np.ndarray:
+        """(N, 3) labels for the tasks finish, skip, like."""
+        a = np.log1p(affinity)
+        logits = np.stack([2.5 * a - 1.5, -2.5 * a + 0.5, 2.0 * a - 3.0], axis=1)
+        logits += rng.normal(0.0, 0.5, logits.shape)
+        return (rng.random(logits.shape) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+@dataclass
+class Request:
+    """One user's request: the inputs a client sends, plus labels when they are known."""
+
+    inputs: dict
+    labels: np.ndarray | None = None  # (N, T) float32
+
+    @property
+    def history_length(self) -> int:
+        return int(self.inputs["history_item_ids"].shape[0])
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.inputs["candidate_item_ids"].shape[0])
+
+
+def sample_request(
+    world: World, config: STCAConfig, rng: np.random.Generator, history_length: int, n_candidates: int
+) -> Request:
+    interest = rng.dirichlet(np.full(world.n_clusters, world.interest_concentration))
+    cluster_p = 0.8 * interest + 0.2 / world.n_clusters
+    history = _items_from_clusters(world, rng, rng.choice(world.n_clusters, history_length, p=cluster_p))
+    a = world.affinity(interest, history)
+    action_logits = np.stack([-a, a - 0.5, 0.7 * a - 2.0, np.full_like(a, -3.0)], axis=1)
+    action_p = np.exp(action_logits) / np.exp(action_logits).sum(axis=1, keepdims=True)
+    actions = (action_p.cumsum(axis=1) > rng.random((history_length, 1))).argmax(axis=1)
+    gaps = rng.exponential(3_600.0, history_length)  # about an hour between interactions
+    age_s = np.cumsum(gaps[::-1])[::-1]  # most recent last, so ages fall towards the end
+
+    # Half the candidates come from the user's top clusters (what retrieval would return), half at random.
+    n_targeted = n_candidates // 2
+    targeted = _items_from_clusters(world, rng, rng.choice(world.n_clusters, n_targeted, p=interest))
+    candidates = np.concatenate([targeted, rng.integers(0, world.n_items, n_candidates - n_targeted)])
+    rng.shuffle(candidates)
+    F = config.n_candidate_fields
+    features = np.stack(
+        [world.item_author[candidates], world.item_duration[candidates], world.item_cluster[candidates]]
+        + [rng.integers(0, 1_000, n_candidates) for _ in range(max(F - 3, 0))],
+        axis=1,
+    )[:, :F]
+    inputs = {
+        "history_item_ids": world.item_ids[history],
+        "history_actions": actions.astype(np.int64),
+        "history_age_s": age_s.astype(np.float32),
+        "user_features": rng.integers(0, 10_000, config.n_user_fields).astype(np.int64),  # profile noise
+        "candidate_item_ids": world.item_ids[candidates],
+        "candidate_features": features.astype(np.int64),
+    }
+    labels = world.labels(rng, world.affinity(interest, candidates))
+    T = len(config.tasks)
+    labels = np.concatenate([labels, np.zeros((n_candidates, max(T - 3, 0)), np.float32)], axis=1)[:, :T]
+    return Request(inputs, labels)
+
+
+def _items_from_clusters(world: World, rng: np.random.Generator, clusters: np.ndarray) -> np.ndarray:
+    """One random item of each given cluster."""
+    order = np.argsort(world.item_cluster, kind="stable")
+    starts = np.searchsorted(world.item_cluster[order], np.arange(world.n_clusters))
+    counts = np.bincount(world.item_cluster, minlength=world.n_clusters)
+    return order[starts[clusters] + (rng.random(len(clusters)) * counts[clusters]).astype(np.int64)]
+
+
+def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 64, world: World | None = None):
+    """One request per history length in `lengths`, reproducible from `seed`."""
+    world = world or World()
+    rng = np.random.default_rng(seed)
+    for L in lengths:
+        yield sample_request(world, config, rng, int(L), n_candidates)
+
+
+def left_pad(inputs: dict, n: int) -> dict:
+    """The same request with n padding items (id 0) before its oldest history item."""
+    padded = dict(inputs)
+    for name in ("history_item_ids", "history_actions", "history_age_s"):
+        value = inputs[name]
+        padded[name] = np.concatenate([np.zeros(n, value.dtype), value])
+    return padded

@@ -1,0 +1,23 @@
+"""Shared fixtures: small checkpoints and builds are made once per session (they cost seconds each)."""
+
+from pathlib import Path
+
+import pytest
+
+from compiler.load import save_checkpoint, seeded_model
+from compiler.model import preset
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained, seeded tiny model (D=16) as a checkpoint directory."""
+    return save_checkpoint(seeded_model(preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model trained briefly on the synthetic world: enough signal for AUC-based checks."""
+    from compiler.train import TrainConfig, train
+
+    cfg = TrainConfig(preset="tiny", steps=1_500, train_window=512, n_candidates=64, eval_requests=8, eval_lengths=(256,))
+    return train(cfg, tmp_path_factory.mktemp("ckpt") / "trained").checkpoint

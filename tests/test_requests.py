@@ -1,0 +1,65 @@
+"""The request contract that client, server and verify share."""
+
+import numpy as np
+import pytest
+
+from compiler.data import sample_requests
+from compiler.model import preset
+from compiler.requests import RequestError, RequestLimits, load_request, save_request
+
+LIMITS = RequestLimits(max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3)
+
+
+@pytest.fixture
+def request_inputs():
+    return next(sample_requests(preset("tiny"), [20], seed=0, n_candidates=5)).inputs
+
+
+def test_a_good_request_passes_and_reports_its_sizes(request_inputs):
+    assert LIMITS.validate(request_inputs) == (20, 5)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.update(history_item_ids=r["history_item_ids"][:0], history_actions=r["history_actions"][:0], history_age_s=r["history_age_s"][:0]), r"history length 0 is outside 1\.\.100"),
+        (lambda r: r.update({k: np.resize(r[k], 101) for k in ("history_item_ids", "history_actions", "history_age_s")}), r"history length 101 is outside 1\.\.100 \(the built maximum\)"),
+        (lambda r: r.update(candidate_item_ids=r["candidate_item_ids"][:0], candidate_features=r["candidate_features"][:0]), r"0 candidates is outside 1\.\.10"),
+        (lambda r: r.update(history_age_s=r["history_age_s"].astype(np.float64)), "history_age_s: dtype float64 is not float32"),
+        (lambda r: r.update(history_item_ids=r["history_item_ids"][None]), r"history_item_ids: rank 2 .* is not 1"),
+        (lambda r: r.update(history_actions=r["history_actions"][:-1]), "history_actions: length 19 does not match history_item_ids length 20"),
+        (lambda r: r["history_age_s"].__setitem__(3, np.nan), "history_age_s: 1 value\\(s\\) are NaN"),
+        (lambda r: r["history_age_s"].__setitem__(3, -5.0), "history_age_s: value -5.0 is negative"),
+        (lambda r: r["candidate_item_ids"].__setitem__(0, -1), "candidate_item_ids: value -1 is negative"),
+        (lambda r: r.update(user_features=r["user_features"][:2]), "user_features: dim 0 is 2, the model has K = 4"),
+        (lambda r: r["history_item_ids"].__setitem__(slice(None), 0), "every item is padding"),
+        (lambda r: r.pop("history_actions"), "missing input"),
+    ],
+)
+def test_bad_requests_name_the_input_and_the_limit(request_inputs, mutate, message):
+    mutate(request_inputs)
+    with pytest.raises(RequestError, match=message):
+        LIMITS.validate(request_inputs)
+
+
+def test_a_subset_of_inputs_is_checked_alone(request_inputs):
+    """The scorer checks only the candidate inputs it receives."""
+    only = {k: request_inputs[k] for k in ("candidate_item_ids", "candidate_features")}
+    assert LIMITS.validate(only, names=only) == (0, 5)
+
+
+def test_json_round_trip(tmp_path, request_inputs):
+    save_request(tmp_path / "r.json", request_inputs)
+    loaded = load_request(tmp_path / "r.json")
+    for name, value in request_inputs.items():
+        np.testing.assert_array_equal(loaded[name], value)
+        assert loaded[name].dtype == value.dtype
+
+
+def test_json_with_unknown_input_or_bad_values(tmp_path):
+    (tmp_path / "a.json").write_text('{"history_ids": [1]}')
+    with pytest.raises(RequestError, match=r"unknown input\(s\) \['history_ids'\]"):
+        load_request(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text('{"history_item_ids": ["x"]}')
+    with pytest.raises(RequestError, match="history_item_ids is not a int64 array"):
+        load_request(tmp_path / "b.json")
