@@ -1,0 +1,91 @@
+"""Export stage: the WHOLE model -> one ONNX graph with dynamic history length L and candidate count N.
+
+torch.onnx.export(dynamo=True) traces with torch.export; L and N become the symbolic dims "L" and "N"
+in every value_info, which the partition pass uses to rebuild shapes on the scorer side.
+"""
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from compiler.errors import CompilerError
+from compiler.log import log
+from compiler.model import INPUT_NAMES, OUTPUT_NAMES, STCA
+
+OPSETS = range(17, 21)  # opset >= 23 turns attention into one Attention op that TensorRT's parser may not take
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger weights go beside it
+
+
+@dataclass(frozen=True)
+class Exported:
+    model: onnx.ModelProto  # with weights inline unless it was too large (then see path)
+    opset: int
+
+
+def example_inputs(model: STCA, L: int = 16, N: int = 4) -> tuple[torch.Tensor, ...]:
+    """A small request for tracing; L, N > 1 so torch.export does not specialise them to 1."""
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    return (
+        torch.randint(1, 1_000, (L,), generator=g),
+        torch.randint(0, c.n_actions, (L,), generator=g),
+        torch.rand(L, generator=g) * 1e5,
+        torch.randint(0, 1_000, (c.n_user_fields,), generator=g),
+        torch.randint(1, 1_000, (N,), generator=g),
+        torch.randint(0, 1_000, (N, c.n_candidate_fields), generator=g),
+    )
+
+
+def export(model: STCA, opset: int = 18) -> Exported:
+    if opset not in OPSETS:
+        raise CompilerError(f"export: opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1} (TensorRT's parser range)")
+    c = model.config
+    L = torch.export.Dim("L", min=1, max=c.max_history)
+    N = torch.export.Dim("N", min=1, max=c.max_candidates)
+    dynamic = {
+        "history_item_ids": {0: L},
+        "history_actions": {0: L},
+        "history_age_s": {0: L},
+        "user_features": None,
+        "candidate_item_ids": {0: N},
+        "candidate_features": {0: N},
+    }
+    chatter = io.StringIO()
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and axis-renaming chatter
+            program = torch.onnx.export(
+                model.eval(),
+                example_inputs(model),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+            )
+    finally:
+        quiet.setLevel(level)
+    log.debug("exporter output:\n%s", chatter.getvalue())
+    proto = program.model_proto
+    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
+        raise CompilerError(
+            f"export: the model is {proto.ByteSize() / 1e9:.1f} GB, over ONNX's 2 GB single-file limit; "
+            "use a smaller item_vocab (hashed table rows)"
+        )
+    onnx.checker.check_model(proto, full_check=True)
+    return Exported(proto, opset)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,172 @@
+"""Verify stage: run the compiled graphs (ONNX Runtime) against the PyTorch fp32 model and gate on the result.
+
+For every (L, N) case, several held-out requests: max and mean abs error of the scores, per-request
+Kendall tau and top-10 overlap (per task); on labelled requests at served lengths, the AUC delta per
+task. Thresholds are per precision (DESIGN.md "What good looks like"); a mixed build is held to the
+thresholds of its least precise half.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from compiler.data import World, kuairand_lengths, sample_requests
+from compiler.log import Progress, stage
+from compiler.metrics import auc, kendall_tau, top_k_overlap
+from compiler.model import INPUT_NAMES, STCA
+
+PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
+TAU_MIN_CANDIDATES = 16  # with 3 candidates one swapped near-tie moves tau by 2/3; tau is gated from here
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_abs_error: float | None = None
+    kendall_tau: float | None = None  # mean per-request tau in each (L, N) case with N >= TAU_MIN_CANDIDATES
+    auc_delta: float | None = None  # |AUC(compiled) - AUC(PyTorch)| per task
+
+
+THRESHOLDS = {
+    "fp32": Thresholds(max_abs_error=1e-4),
+    "fp16": Thresholds(kendall_tau=0.99),
+    "int8": Thresholds(kendall_tau=0.95, auc_delta=0.002),
+}
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    lengths: tuple[int, ...] = (1, 7, 64, 512, 1_000, 4_000, 10_000)
+    candidates: tuple[int, ...] = (1, 3, 256)
+    requests_per_case: int = 3
+    auc_requests: int = 48  # labelled requests at KuaiRand lengths, 128 candidates each
+    seed: int = 20_251_106
+
+    def for_limits(self, max_history: int, max_candidates: int) -> "VerifyConfig":
+        """The same cases, each clipped to what the build serves."""
+        lengths = tuple(sorted({min(L, max_history) for L in self.lengths}))
+        candidates = tuple(sorted({min(N, max_candidates) for N in self.candidates}))
+        return VerifyConfig(lengths, candidates, self.requests_per_case, self.auc_requests, self.seed)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    L: int
+    N: int
+    requests: int
+    max_abs_error: float
+    mean_abs_error: float
+    kendall_tau_mean: float
+    kendall_tau_min: float
+    top10_overlap_mean: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    precision: str  # the least precise half's precision: it picks the thresholds
+    thresholds: Thresholds
+    cases: tuple[CaseResult, ...]
+    auc: dict = field(default_factory=dict)  # task -> {"reference", "compiled", "delta"}
+    failures: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(c.max_abs_error for c in self.cases)
+
+    def to_dict(self) -> dict:
+        return {
+            "precision": self.precision,
+            "passed": self.passed,
+            "max_abs_error": self.max_abs_error,
+            "thresholds": asdict(self.thresholds),
+            "cases": [asdict(c) for c in self.cases],
+            "auc": self.auc,
+            "failures": list(self.failures),
+        }
+
+
+def verify(
+    reference: STCA,
+    compiled: Callable[[dict], np.ndarray],
+    precision: str,
+    cfg: VerifyConfig = VerifyConfig(),
+    world: World | None = None,
+) -> Verification:
+    """Compare `compiled(inputs) -> scores (N, T)` with the PyTorch model on held-out requests."""
+    world = world or World()
+    c = reference.config
+    cfg = cfg.for_limits(c.max_history, c.max_candidates)
+    thresholds = THRESHOLDS[precision]
+    cases = []
+    with stage(f"verify: {precision} graphs against PyTorch fp32") as s:
+        progress = Progress("case", len(cfg.lengths) * len(cfg.candidates))
+        for i, L in enumerate(cfg.lengths):
+            for j, N in enumerate(cfg.candidates):
+                seed = cfg.seed + 1_000 * i + j
+                pairs = [
+                    (_torch_scores(reference, r.inputs), compiled(r.inputs))
+                    for r in sample_requests(c, [L] * cfg.requests_per_case, seed=seed, n_candidates=N, world=world)
+                ]
+                cases.append(_case(L, N, pairs))
+                progress.advance(note=f"L={L} N={N} max abs {cases[-1].max_abs_error:.2e}")
+        auc_table = _auc_deltas(reference, compiled, cfg, world) if cfg.auc_requests else {}
+        failures = _failures(thresholds, cases, auc_table)
+        s.summary = (
+            f"max abs error {max(x.max_abs_error for x in cases):.2e} over {len(cases)} cases; "
+            + ("PASSED" if not failures else f"FAILED: {failures[0]}")
+        )
+    return Verification(precision, thresholds, tuple(cases), auc_table, tuple(failures))
+
+
+def least_precise(*precisions: str) -> str:
+    return max(precisions, key=PRECISIONS.index)
+
+
+def _torch_scores(model: STCA, inputs: dict) -> np.ndarray:
+    with torch.no_grad():
+        return model(*[torch.from_numpy(inputs[name]) for name in INPUT_NAMES]).numpy()
+
+
+def _case(L: int, N: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> CaseResult:
+    errors = np.concatenate([np.abs(ref - out).ravel() for ref, out in pairs])
+    taus = [kendall_tau(ref[:, t], out[:, t]) for ref, out in pairs for t in range(ref.shape[1])]
+    overlaps = [top_k_overlap(ref[:, t], out[:, t], 10) for ref, out in pairs for t in range(ref.shape[1])]
+    return CaseResult(
+        L, N, len(pairs), float(errors.max()), float(errors.mean()), float(np.mean(taus)), float(np.min(taus)), float(np.mean(overlaps))
+    )
+
+
+def _auc_deltas(reference: STCA, compiled, cfg: VerifyConfig, world: World) -> dict:
+    c = reference.config
+    lengths = kuairand_lengths(cfg.auc_requests, c.max_history, seed=cfg.seed - 1)
+    ref, out, labels = [], [], []
+    for r in sample_requests(c, lengths, seed=cfg.seed - 2, n_candidates=min(128, c.max_candidates), world=world):
+        ref.append(_torch_scores(reference, r.inputs))
+        out.append(compiled(r.inputs))
+        labels.append(r.labels)
+    ref, out, labels = np.concatenate(ref), np.concatenate(out), np.concatenate(labels)
+    table = {}
+    for t, task in enumerate(c.tasks):
+        a_ref, a_out = auc(labels[:, t], ref[:, t]), auc(labels[:, t], out[:, t])
+        table[task] = {"reference": round(a_ref, 5), "compiled": round(a_out, 5), "delta": round(a_out - a_ref, 5)}
+    return table
+
+
+def _failures(th: Thresholds, cases: list[CaseResult], auc_table: dict) -> list[str]:
+    failures = []
+    for case in cases:
+        where = f"L={case.L} N={case.N}"
+        if th.max_abs_error is not None and case.max_abs_error > th.max_abs_error:
+            failures.append(f"{where}: max abs error {case.max_abs_error:.2e} > {th.max_abs_error:.0e}")
+        if th.kendall_tau is not None and case.N >= TAU_MIN_CANDIDATES and case.kendall_tau_mean < th.kendall_tau:
+            failures.append(f"{where}: mean Kendall tau {case.kendall_tau_mean:.4f} < {th.kendall_tau}")
+    if th.auc_delta is not None:
+        for task, row in auc_table.items():
+            if abs(row["delta"]) > th.auc_delta:
+                failures.append(f"task {task}: AUC delta {row['delta']:+.4f} exceeds +/-{th.auc_delta}")
+    return failures

@@ -1,0 +1,116 @@
+"""The partition pass: automatic, general, checked; encoder + scorer composed equal the whole model."""
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.data import sample_requests
+from compiler.errors import CompilerError
+from compiler.model import REQUEST_INPUTS
+from compiler.partition import split
+from compiler.runtime import OrtGraph, SplitRunner
+from tests.models import din_model, shape_read_model, stca, two_tower_model
+
+
+def assert_composed_equal(model, parts, feeds_list, atol=1e-5):
+    whole = OrtGraph(model)
+    runner = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    for feeds in feeds_list:
+        expected = whole.run(feeds)["scores"]
+        np.testing.assert_allclose(runner.score(feeds), expected, rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module", params=["kv", "reordered"])
+def stca_split(request):
+    model, graph = stca("tiny", attention=request.param)
+    return model, graph, split(graph, REQUEST_INPUTS, model.cut_tensor_names())
+
+
+def test_stca_cut_holds_per_request_tensors_named_after_the_paper(stca_split):
+    model, _, parts = stca_split
+    M = model.config.n_layers
+    names = [t.name for t in parts.cut.tensors]
+    if model.config.attention == "kv":  # K and V are target-independent: computed once per request
+        assert names == ["key_bias", "user_tokens"] + [f"{kv}_{i}" for i in range(1, M + 1) for kv in "KV"]
+    else:  # reordered never materialises K/V: only Xt crosses
+        assert names == ["key_bias", "user_tokens"] + [f"Xt_{i}" for i in range(1, M + 1)]
+
+
+def test_stca_cut_bytes_match_the_model_equations(stca_split):
+    model, _, parts = stca_split
+    c, L = model.config, 10_000
+    per_layer = 2 if c.attention == "kv" else 1  # (K, V) or Xt, each (L, D) fp32
+    expected = 4 * (per_layer * c.n_layers * L * c.d_model + L + c.n_user_fields * c.d_model)  # + key_bias + user tokens
+    assert parts.cut.bytes_per_request({"L": L}) == expected
+
+
+def test_stca_encoder_takes_only_request_inputs_and_shares_the_item_table(stca_split):
+    _, _, parts = stca_split
+    assert {i.name for i in parts.encoder.graph.input} == set(REQUEST_INPUTS)
+    assert {i.name for i in parts.scorer.graph.input} >= {"candidate_item_ids", "candidate_features"}
+    assert [w.name for w in parts.cut.shared_weights] == ["item_embedding.weight"]
+    for half in (parts.encoder, parts.scorer):
+        onnx.checker.check_model(half, full_check=True)
+
+
+@pytest.mark.parametrize("L,N", [(1, 1), (7, 3), (512, 256)])
+def test_stca_encoder_and_scorer_compose_to_the_whole_model(stca_split, L, N):
+    model, graph, parts = stca_split
+    requests = [r.inputs for r in sample_requests(model.config, [L], seed=L + N, n_candidates=N)]
+    assert_composed_equal(graph, parts, requests)
+
+
+def test_split_does_not_touch_the_callers_model():
+    _, graph = stca("tiny")
+    before = graph.SerializeToString()
+    split(graph, REQUEST_INPUTS)
+    assert graph.SerializeToString() == before
+
+
+def test_din_style_model_splits_at_its_projected_history():
+    graph, request_inputs = din_model()
+    parts = split(graph, request_inputs)
+    assert [(t.dtype, t.shape) for t in parts.cut.tensors] == [("float32", ("L", 8))]
+    assert [w.name for w in parts.cut.shared_weights] == ["embedding.weight"]
+    rng = np.random.default_rng(0)
+    feeds = [{"history_item_ids": rng.integers(1, 500, L), "candidate_item_ids": rng.integers(1, 500, N)} for L, N in ((1, 1), (30, 4), (900, 64))]
+    assert_composed_equal(graph, parts, feeds)
+
+
+def test_two_tower_model_ships_only_the_user_vector():
+    graph, request_inputs = two_tower_model()
+    parts = split(graph, request_inputs)
+    assert [(t.dtype, t.shape) for t in parts.cut.tensors] == [("float32", (8,))]
+    assert {i.name for i in parts.encoder.graph.input} == {"user_ids", "history_item_ids"}
+    rng = np.random.default_rng(1)
+    feeds = [{"user_ids": rng.integers(0, 500, 3), "history_item_ids": rng.integers(1, 500, L), "candidate_item_ids": rng.integers(1, 500, N)}
+             for L, N in ((2, 1), (50, 9))]
+    assert_composed_equal(graph, parts, feeds)
+
+
+def test_a_shape_only_read_is_recomputed_on_the_scorer_side_not_shipped():
+    graph, request_inputs = shape_read_model(scorer_sees_length=True)
+    parts = split(graph, request_inputs)
+    assert [t.name for t in parts.cut.tensors] == ["hist_emb"]  # L comes from Shape(hist_emb), not from history
+    assert "history" not in {i.name for i in parts.scorer.graph.input}
+    assert parts.cut.placement["length"] == "shape-only: the shape of 'history', recomputed on the scorer side from ['hist_emb']"
+    feeds = [{"history": np.arange(1, L + 1, dtype=np.int64), "cand": np.linspace(0, 1, 5, dtype=np.float32)} for L in (1, 13)]
+    assert_composed_equal(graph, parts, feeds, atol=1e-4)
+
+
+def test_a_shape_no_scorer_tensor_carries_is_shipped_and_reported():
+    graph, request_inputs = shape_read_model(scorer_sees_length=False)
+    parts = split(graph, request_inputs)
+    shipped = {t.name: (t.dtype, t.shape) for t in parts.cut.tensors}
+    assert shipped == {"length": ("int64", (1,)), "total": ("float32", ())}
+    assert any(r.startswith("shape shipped") for r in parts.cut.placement.values())
+    feeds = [{"history": np.arange(1, 12, dtype=np.int64), "cand": np.ones(3, np.float32)}]
+    assert_composed_equal(graph, parts, feeds, atol=1e-4)
+
+
+def test_bad_request_inputs_are_named():
+    _, graph = stca("tiny")
+    with pytest.raises(CompilerError, match=r"request input\(s\) \['history_ids'\] are not inputs"):
+        split(graph, {"history_ids"})
+    with pytest.raises(CompilerError, match="every input is request-level"):
+        split(graph, {i.name for i in graph.graph.input})
