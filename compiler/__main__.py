@@ -1,0 +1,171 @@
+"""python -m compiler <command>: a thin layer over the Python API; each handler parses, calls, summarises.
+
+A CompilerError (bad input, a missed gate) prints one line and exits 2; anything else is a bug and
+keeps its traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from compiler.errors import CompilerError
+from compiler.log import configure, log
+
+
+def cmd_build(args) -> int:
+    """Export, split, convert, verify and emit a Triton repository."""
+    from compiler.build import BuildConfig, build
+    from compiler.emit import EmitConfig
+    from compiler.precision import PrecisionConfig
+
+    cfg = BuildConfig(
+        out=args.out,
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        attention=args.attention,
+        max_history=args.max_history,
+        max_candidates=args.max_candidates,
+        opset=args.opset,
+        precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration),
+        emit=EmitConfig(target=args.target, instances=args.instances, baselines=args.baselines,
+                        ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
+        accept_accuracy_loss=args.accept_accuracy_loss,
+    )
+    result = build(cfg)
+    v = result.manifest["verification"]
+    log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.manifest["precision"],
+             v["max_abs_error"], "gates passed" if v["passed"] else "GATES MISSED (accepted)", result.out / "report.md")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train the demo model on synthetic requests (CPU, a few minutes) and save a checkpoint."""
+    from compiler.train import TrainConfig, train
+
+    result = train(TrainConfig(preset=args.preset, attention=args.attention, steps=args.steps, seed=args.seed), args.out)
+    log.info("saved %s; held-out AUC %s", result.checkpoint, result.auc)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Run tritonserver on a built repository until Ctrl-C or SIGTERM."""
+    from compiler.serve import ServerConfig, serve_forever
+
+    serve_forever(ServerConfig(repo=args.repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                               metrics_port=args.metrics_port, tritonserver=args.tritonserver, log_verbose=args.log_verbose))
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Score one request (a JSON file, or a generated one) on a served repository and print the ranking."""
+    from compiler.client import ScoringClient
+    from compiler.requests import RequestError, load_request, save_request
+
+    client = ScoringClient(args.url, args.protocol)
+    if args.request is not None:
+        try:
+            inputs = load_request(args.request)
+        except RequestError as e:
+            raise CompilerError(str(e)) from e
+    else:
+        inputs = _generated_request(client.limits, args.history_length, args.candidates, args.seed)
+    if args.save_request is not None:
+        save_request(args.save_request, inputs)
+    ranking = client.rank(inputs)
+    print(ranking.table(args.top))  # the ranking is this command's output, not a log line
+    return 0
+
+
+def _generated_request(limits, history_length: int, candidates: int, seed: int) -> dict:
+    from dataclasses import replace
+
+    from compiler.data import sample_requests
+    from compiler.model import PRESETS
+
+    shape = replace(PRESETS["small"], n_user_fields=limits.n_user_fields, n_candidate_fields=limits.n_candidate_fields)
+    return next(sample_requests(shape, [history_length], seed=seed, n_candidates=candidates)).inputs
+
+
+def cmd_demo(args) -> int:
+    """The whole loop: build the demo model, serve it, score a sample request, stop the server."""
+    from compiler.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compiler", description="Compile STCA ranking models for Triton serving.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help=cmd_build.__doc__, description=cmd_build.__doc__)
+    b.add_argument("--checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors); default: the demo model")
+    b.add_argument("--preset", help="build an untrained seeded model of a named size instead (paper, small, tiny)")
+    b.add_argument("--out", type=Path, default=Path("triton_repo"), help="output repository (default: triton_repo)")
+    b.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8, for both halves (default fp32)")
+    b.add_argument("--encoder-precision", help="override --precision for the history encoder")
+    b.add_argument("--scorer-precision", help="override --precision for the candidate scorer")
+    b.add_argument("--calibration", type=Path, help="int8 calibration set (python -m compiler calibrate)")
+    b.add_argument("--attention", choices=["kv", "reordered"], help="attention form (default: the checkpoint's)")
+    b.add_argument("--max-history", type=int, help="longest history served (default: the model config's, 10000)")
+    b.add_argument("--max-candidates", type=int, help="most candidates per request (default 1024)")
+    b.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default 18)")
+    b.add_argument("--target", default="python", help="python (embedded CPU default) | onnxruntime | tensorrt")
+    b.add_argument("--instances", type=int, default=1, help="instances per composing model (default 1)")
+    b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
+    b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
+    b.add_argument("--response-cache", action="store_true", help="enable Triton's response cache on the history encoder")
+    b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
+    b.set_defaults(handler=cmd_build)
+
+    t = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    t.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    t.add_argument("--preset", default="small")
+    t.add_argument("--attention", choices=["kv", "reordered"], default="kv")
+    t.add_argument("--steps", type=int, default=4_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(handler=cmd_train)
+
+    s = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    s.add_argument("--repo", type=Path, default=Path("triton_repo"), help="model repository (default: triton_repo)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--tritonserver", type=Path, help="tritonserver binary (default: the one in the nvidia-pytriton wheel)")
+    s.add_argument("--log-verbose", type=int, default=0)
+    s.set_defaults(handler=cmd_serve)
+
+    sc = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
+    sc.add_argument("--url", default="127.0.0.1:8000", help="host:port of the server (HTTP port, or gRPC port with --protocol grpc)")
+    sc.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    sc.add_argument("--request", type=Path, help="request JSON: {input name: list}; default: a generated request")
+    sc.add_argument("--history-length", type=int, default=2_000, help="generated request: history length L")
+    sc.add_argument("--candidates", type=int, default=128, help="generated request: candidates N")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--save-request", type=Path, help="also write the request sent as JSON")
+    sc.add_argument("--top", type=int, default=10)
+    sc.set_defaults(handler=cmd_score)
+
+    d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    d.add_argument("--out", type=Path, default=Path("triton_repo"))
+    d.set_defaults(handler=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    configure(args.verbose)
+    try:
+        return args.handler(args)
+    except CompilerError as e:
+        log.error("error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

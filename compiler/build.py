@@ -1,0 +1,188 @@
+"""build(): the pipeline, stage after stage: load -> export -> partition -> precision -> verify -> emit.
+
+Every stage is a function from plain artifacts to plain artifacts (compiler.<stage>); this module only
+calls them in order, gates on verification, and writes the repository, manifest.json and report.md
+atomically. Nothing is written when a stage or a gate fails.
+"""
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from compiler import emit as emit_stage
+from compiler import report
+from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
+from compiler.data import sample_requests
+from compiler.emit import EmitConfig, Graphs
+from compiler.errors import CompilerError
+from compiler.export import export
+from compiler.load import WEIGHTS_FILE, load_model, seeded_model
+from compiler.log import stage
+from compiler.model import REQUEST_INPUTS, STCA, preset
+from compiler.partition import split
+from compiler.precision import PrecisionConfig, convert
+from compiler.requests import RequestLimits
+from compiler.runtime import OrtGraph, SplitRunner
+from compiler.verify import VerifyConfig, least_precise, verify
+
+BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
+MANIFEST, REPORT = "manifest.json", "report.md"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    out: Path = Path("triton_repo")
+    checkpoint: Path | None = None  # None and no preset: the trained demo model
+    preset: str | None = None  # an untrained, seeded model of a named size (shapes, costs, the cut)
+    attention: str | None = None  # "kv" | "reordered"; None keeps the checkpoint's
+    max_history: int | None = None  # the served maximum L; None keeps the model config's
+    max_candidates: int | None = None
+    opset: int = 18
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    emit: EmitConfig = field(default_factory=EmitConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    accept_accuracy_loss: bool = False  # write the repository even if a gate fails (recorded)
+
+    def __post_init__(self):
+        if self.checkpoint is not None and self.preset is not None:
+            raise CompilerError("build: give --checkpoint or --preset, not both")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    manifest: dict
+
+
+def build(cfg: BuildConfig) -> BuildResult:
+    started = time.time()
+    check_replaceable(cfg.out, _is_build, "an earlier build")  # fail before minutes of work, not after
+    with stage("load") as s:
+        model, source = _load(cfg)
+        c = model.config
+        s.summary = f"{source['kind']} model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
+    with stage("export") as s:
+        exported = export(model, cfg.opset)
+        s.summary = f"{len(exported.model.graph.node)} nodes, opset {cfg.opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
+    with stage("partition") as s:
+        parts = split(exported.model, REQUEST_INPUTS, model.cut_tensor_names())
+        cut = parts.cut
+        mb = (cut.bytes_per_request({"L": c.max_history}) or 0) / 1e6
+        s.summary = (
+            f"{len(parts.encoder.graph.node)} nodes -> encoder, {len(parts.scorer.graph.node)} -> scorer; "
+            f"{len(cut.tensors)} tensors cross, {mb:.1f} MB/request at L={c.max_history}"
+        )
+    with stage("precision") as s:
+        halves = convert(parts, model, cfg.precision)
+        s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
+    precision = least_precise(halves.encoder_precision, halves.scorer_precision)
+    runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+    verification = verify(model, runner.score, precision, cfg.verify)
+    if not verification.passed and not cfg.accept_accuracy_loss:
+        raise CompilerError(
+            f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
+            "nothing was written (--accept-accuracy-loss writes it anyway)"
+        )
+    limits = RequestLimits(c.max_history, c.max_candidates, c.n_user_fields, c.n_candidate_fields)
+    warmup = next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
+                                  n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs
+    with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp:
+        with stage("emit") as s:
+            graphs = Graphs(halves.encoder, halves.scorer, exported.model)
+            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, cfg.emit)
+            s.summary = f"Triton repository for target {cfg.emit.target} -> {cfg.out}"
+        manifest = _manifest(cfg, model, source, exported.opset, cut, halves, verification, limits, started)
+        report.write(tmp, manifest, verification)
+        manifest["files"] = hash_tree(tmp)  # every file written, report.md included
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return BuildResult(Path(cfg.out), manifest)
+
+
+def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
+    overrides = {
+        k: v
+        for k, v in (("attention", cfg.attention), ("max_history", cfg.max_history), ("max_candidates", cfg.max_candidates))
+        if v is not None
+    }
+    if cfg.preset is not None:
+        return seeded_model(preset(cfg.preset, **overrides)), {"kind": "seeded", "preset": cfg.preset}
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint)
+        kind = "checkpoint"
+    else:
+        from compiler.train import demo_checkpoint  # trains the demo model once, then reads the cache
+
+        path, kind = demo_checkpoint(), "demo"
+    model = load_model(path, **overrides)
+    return model, {"kind": kind, "path": str(path), "sha256": sha256_file(path / WEIGHTS_FILE)}
+
+
+def _is_build(directory: Path) -> bool:
+    """An earlier build: its manifest says so and every file in it is one the manifest lists."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != BUILD_FORMAT:
+        return False
+    ours = set(manifest.get("files", {})) | {MANIFEST}
+    return all(
+        str(p.relative_to(directory)) in ours
+        for p in directory.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts  # bytecode an older server wrote beside model.py
+    )
+
+
+def _manifest(cfg, model, source, opset, cut, halves, verification, limits, started) -> dict:
+    c = model.config
+    return {
+        "format": BUILD_FORMAT,
+        "version": BUILD_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.time() - started, 1),
+        "precision": least_precise(halves.encoder_precision, halves.scorer_precision),
+        "precisions": {"encoder": halves.encoder_precision, "scorer": halves.scorer_precision, **halves.details},
+        "target": cfg.emit.target,
+        "model_config": c.to_dict(),
+        "source": source,
+        "versions": versions(),
+        "machine": machine(),
+        "export": {"opset": opset, "dynamic_dims": {"L": [1, c.max_history], "N": [1, c.max_candidates]}},
+        "request_limits": limits.to_dict(),
+        "cut": [
+            {
+                "name": t.name,
+                "source": t.source,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "bytes_per_request": t.bytes_per_request({"L": c.max_history}),
+            }
+            for t in cut.tensors
+        ],
+        "cut_bytes_per_request": cut.bytes_per_request({"L": c.max_history}),
+        "cut_at_history_length": c.max_history,
+        "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
+        "placement": dict(cut.placement),
+        "verification": verification.to_dict(),
+        "accepted_accuracy_loss": bool(cfg.accept_accuracy_loss and not verification.passed),
+    }
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "nvidia-modelopt", "tritonclient", "nvidia-pytriton", "tensorrt"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if "nvidia-pytriton" in found:
+        found["tritonserver"] = "2.51.0 (in nvidia-pytriton 0.7.0)" if found["nvidia-pytriton"] == "0.7.0" else "see nvidia-pytriton"
+    return found
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}

@@ -1,0 +1,98 @@
+"""Client: score one request on the served `stca` ensemble (HTTP or gRPC) and rank its candidates.
+
+    client = ScoringClient("127.0.0.1:8000")            # reads limits and task names from the server
+    ranking = client.rank(inputs)                        # inputs: {name: numpy array}, as compiler.requests
+    print(ranking.table(k=10))
+
+The request is validated here, before anything is sent, with the limits the server's models were
+built with; the server validates again, so a client that skips this still gets a named error.
+"""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.emit import ENSEMBLE
+from compiler.errors import CompilerError
+from compiler.requests import RequestError, RequestLimits
+
+
+@dataclass(frozen=True)
+class Ranking:
+    candidate_item_ids: np.ndarray  # (N,)
+    scores: np.ndarray  # (N, T)
+    tasks: tuple[str, ...]
+
+    def top(self, task: str, k: int = 10) -> list[tuple[int, int, float]]:
+        """(rank, candidate item id, score) of the k best candidates for a task."""
+        t = self.tasks.index(task)
+        order = np.argsort(-self.scores[:, t], kind="stable")[:k]
+        return [(r + 1, int(self.candidate_item_ids[i]), float(self.scores[i, t])) for r, i in enumerate(order)]
+
+    def table(self, k: int = 10) -> str:
+        """Side-by-side top-k per task, as text."""
+        columns = [self.top(task, k) for task in self.tasks]
+        header = "rank  " + "  ".join(f"{task + ' (item id: score)':>28}" for task in self.tasks)
+        rows = [header, "-" * len(header)]
+        for r in range(min(k, len(self.candidate_item_ids))):
+            rows.append(f"{r + 1:>4}  " + "  ".join(f"{col[r][1]:>18}: {col[r][2]:.4f}" for col in columns))
+        return "\n".join(rows)
+
+
+class ScoringClient:
+    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = ENSEMBLE, timeout_s: float = 60.0):
+        if protocol not in ("http", "grpc"):
+            raise CompilerError(f"protocol: {protocol!r} is not http or grpc")
+        self.protocol, self.model, self.url = protocol, model, url
+        if protocol == "http":
+            import tritonclient.http as triton
+            self._client = triton.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as triton
+            self._client = triton.InferenceServerClient(url)
+        self._triton = triton
+        self.limits, self.tasks = self._model_parameters()
+
+    def _model_parameters(self) -> tuple[RequestLimits, tuple[str, ...]]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            config = self._client.get_model_config(self.model)
+        except InferenceServerException as e:
+            raise CompilerError(f"client: cannot read model {self.model!r} from {self.protocol}://{self.url} ({e.message()})") from e
+        except Exception as e:  # noqa: BLE001  (connection refused and friends differ by protocol)
+            raise CompilerError(f"client: no Triton server answers at {self.protocol}://{self.url} ({e})") from e
+        if self.protocol == "grpc":
+            params = {k: v.string_value for k, v in config.config.parameters.items()}
+        else:
+            params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if "request_limits" not in params:
+            raise CompilerError(f"client: model {self.model!r} has no request_limits parameter; was it built by stca-compiler?")
+        return RequestLimits(**json.loads(params["request_limits"])), tuple(params.get("tasks", "").split(","))
+
+    def score(self, inputs: dict) -> np.ndarray:
+        """Scores (N, T) of one request; a request that breaks the contract raises before it is sent."""
+        try:
+            self.limits.validate(inputs)
+        except RequestError as e:
+            raise CompilerError(f"request: {e}") from e
+        return self.infer(inputs)
+
+    def infer(self, inputs: dict) -> np.ndarray:
+        """Send as is, without client-side validation (tests use it to reach the server's own checks)."""
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensors = []
+        for name, value in inputs.items():
+            tensor = self._triton.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        result = self._client.infer(self.model, tensors, outputs=[self._triton.InferRequestedOutput("scores")])
+        return result.as_numpy("scores")
+
+    def rank(self, inputs: dict) -> Ranking:
+        return Ranking(inputs["candidate_item_ids"], self.score(inputs), self.tasks)
+
+    def close(self) -> None:
+        self._client.close()

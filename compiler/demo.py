@@ -1,0 +1,26 @@
+"""The whole loop on one machine: build the demo model, serve it, score a sample request, stop the server."""
+
+from pathlib import Path
+
+from compiler.build import BuildConfig, build
+from compiler.client import ScoringClient
+from compiler.data import sample_requests
+from compiler.load import load_config
+from compiler.log import log
+from compiler.serve import ServerConfig, TritonServer, free_port
+
+
+def run_demo(out: Path = Path("triton_repo"), history_length: int = 2_000, n_candidates: int = 128, top: int = 10) -> str:
+    """Returns the ranking table it printed."""
+    result = build(BuildConfig(out=out))
+    config = load_config(Path(result.manifest["source"]["path"]))
+    request = next(sample_requests(config, [history_length], seed=2_026, n_candidates=n_candidates)).inputs
+    server_cfg = ServerConfig(repo=out, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with TritonServer(server_cfg):
+        client = ScoringClient(server_cfg.http_url)
+        ranking = client.rank(request)
+        client.close()
+    table = ranking.table(top)
+    log.info("demo: one request (L=%d history items, N=%d candidates) scored by the `stca` ensemble; top %d per task:\n%s",
+             history_length, n_candidates, top, table)
+    return table

@@ -1,0 +1,222 @@
+"""Emit stage: ONNX halves -> a Triton model repository with ensemble scheduling.
+
+    stca_history_encoder/   per request: history + user inputs -> the cut tensors
+    stca_candidate_scorer/  per candidate set: cut tensors + candidate inputs -> scores
+    stca/                   the ensemble clients call; wires the cut tensors from encoder to scorer
+    stca_fused/, stca_naive/   (--baselines) the unsplit graph, and the point-wise baseline
+
+Configs are built as Triton ModelConfig protobufs (tritonclient's model_config_pb2) and written in text
+format, so every field name and enum is checked by construction. L and N are -1 dims with
+max_batch_size 0 (ensembles neither broadcast nor batch as a whole); concurrency comes from instance
+groups; warmup runs a real request on the composing models, never on the ensemble.
+"""
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf import text_format
+from onnx import helper
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compiler.errors import CompilerError
+from compiler.requests import RequestLimits
+from compiler.runtime import OrtGraph
+
+ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE = "stca", "stca_history_encoder", "stca_candidate_scorer", "stca_fused", "stca_naive"
+TARGETS = ("python", "onnxruntime", "tensorrt")
+TRITON_TYPES = {
+    "float32": mc.TYPE_FP32,
+    "float16": mc.TYPE_FP16,
+    "int64": mc.TYPE_INT64,
+    "int32": mc.TYPE_INT32,
+    "bool": mc.TYPE_BOOL,
+}
+
+
+@dataclass(frozen=True)
+class EmitConfig:
+    target: str = "python"
+    instances: int = 1  # per composing model
+    intra_op_threads: int = 0  # ONNX Runtime threads per instance (python target); 0 = one per core
+    baselines: bool = False
+    ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
+    response_cache: bool = False  # on the history encoder: a repeated history is encoded once
+    warmup_history: int = 2_000
+    warmup_candidates: int = 128
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise CompilerError(f"target: {self.target!r} is not one of {TARGETS}")
+        if self.instances < 1:
+            raise CompilerError(f"instances: {self.instances} must be at least 1")
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """The graphs a repository is made from; plans are the TensorRT engines when target is tensorrt."""
+
+    encoder: onnx.ModelProto
+    scorer: onnx.ModelProto
+    whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
+    plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
+
+
+def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup_inputs: dict, cfg: EmitConfig) -> list[Path]:
+    """Write every model directory of the repository into `repo` (which the caller owns); return the files."""
+    if cfg.target == "tensorrt" and not graphs.plans:
+        raise CompilerError("target tensorrt: no TensorRT plans were built (see compiler.engines)")
+    written: list[Path] = []
+    encoder_warmup = {name: warmup_inputs[name] for name in _io(graphs.encoder.graph.input)}
+    cut_values = OrtGraph(graphs.encoder).run(encoder_warmup)
+    scorer_warmup = {name: {**warmup_inputs, **cut_values}[name] for name in _io(graphs.scorer.graph.input)}
+
+    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, graphs.plans, cfg.response_cache)
+    written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, graphs.plans)
+    ensemble = _ensemble_config(graphs)
+    ensemble.parameters["request_limits"].string_value = json.dumps(limits.to_dict())  # what clients validate with
+    ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
+    written += _write_config(repo, ensemble)
+    (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
+    if cfg.baselines:
+        written += _composing_model(repo, FUSED, graphs.whole, limits, warmup_inputs, cfg, graphs.plans)
+        written += _naive_model(repo, graphs.whole, limits, cfg)
+    return written
+
+
+def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=None, cache: bool = False) -> list[Path]:
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    config = mc.ModelConfig(name=name, max_batch_size=0)
+    _add_io(config, graph)
+    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    written = []
+    if cfg.target == "python":
+        config.backend = "python"
+        config.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
+        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        written += [_save_onnx(graph, version / "model.onnx")]
+        written += _python_files(version, "onnx_model.py")
+    elif cfg.target == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        if cfg.ort_trt_accelerator:
+            accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accel.parameters["precision_mode"] = "FP16" if _has_fp16(graph) else "FP32"
+            accel.parameters["max_workspace_size_bytes"] = str(4 << 30)
+        written += [_save_onnx(graph, version / "model.onnx")]
+    else:
+        config.platform = "tensorrt_plan"
+        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        plan = version / "model.plan"
+        plan.write_bytes(plans[name])
+        written += [plan]
+    if cache:
+        config.response_cache.enable = True
+    written += _warmup(repo / name, config, warmup)
+    written += _write_config(repo, config)
+    return written
+
+
+def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+    version = repo / NAIVE / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    config = mc.ModelConfig(name=NAIVE, max_batch_size=0, backend="python")
+    _add_io(config, whole)
+    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config.parameters["fused_model"].string_value = FUSED
+    config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return _python_files(version, "naive_model.py") + _write_config(repo, config)
+
+
+def _ensemble_config(graphs: Graphs) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
+    _add_io(config, graphs.whole)
+    request_inputs = set(_io(graphs.whole.graph.input))
+    encoder_step = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
+    for name in _io(graphs.encoder.graph.input):
+        encoder_step.input_map[name] = name
+    for name in _io(graphs.encoder.graph.output):
+        encoder_step.output_map[name] = name
+    scorer_step = config.ensemble_scheduling.step.add(model_name=SCORER, model_version=-1)
+    for name in _io(graphs.scorer.graph.input):
+        scorer_step.input_map[name] = name  # a cut tensor, or a request input passed straight through
+    for name in _io(graphs.scorer.graph.output):
+        scorer_step.output_map[name] = name
+    unused = request_inputs - set(encoder_step.input_map) - set(scorer_step.input_map)
+    if unused:
+        raise CompilerError(f"emit: model input(s) {sorted(unused)} are read by neither half; the ensemble would reject them")
+    return config
+
+
+def _add_io(config: mc.ModelConfig, graph: onnx.ModelProto) -> None:
+    for name, (dtype, dims) in _io(graph.graph.input).items():
+        config.input.add(name=name, data_type=TRITON_TYPES[dtype], dims=dims)
+    for name, (dtype, dims) in _io(graph.graph.output).items():
+        config.output.add(name=name, data_type=TRITON_TYPES[dtype], dims=dims)
+
+
+def _io(values) -> dict:
+    """name -> (numpy dtype name, dims with -1 for symbolic dims), in graph order."""
+    io = {}
+    for v in values:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name
+        if dtype not in TRITON_TYPES:
+            raise CompilerError(f"emit: {v.name} has dtype {dtype}, which the Triton configs here do not map")
+        io[v.name] = (dtype, [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim])
+    return io
+
+
+def _warmup(model_dir: Path, config: mc.ModelConfig, inputs: dict) -> list[Path]:
+    """A real request as warmup data files: random ids could be negative and fail validation on load."""
+    L = int(inputs["history_item_ids"].shape[0]) if "history_item_ids" in inputs else None
+    N = int(inputs["candidate_item_ids"].shape[0]) if "candidate_item_ids" in inputs else None
+    label = ", ".join(f"{k}={v}" for k, v in (("L", L), ("N", N)) if v is not None) or "cut tensors"
+    warmup = config.model_warmup.add(name=f"sample request ({label})", count=1)
+    folder = model_dir / "warmup"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, value in inputs.items():
+        value = np.ascontiguousarray(value)
+        path = folder / name
+        path.write_bytes(value.tobytes())
+        written.append(path)
+        warmup.inputs[name].data_type = TRITON_TYPES[value.dtype.name]
+        warmup.inputs[name].dims.extend(value.shape)
+        warmup.inputs[name].input_data_file = name
+    return written
+
+
+def _write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
+    path = repo / config.name / "config.pbtxt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = text_format.MessageToString(config)
+    # proto3 leaves default values out; say max_batch_size 0 (no batch dim: L and N are -1 dims) explicitly.
+    text = text.replace(f'name: "{config.name}"\n', f'name: "{config.name}"\nmax_batch_size: 0\n', 1)
+    path.write_text(text)
+    return [path]
+
+
+def _python_files(version: Path, template: str) -> list[Path]:
+    package = resources.files("compiler")
+    model_py, requests_py = version / "model.py", version / "stca_requests.py"
+    model_py.write_text((package / "triton_python" / template).read_text())
+    requests_py.write_text((package / "requests.py").read_text())
+    return [model_py, requests_py]
+
+
+def _save_onnx(graph: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(graph, str(path))
+    return path
+
+
+def _has_fp16(graph: onnx.ModelProto) -> bool:
+    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's schema; an unknown field or enum raises ParseError."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())

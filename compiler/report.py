@@ -1,0 +1,80 @@
+"""report.md for a build: what was built, the cut, and the verification numbers, as tables (and a plot)."""
+
+from collections import Counter
+from pathlib import Path
+
+from compiler.verify import TAU_MIN_CANDIDATES, Verification
+
+
+def write(directory: Path, manifest: dict, verification: Verification) -> Path:
+    path = Path(directory) / "report.md"
+    path.write_text("\n".join(_lines(manifest, verification)) + "\n")
+    return path
+
+
+def _lines(m: dict, v: Verification) -> list[str]:
+    c = m["model_config"]
+    L = m["cut_at_history_length"]
+    lines = [
+        "# stca-compiler build report",
+        "",
+        f"- created {m['created']} in {m['build_seconds']} s on {m['machine']['platform']} ({m['machine']['cpus']} CPUs)",
+        f"- model: {m['source']['kind']} "
+        + (f"`{m['source'].get('path', m['source'].get('preset'))}`" if m["source"]["kind"] != "seeded" else f"preset `{m['source']['preset']}`")
+        + f"; D={c['n_heads'] * c['head_dim']} (h={c['n_heads']}, d_h={c['head_dim']}), M={c['n_layers']}, "
+        f"attention `{c['attention']}`, tasks {', '.join(c['tasks'])}",
+        f"- served limits: L <= {c['max_history']}, N <= {c['max_candidates']}; opset {m['export']['opset']}; target `{m['target']}`",
+        f"- precision: encoder {m['precisions']['encoder']}, scorer {m['precisions']['scorer']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"## Verification: {'PASSED' if v.passed else 'FAILED'} ({v.precision} thresholds)",
+        "",
+    ]
+    th = v.thresholds
+    gates = [f"max abs error <= {th.max_abs_error:g}" if th.max_abs_error is not None else None,
+             f"mean Kendall tau >= {th.kendall_tau} (cases with N >= {TAU_MIN_CANDIDATES})" if th.kendall_tau is not None else None,
+             f"|AUC delta| <= {th.auc_delta}" if th.auc_delta is not None else None]
+    lines += [f"Gates: {'; '.join(g for g in gates if g)}. Scores of the compiled encoder + scorer (ONNX Runtime, CPU) "
+              "against the PyTorch fp32 model on held-out synthetic requests.", ""]
+    if m.get("accepted_accuracy_loss"):
+        lines += ["**Built with --accept-accuracy-loss: the gates below were missed.**", ""]
+    lines += [
+        "| L | N | requests | max abs error | mean abs error | Kendall tau (mean / min) | top-10 overlap |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in v.cases:
+        lines.append(
+            f"| {case.L} | {case.N} | {case.requests} | {case.max_abs_error:.2e} | {case.mean_abs_error:.2e} | "
+            f"{case.kendall_tau_mean:.4f} / {case.kendall_tau_min:.4f} | {case.top10_overlap_mean:.3f} |"
+        )
+    if v.auc:
+        lines += ["", "AUC on labelled held-out requests (KuaiRand-1K lengths):", "",
+                  "| task | PyTorch fp32 | compiled | delta |", "|---|---:|---:|---:|"]
+        lines += [f"| {task} | {r['reference']:.4f} | {r['compiled']:.4f} | {r['delta']:+.5f} |" for task, r in v.auc.items()]
+    if v.failures:
+        lines += ["", "Failures:", ""] + [f"- {f}" for f in v.failures]
+    if (m.get("plots") or {}).get("error_vs_length"):
+        lines += ["", f"![score error against history length]({m['plots']['error_vs_length']})"]
+    lines += [
+        "",
+        f"## The cut (bytes per request at L={L})",
+        "",
+        "Tensors the history encoder computes once per request and every candidate's scoring reads.",
+        "",
+        "| tensor | dtype | shape | bytes/request |",
+        "|---|---|---|---:|",
+    ]
+    for t in m["cut"]:
+        size = t["bytes_per_request"]
+        lines.append(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {size:,} |" if size is not None else
+                     f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | ? |")
+    total = m["cut_bytes_per_request"]
+    lines.append(f"| **total** | | | **{total:,}** |" if total is not None else "| **total** | | | ? |")
+    if m["shared_weights"]:
+        lines += ["", "Weights both halves hold:", "", "| weight | bytes |", "|---|---:|"]
+        lines += [f"| `{w['name']}` | {w['bytes']:,} |" for w in m["shared_weights"]]
+    placed = Counter(reason.split(":")[0] for reason in m["placement"].values())
+    lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
+              + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
+              "", "manifest.json lists the sha256 of every file of the build."]
+    return lines

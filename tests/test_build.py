@@ -1,0 +1,127 @@
+"""`python -m compiler build`: the artifacts, the manifest, and one-line errors that write nothing."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.emit import read_config
+
+CLI = [sys.executable, "-m", "compiler"]
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, tiny_checkpoint) -> Path:
+    out = tmp_path_factory.mktemp("build") / "repo"
+    result = run_cli("build", "--precision", "fp32", "--checkpoint", tiny_checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_build_writes_the_two_graphs_manifest_and_report(built):
+    assert (built / "stca_history_encoder" / "1" / "model.onnx").is_file()
+    assert (built / "stca_candidate_scorer" / "1" / "model.onnx").is_file()
+    assert (built / "report.md").read_text().startswith("# stca-compiler build report")
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32"
+    assert manifest["model_config"]["n_heads"] == 2
+    assert {"python", "torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
+
+
+def test_manifest_verification_covers_the_required_cases_within_1e_4(built):
+    v = json.loads((built / "manifest.json").read_text())["verification"]
+    cases = {(c["L"], c["N"]) for c in v["cases"]}
+    assert {(L, N) for L in (1, 7, 512, 10_000) for N in (1, 3, 256)} <= cases
+    assert v["passed"] and v["max_abs_error"] <= 1e-4
+    assert max(c["max_abs_error"] for c in v["cases"]) == v["max_abs_error"]
+
+
+def test_manifest_cut_lists_each_crossing_tensor_with_its_bytes(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    cut = {t["name"]: t for t in manifest["cut"]}
+    assert cut["K_1"]["shape"] == ["L", 16] and cut["K_1"]["dtype"] == "float32"
+    assert cut["K_1"]["bytes_per_request"] == 10_000 * 16 * 4
+    assert manifest["cut_bytes_per_request"] == sum(t["bytes_per_request"] for t in manifest["cut"])
+    encoder_outputs = {o.name for o in read_config(built / "stca_history_encoder" / "config.pbtxt").output}
+    assert encoder_outputs == set(cut) - {"history_item_ids"}  # the same names reach the Triton configs
+
+
+def test_manifest_hashes_every_file_written(built):
+    files = json.loads((built / "manifest.json").read_text())["files"]
+    on_disk = {str(p.relative_to(built)) for p in built.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(files) == on_disk
+    for name, digest in files.items():
+        assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_rebuilding_over_an_earlier_build_replaces_it(built, tiny_checkpoint, tmp_path):
+    out = tmp_path / "again"
+    assert run_cli("build", "--checkpoint", tiny_checkpoint, "--out", out, "--attention", "reordered").returncode == 0
+    result = run_cli("build", "--checkpoint", tiny_checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "manifest.json").read_text())["model_config"]["attention"] == "kv"
+    assert not list(tmp_path.glob(".again*"))  # no temporary directory left behind
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error:" in last
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--checkpoint", "/nonexistent/ckpt"], ["/nonexistent/ckpt", "no such directory"]),
+        (["--preset", "huge"], ["unknown preset 'huge'"]),
+        (["--precision", "fp8"], ["precision: 'fp8' is not one of"]),
+        (["--target", "tpu"], ["target: 'tpu' is not one of"]),
+        (["--opset", "23"], ["opset 23 is outside 17..20"]),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    result = run_cli("build", *args, "--out", out)
+    assert_one_line_error(result, *fragments)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_truncated_and_mismatched_checkpoints(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:1000])
+    assert_one_line_error(run_cli("build", "--checkpoint", bad, "--out", tmp_path / "o1"), "truncated")
+    meta = json.loads((tiny_checkpoint / "config.json").read_text())
+    meta["model_config"]["n_layers"] = 3
+    (bad / "config.json").write_text(json.dumps(meta))
+    (bad / "model.safetensors").write_bytes(data)
+    assert_one_line_error(run_cli("build", "--checkpoint", bad, "--out", tmp_path / "o2"), "weights do not match its config")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_an_output_directory_that_is_not_a_build_is_left_alone(tmp_path, tiny_checkpoint):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = run_cli("build", "--checkpoint", tiny_checkpoint, "--out", out)
+    assert_one_line_error(result, str(out), "exists and is not an earlier build")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("build", "train", "serve", "score", "demo"):
+        assert command in result.stdout
