@@ -26,6 +26,7 @@ KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptio
     (1.0, 60_000),
 )
 ACTIONS = ("skip", "finish", "like", "share")  # history action ids 0..3
+GENERATOR_VERSION = 3  # bump when the requests a seed produces change: cached demo checkpoints key on it
 
 
 def kuairand_lengths(n: int, max_history: int, seed: int) -> np.ndarray:
@@ -98,10 +99,13 @@ def sample_request(
     gaps = rng.exponential(3_600.0, history_length)  # about an hour between interactions
     age_s = np.cumsum(gaps[::-1])[::-1]  # most recent last, so ages fall towards the end
 
-    # Half the candidates come from the user's top clusters (what retrieval would return), half at random.
+    # Half the candidates come from the user's interests (what retrieval would return), half at random.
+    # A cluster's quota is filled with distinct items while it has enough of them.
     n_targeted = n_candidates // 2
-    targeted = _items_from_clusters(world, rng, rng.choice(world.n_clusters, n_targeted, p=interest))
-    candidates = np.concatenate([targeted, rng.integers(0, world.n_items, n_candidates - n_targeted)])
+    targeted = _items_from_clusters(world, rng, rng.choice(world.n_clusters, n_targeted, p=interest), distinct=True)
+    rest = np.setdiff1d(np.arange(world.n_items), targeted)
+    fill = n_candidates - n_targeted
+    candidates = np.concatenate([targeted, rng.choice(rest, fill, replace=fill > len(rest))])
     rng.shuffle(candidates)
     F = config.n_candidate_fields
     features = np.stack(
@@ -123,12 +127,19 @@ def sample_request(
     return Request(inputs, labels)
 
 
-def _items_from_clusters(world: World, rng: np.random.Generator, clusters: np.ndarray) -> np.ndarray:
-    """One random item of each given cluster."""
+def _items_from_clusters(world: World, rng: np.random.Generator, clusters: np.ndarray, distinct: bool = False) -> np.ndarray:
+    """One random item of each given cluster; with distinct, no item twice until its cluster runs out."""
     order = np.argsort(world.item_cluster, kind="stable")
     starts = np.searchsorted(world.item_cluster[order], np.arange(world.n_clusters))
     counts = np.bincount(world.item_cluster, minlength=world.n_clusters)
-    return order[starts[clusters] + (rng.random(len(clusters)) * counts[clusters]).astype(np.int64)]
+    if not distinct:
+        return order[starts[clusters] + (rng.random(len(clusters)) * counts[clusters]).astype(np.int64)]
+    items = np.empty(len(clusters), np.int64)
+    for k in np.unique(clusters):
+        slots = np.flatnonzero(clusters == k)
+        members = order[starts[k] : starts[k] + counts[k]]
+        items[slots] = rng.permutation(members)[np.arange(len(slots)) % counts[k]]
+    return items
 
 
 def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 64, world: World | None = None):

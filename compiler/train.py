@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compiler.data import World, sample_requests
+from compiler.data import GENERATOR_VERSION, World, sample_requests
 from compiler.errors import CompilerError
 from compiler.load import save_checkpoint, seeded_model
 from compiler.log import Progress, log, stage
@@ -105,7 +105,7 @@ def demo_checkpoint(attention: str = "kv") -> Path:
     """The trained demo checkpoint: trained once (a few minutes) and cached; $STCA_CACHE_DIR moves the cache."""
     cache = Path(os.environ.get("STCA_CACHE_DIR", Path.home() / ".cache" / "stca-compiler"))
     cfg = TrainConfig(attention=attention)
-    path = cache / f"demo-{cfg.preset}-{cfg.attention}-seed{cfg.seed}-steps{cfg.steps}"
+    path = cache / f"demo-{cfg.preset}-{cfg.attention}-seed{cfg.seed}-steps{cfg.steps}-data{GENERATOR_VERSION}"
     if (path / "model.safetensors").is_file():
         return path
     log.info("no cached demo checkpoint at %s: training one now (once; a few minutes on 2 cores)", path)

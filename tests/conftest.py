@@ -19,5 +19,5 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained briefly on the synthetic world: enough signal for AUC-based checks."""
     from compiler.train import TrainConfig, train
 
-    cfg = TrainConfig(preset="tiny", steps=1_500, train_window=512, n_candidates=64, eval_requests=8, eval_lengths=(256,))
+    cfg = TrainConfig(preset="tiny", steps=3_000, train_window=512, n_candidates=64, eval_requests=8, eval_lengths=(256,))  # ~30 s
     return train(cfg, tmp_path_factory.mktemp("ckpt") / "trained").checkpoint

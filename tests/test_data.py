@@ -43,3 +43,15 @@ def test_requests_are_reproducible_and_well_formed():
     assert r.inputs["candidate_features"].shape == (7, config.n_candidate_fields)
     assert (r.inputs["history_item_ids"] > 0).all()  # 0 is reserved for padding
     assert np.all(np.diff(r.inputs["history_age_s"]) < 0)  # most recent last: ages fall
+
+
+def test_candidates_repeat_only_when_a_cluster_runs_out_of_items():
+    world = World()
+    index = {item_id: i for i, item_id in enumerate(world.item_ids)}
+    for r in sample_requests(preset("tiny"), [50] * 20, seed=5, n_candidates=64, world=world):
+        ids, counts = np.unique(r.inputs["candidate_item_ids"], return_counts=True)
+        per_cluster = np.bincount(world.item_cluster[[index[i] for i in r.inputs["candidate_item_ids"]]], minlength=world.n_clusters)
+        cluster_size = np.bincount(world.item_cluster, minlength=world.n_clusters)
+        for item_id in ids[counts > 1]:
+            k = world.item_cluster[index[item_id]]
+            assert per_cluster[k] > cluster_size[k], "an item repeated while its cluster had unused items"
