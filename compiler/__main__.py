@@ -38,6 +38,18 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_cut(args) -> int:
+    """Export and split a model, and print what crosses the cut (no verification, no output files)."""
+    from compiler.build import BuildConfig, cut_entries, plan_cut
+    from compiler.report import cut_table
+
+    cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history)
+    model, _, _, parts = plan_cut(cfg)
+    entries = cut_entries(parts.cut, model.config.max_history)
+    print("\n".join(cut_table(entries["cut"], entries["shared_weights"], model.config.max_history)))
+    return 0
+
+
 def cmd_train(args) -> int:
     """Train the demo model on synthetic requests (CPU, a few minutes) and save a checkpoint."""
     from compiler.train import TrainConfig, train
@@ -118,6 +130,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--response-cache", action="store_true", help="enable Triton's response cache on the history encoder")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
     b.set_defaults(handler=cmd_build)
+
+    ct = sub.add_parser("cut", help=cmd_cut.__doc__, description=cmd_cut.__doc__)
+    ct.add_argument("--checkpoint", type=Path)
+    ct.add_argument("--preset", help="paper, small or tiny (an untrained seeded model)")
+    ct.add_argument("--attention", choices=["kv", "reordered"])
+    ct.add_argument("--max-history", type=int, help="the L at which bytes per request are counted (default 10000)")
+    ct.set_defaults(handler=cmd_cut)
 
     t = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     t.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")

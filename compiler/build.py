@@ -61,21 +61,8 @@ class BuildResult:
 def build(cfg: BuildConfig) -> BuildResult:
     started = time.time()
     check_replaceable(cfg.out, _is_build, "an earlier build")  # fail before minutes of work, not after
-    with stage("load") as s:
-        model, source = _load(cfg)
-        c = model.config
-        s.summary = f"{source['kind']} model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
-    with stage("export") as s:
-        exported = export(model, cfg.opset)
-        s.summary = f"{len(exported.model.graph.node)} nodes, opset {cfg.opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
-    with stage("partition") as s:
-        parts = split(exported.model, REQUEST_INPUTS, model.cut_tensor_names())
-        cut = parts.cut
-        mb = (cut.bytes_per_request({"L": c.max_history}) or 0) / 1e6
-        s.summary = (
-            f"{len(parts.encoder.graph.node)} nodes -> encoder, {len(parts.scorer.graph.node)} -> scorer; "
-            f"{len(cut.tensors)} tensors cross, {mb:.1f} MB/request at L={c.max_history}"
-        )
+    model, source, exported, parts = plan_cut(cfg)
+    c, cut = model.config, parts.cut
     with stage("precision") as s:
         halves = convert(parts, model, cfg.precision)
         s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
@@ -100,6 +87,25 @@ def build(cfg: BuildConfig) -> BuildResult:
         manifest["files"] = hash_tree(tmp)  # every file written, report.md included
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return BuildResult(Path(cfg.out), manifest)
+
+
+def plan_cut(cfg: BuildConfig):
+    """Load, export and split: (model, source, exported, split). `python -m compiler cut` stops here."""
+    with stage("load") as s:
+        model, source = _load(cfg)
+        c = model.config
+        s.summary = f"{source['kind']} model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
+    with stage("export") as s:
+        exported = export(model, cfg.opset)
+        s.summary = f"{len(exported.model.graph.node)} nodes, opset {cfg.opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
+    with stage("partition") as s:
+        parts = split(exported.model, REQUEST_INPUTS, model.cut_tensor_names())
+        mb = (parts.cut.bytes_per_request({"L": c.max_history}) or 0) / 1e6
+        s.summary = (
+            f"{len(parts.encoder.graph.node)} nodes -> encoder, {len(parts.scorer.graph.node)} -> scorer; "
+            f"{len(parts.cut.tensors)} tensors cross, {mb:.1f} MB/request at L={c.max_history}"
+        )
+    return model, source, exported, parts
 
 
 def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
@@ -153,22 +159,24 @@ def _manifest(cfg, model, source, opset, cut, halves, verification, limits, star
         "machine": machine(),
         "export": {"opset": opset, "dynamic_dims": {"L": [1, c.max_history], "N": [1, c.max_candidates]}},
         "request_limits": limits.to_dict(),
-        "cut": [
-            {
-                "name": t.name,
-                "source": t.source,
-                "dtype": t.dtype,
-                "shape": list(t.shape),
-                "bytes_per_request": t.bytes_per_request({"L": c.max_history}),
-            }
-            for t in cut.tensors
-        ],
-        "cut_bytes_per_request": cut.bytes_per_request({"L": c.max_history}),
-        "cut_at_history_length": c.max_history,
-        "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
+        **cut_entries(cut, c.max_history),
         "placement": dict(cut.placement),
         "verification": verification.to_dict(),
         "accepted_accuracy_loss": bool(cfg.accept_accuracy_loss and not verification.passed),
+    }
+
+
+def cut_entries(cut, history_length: int) -> dict:
+    """The manifest's view of a Cut: each crossing tensor with its bytes per request at history_length."""
+    return {
+        "cut": [
+            {"name": t.name, "source": t.source, "dtype": t.dtype, "shape": list(t.shape),
+             "bytes_per_request": t.bytes_per_request({"L": history_length})}
+            for t in cut.tensors
+        ],
+        "cut_bytes_per_request": cut.bytes_per_request({"L": history_length}),
+        "cut_at_history_length": history_length,
+        "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
     }
 
 

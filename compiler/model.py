@@ -41,9 +41,9 @@ class STCAConfig:
     n_actions: int = 8  # action types (finish, skip, like, ...)
     n_age_buckets: int = 32  # bucket = floor(log2(1 + age_s)); 2^31 s is 68 years
     n_user_fields: int = 4  # K user-profile fields, one RankMixer token each
-    user_vocab: int = 65_536  # hashed rows per user field
+    user_vocab: int = 8_192  # hashed rows per user field
     n_candidate_fields: int = 3  # F candidate-side fields, one RankMixer token each
-    candidate_vocab: int = 65_536  # hashed rows per candidate field
+    candidate_vocab: int = 8_192  # hashed rows per candidate field
     mixer_layers: int = 2  # RankMixer blocks
     tasks: tuple[str, ...] = ("finish", "skip", "like")  # one sigmoid head each
     attention: str = "kv"  # "kv" or "reordered": same math, chosen per build
@@ -88,7 +88,7 @@ class STCAConfig:
 
 
 PRESETS = {
-    "paper": STCAConfig(),  # D=1024, h=16, d_h=64, M=4, as in the paper
+    "paper": STCAConfig(),  # D=1024, h=16, d_h=64, M=4, as in the paper; ~1.5 GB fp32, under ONNX's 2 GB file limit
     "small": STCAConfig(  # the CPU demo model: D=64
         n_heads=4, head_dim=16, item_vocab=16_384, user_vocab=1_024, candidate_vocab=1_024
     ),

@@ -12,6 +12,20 @@ def write(directory: Path, manifest: dict, verification: Verification) -> Path:
     return path
 
 
+def cut_table(tensors: list[dict], shared_weights: list[dict], history_length: int) -> list[str]:
+    """The cut as markdown table lines, from the manifest's "cut" and "shared_weights" entries."""
+    lines = [f"| tensor | dtype | shape | bytes/request at L={history_length} |", "|---|---|---|---:|"]
+    for t in tensors:
+        size = f"{t['bytes_per_request']:,}" if t["bytes_per_request"] is not None else "?"
+        lines.append(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {size} |")
+    sizes = [t["bytes_per_request"] for t in tensors]
+    lines.append(f"| **total** | | | **{sum(sizes):,}** |" if None not in sizes else "| **total** | | | ? |")
+    if shared_weights:
+        lines += ["", "| weight both halves hold | bytes |", "|---|---:|"]
+        lines += [f"| `{w['name']}` | {w['bytes']:,} |" for w in shared_weights]
+    return lines
+
+
 def _lines(m: dict, v: Verification) -> list[str]:
     c = m["model_config"]
     L = m["cut_at_history_length"]
@@ -55,24 +69,9 @@ def _lines(m: dict, v: Verification) -> list[str]:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in v.failures]
     if (m.get("plots") or {}).get("error_vs_length"):
         lines += ["", f"![score error against history length]({m['plots']['error_vs_length']})"]
-    lines += [
-        "",
-        f"## The cut (bytes per request at L={L})",
-        "",
-        "Tensors the history encoder computes once per request and every candidate's scoring reads.",
-        "",
-        "| tensor | dtype | shape | bytes/request |",
-        "|---|---|---|---:|",
-    ]
-    for t in m["cut"]:
-        size = t["bytes_per_request"]
-        lines.append(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {size:,} |" if size is not None else
-                     f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | ? |")
-    total = m["cut_bytes_per_request"]
-    lines.append(f"| **total** | | | **{total:,}** |" if total is not None else "| **total** | | | ? |")
-    if m["shared_weights"]:
-        lines += ["", "Weights both halves hold:", "", "| weight | bytes |", "|---|---:|"]
-        lines += [f"| `{w['name']}` | {w['bytes']:,} |" for w in m["shared_weights"]]
+    lines += ["", f"## The cut (bytes per request at L={L})", "",
+              "Tensors the history encoder computes once per request and every candidate's scoring reads.", ""]
+    lines += cut_table(m["cut"], m["shared_weights"], L)
     placed = Counter(reason.split(":")[0] for reason in m["placement"].values())
     lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
