@@ -1,0 +1,58 @@
+"""The `stca` ensemble on a real tritonserver: same scores as PyTorch over HTTP and gRPC, and the baselines agree."""
+
+import numpy as np
+import pytest
+import torch
+
+from compiler.client import ScoringClient
+from compiler.data import sample_requests
+from compiler.load import load_model
+from compiler.model import INPUT_NAMES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return load_model(tiny_checkpoint)
+
+
+def torch_scores(model, inputs):
+    with torch.no_grad():
+        return model(*[torch.from_numpy(inputs[n]) for n in INPUT_NAMES]).numpy()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("L,N", [(1, 1), (7, 3), (2_000, 128), (10_000, 1), (10_000, 300)])
+def test_ensemble_scores_equal_pytorch(triton, model, protocol, L, N):
+    url = triton.cfg.http_url if protocol == "http" else triton.cfg.grpc_url
+    client = ScoringClient(url, protocol)
+    request = next(sample_requests(model.config, [L], seed=L * 7 + N, n_candidates=N)).inputs
+    scores = client.score(request)
+    assert scores.shape == (N, 3)
+    np.testing.assert_allclose(scores, torch_scores(model, request), rtol=0, atol=1e-4)
+    client.close()
+
+
+def test_the_client_reads_limits_and_tasks_from_the_server(triton, model):
+    client = ScoringClient(triton.cfg.http_url)
+    assert client.tasks == model.config.tasks
+    assert (client.limits.max_history, client.limits.max_candidates) == (model.config.max_history, model.config.max_candidates)
+
+
+@pytest.mark.parametrize("L,N", [(1, 1), (500, 40)])
+def test_ensemble_equals_the_fused_and_naive_baselines(triton, model, L, N):
+    request = next(sample_requests(model.config, [L], seed=3, n_candidates=N)).inputs
+    split = ScoringClient(triton.cfg.http_url).score(request)
+    fused = ScoringClient(triton.cfg.http_url, model="stca_fused").score(request)
+    naive = ScoringClient(triton.cfg.http_url, model="stca_naive").score(request)
+    np.testing.assert_allclose(split, fused, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(naive, fused, rtol=0, atol=1e-5)
+
+
+def test_rank_orders_candidates_by_score(triton, model):
+    request = next(sample_requests(model.config, [100], seed=4, n_candidates=20)).inputs
+    ranking = ScoringClient(triton.cfg.http_url).rank(request)
+    top = ranking.top("finish", 20)
+    assert [score for _, _, score in top] == sorted((score for _, _, score in top), reverse=True)
+    assert {item for _, item, _ in top} == set(request["candidate_item_ids"].tolist())

@@ -1,0 +1,94 @@
+"""Emitted configs, parsed with Triton's own model-config protobuf and checked field by field."""
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compiler.data import sample_requests
+from compiler.emit import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, EmitConfig, Graphs, emit, read_config
+from compiler.model import REQUEST_INPUTS
+from compiler.partition import split
+from compiler.requests import RequestLimits
+from tests.models import stca
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    model, whole = stca("tiny")
+    parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
+    c = model.config
+    limits = RequestLimits(c.max_history, c.max_candidates, c.n_user_fields, c.n_candidate_fields)
+    warmup = next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs
+    return Graphs(parts.encoder, parts.scorer, whole), limits, warmup, parts.cut
+
+
+def emitted(tmp_path, graphs, **cfg):
+    g, limits, warmup, _ = graphs
+    if cfg.get("target") == "tensorrt":  # the configs are under test here, not the engines (tests/test_engines.py)
+        g = Graphs(g.encoder, g.scorer, g.whole, plans={ENCODER: b"plan", SCORER: b"plan", FUSED: b"plan"})
+    emit(tmp_path, g, limits, ("finish", "skip", "like"), warmup, EmitConfig(**cfg))
+    return {p.parent.name: read_config(p) for p in tmp_path.glob("*/config.pbtxt")}
+
+
+def dims(config, kind):
+    return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in getattr(config, kind)}
+
+
+@pytest.mark.parametrize("target", ["python", "onnxruntime", "tensorrt"])
+def test_every_target_writes_complete_configs(tmp_path, graphs, target):
+    configs = emitted(tmp_path, graphs, target=target, baselines=True)
+    assert set(configs) == {ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE}
+    for name, config in configs.items():
+        assert config.name == name and config.max_batch_size == 0  # L and N are -1 dims, never a batch dim
+    encoder, scorer, ensemble = configs[ENCODER], configs[SCORER], configs[ENSEMBLE]
+    assert dims(encoder, "input") == {"history_item_ids": ("TYPE_INT64", [-1]), "history_actions": ("TYPE_INT64", [-1]),
+                                      "history_age_s": ("TYPE_FP32", [-1]), "user_features": ("TYPE_INT64", [4])}
+    assert dims(encoder, "output")["K_1"] == ("TYPE_FP32", [-1, 16])
+    assert dims(scorer, "output") == {"scores": ("TYPE_FP32", [-1, 3])}
+    assert dims(ensemble, "input")["candidate_features"] == ("TYPE_INT64", [-1, 3])
+    expected = {"python": ("python", "", mc.ModelInstanceGroup.KIND_CPU),
+                "onnxruntime": ("", "onnxruntime_onnx", mc.ModelInstanceGroup.KIND_GPU),
+                "tensorrt": ("", "tensorrt_plan", mc.ModelInstanceGroup.KIND_GPU)}[target]
+    for config in (encoder, scorer, configs[FUSED]):
+        assert (config.backend, config.platform, config.instance_group[0].kind) == expected
+        assert len(config.model_warmup) == 1  # warmup on the composing models...
+    assert not ensemble.model_warmup  # ...never on the ensemble
+    assert configs[NAIVE].backend == "python" and configs[NAIVE].parameters["fused_model"].string_value == FUSED
+    model_file = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}[target]
+    assert (tmp_path / ENCODER / "1" / model_file).is_file()
+
+
+def test_the_ensemble_wires_every_cut_tensor_from_encoder_to_scorer(tmp_path, graphs):
+    configs = emitted(tmp_path, graphs)
+    cut = [t.name for t in graphs[3].tensors]
+    encoder_step, scorer_step = configs[ENSEMBLE].ensemble_scheduling.step
+    assert (encoder_step.model_name, scorer_step.model_name) == (ENCODER, SCORER)
+    assert dict(encoder_step.output_map) == {t: t for t in cut}
+    assert {k: v for k, v in scorer_step.input_map.items() if k in cut} == {t: t for t in cut}
+    assert set(scorer_step.input_map) == set(cut) | {"candidate_item_ids", "candidate_features"}
+    assert dict(scorer_step.output_map) == {"scores": "scores"}
+    assert configs[ENSEMBLE].parameters["tasks"].string_value == "finish,skip,like"
+
+
+def test_warmup_is_a_real_request_that_passes_validation(tmp_path, graphs):
+    emitted(tmp_path, graphs)
+    config = read_config(tmp_path / ENCODER / "config.pbtxt")
+    warm = config.model_warmup[0].inputs["history_age_s"]
+    data = np.fromfile(tmp_path / ENCODER / "warmup" / warm.input_data_file, dtype=np.float32)
+    assert list(warm.dims) == [40] and data.shape == (40,) and (data >= 0).all()
+
+
+def test_options_reach_the_configs(tmp_path, graphs):
+    configs = emitted(tmp_path, graphs, target="onnxruntime", instances=3, ort_trt_accelerator=True, response_cache=True)
+    encoder = configs[ENCODER]
+    assert encoder.instance_group[0].count == 3
+    assert encoder.response_cache.enable and not configs[SCORER].response_cache.enable
+    accel = encoder.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP32"
+
+
+def test_a_misspelled_field_does_not_parse(tmp_path):
+    (tmp_path / "config.pbtxt").write_text('name: "x"\nmax_batch_sise: 0\n')
+    with pytest.raises(text_format.ParseError):
+        read_config(tmp_path / "config.pbtxt")
