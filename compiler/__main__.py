@@ -102,7 +102,7 @@ def cmd_demo(args) -> int:
     """The whole loop: build the demo model, serve it, score a sample request, stop the server."""
     from compiler.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, args.checkpoint)
     return 0
 
 
@@ -169,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     d.add_argument("--out", type=Path, default=Path("triton_repo"))
+    d.add_argument("--checkpoint", type=Path, help="default: the trained demo model")
     d.set_defaults(handler=cmd_demo)
     return p
 

@@ -10,9 +10,10 @@ from compiler.log import log
 from compiler.serve import ServerConfig, TritonServer, free_port
 
 
-def run_demo(out: Path = Path("triton_repo"), history_length: int = 2_000, n_candidates: int = 128, top: int = 10) -> str:
-    """Returns the ranking table it printed."""
-    result = build(BuildConfig(out=out))
+def run_demo(out: Path = Path("triton_repo"), checkpoint: Path | None = None, history_length: int = 2_000,
+             n_candidates: int = 128, top: int = 10) -> str:
+    """Returns the ranking table it printed. Without a checkpoint: the trained demo model."""
+    result = build(BuildConfig(out=out, checkpoint=checkpoint))
     config = load_config(Path(result.manifest["source"]["path"]))
     request = next(sample_requests(config, [history_length], seed=2_026, n_candidates=n_candidates)).inputs
     server_cfg = ServerConfig(repo=out, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
