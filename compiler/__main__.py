@@ -26,7 +26,8 @@ def cmd_build(args) -> int:
         max_history=args.max_history,
         max_candidates=args.max_candidates,
         opset=args.opset,
-        precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration),
+        precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration,
+                                  int8_high_precision=args.int8_high_precision),
         emit=EmitConfig(target=args.target, instances=args.instances, baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
@@ -47,6 +48,23 @@ def cmd_cut(args) -> int:
     model, _, _, parts = plan_cut(cfg)
     entries = cut_entries(parts.cut, model.config.max_history)
     print("\n".join(cut_table(entries["cut"], entries["shared_weights"], model.config.max_history)))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Write an INT8 calibration set: generated requests at KuaiRand-1K lengths, or your own (JSON lines)."""
+    from compiler import calibrate
+    from compiler.load import load_config
+    from compiler.model import preset
+
+    config = load_config(args.checkpoint) if args.checkpoint else preset(args.preset or "small")
+    if args.max_history:
+        config = config.__class__.from_dict({**config.to_dict(), "max_history": args.max_history})
+    if args.requests is not None:
+        result = calibrate.from_jsonl(args.out, args.requests, config)
+    else:
+        result = calibrate.generate(args.out, config, count=args.count, n_candidates=args.candidates, seed=args.seed)
+    log.info("calibration set %s: %d requests, sha256 %s", result.path, result.count, result.sha256)
     return 0
 
 
@@ -119,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder-precision", help="override --precision for the history encoder")
     b.add_argument("--scorer-precision", help="override --precision for the candidate scorer")
     b.add_argument("--calibration", type=Path, help="int8 calibration set (python -m compiler calibrate)")
+    b.add_argument("--int8-high-precision", default="fp32", help="dtype int8 leaves unquantized: fp32 (default) or fp16")
     b.add_argument("--attention", choices=["kv", "reordered"], help="attention form (default: the checkpoint's)")
     b.add_argument("--max-history", type=int, help="longest history served (default: the model config's, 10000)")
     b.add_argument("--max-candidates", type=int, help="most candidates per request (default 1024)")
@@ -137,6 +156,17 @@ def parser() -> argparse.ArgumentParser:
     ct.add_argument("--attention", choices=["kv", "reordered"])
     ct.add_argument("--max-history", type=int, help="the L at which bytes per request are counted (default 10000)")
     ct.set_defaults(handler=cmd_cut)
+
+    cb = sub.add_parser("calibrate", help=cmd_calibrate.__doc__, description=cmd_calibrate.__doc__)
+    cb.add_argument("--out", type=Path, default=Path("calibration/demo"), help="directory to write (default calibration/demo)")
+    cb.add_argument("--requests", type=Path, help="your requests: JSON lines, one {input name: list} object per line")
+    cb.add_argument("--checkpoint", type=Path, help="the model the set is for (its field counts and served maximum)")
+    cb.add_argument("--preset", help="or a preset (default small, the demo model's)")
+    cb.add_argument("--max-history", type=int, help="clip generated lengths here (default: the model's, 10000)")
+    cb.add_argument("--count", type=int, default=32, help="generated requests (default 32)")
+    cb.add_argument("--candidates", type=int, default=128, help="candidates per generated request (default 128)")
+    cb.add_argument("--seed", type=int, default=1234)
+    cb.set_defaults(handler=cmd_calibrate)
 
     t = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     t.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")

@@ -5,23 +5,26 @@ calls them in order, gates on verification, and writes the repository, manifest.
 atomically. Nothing is written when a stage or a gate fails.
 """
 
+import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from compiler import calibrate, lint, report
 from compiler import emit as emit_stage
-from compiler import report
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import sample_requests
-from compiler.emit import EmitConfig, Graphs
+from compiler.emit import ENCODER, FUSED, SCORER, EmitConfig, Graphs
+from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target, scores_with_plans
 from compiler.errors import CompilerError
 from compiler.export import export
 from compiler.load import WEIGHTS_FILE, load_model, seeded_model
-from compiler.log import stage
+from compiler.log import log, stage
 from compiler.model import REQUEST_INPUTS, STCA, preset
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
@@ -30,6 +33,7 @@ from compiler.runtime import OrtGraph, SplitRunner
 from compiler.verify import VerifyConfig, least_precise, verify
 
 BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
+DEFAULT_CALIBRATION_REQUESTS = 32
 MANIFEST, REPORT = "manifest.json", "report.md"
 
 
@@ -44,6 +48,7 @@ class BuildConfig:
     opset: int = 18
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     emit: EmitConfig = field(default_factory=EmitConfig)
+    engines: EngineConfig = field(default_factory=EngineConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     accept_accuracy_loss: bool = False  # write the repository even if a gate fails (recorded)
 
@@ -61,11 +66,17 @@ class BuildResult:
 def build(cfg: BuildConfig) -> BuildResult:
     started = time.time()
     check_replaceable(cfg.out, _is_build, "an earlier build")  # fail before minutes of work, not after
+    target = resolve_target(cfg.emit.target)
+    if target == "tensorrt":
+        require_tensorrt()
     model, source, exported, parts = plan_cut(cfg)
-    c, cut = model.config, parts.cut
-    with stage("precision") as s:
-        halves = convert(parts, model, cfg.precision)
+    c = model.config
+    with _calibration_set(cfg, model) as calibration, stage("precision") as s:
+        halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None)
         s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
+    with stage("lint") as s:
+        lint_reports = lint.check(halves.graphs())
+        s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
     precision = least_precise(halves.encoder_precision, halves.scorer_precision)
     runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
     verification = verify(model, runner.score, precision, cfg.verify)
@@ -74,19 +85,56 @@ def build(cfg: BuildConfig) -> BuildResult:
             f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
             "nothing was written (--accept-accuracy-loss writes it anyway)"
         )
+    plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
     limits = RequestLimits(c.max_history, c.max_candidates, c.n_user_fields, c.n_candidate_fields)
     warmup = next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                   n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs
+    emit_cfg = replace(cfg.emit, target=target, tensorrt_profiles=len(plans.details["profiles"]) if plans else 1)
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp:
         with stage("emit") as s:
-            graphs = Graphs(halves.encoder, halves.scorer, exported.model)
-            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, cfg.emit)
-            s.summary = f"Triton repository for target {cfg.emit.target} -> {cfg.out}"
-        manifest = _manifest(cfg, model, source, exported.opset, cut, halves, verification, limits, started)
+            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None)
+            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, emit_cfg)
+            s.summary = f"Triton repository for target {target} -> {cfg.out}"
+        manifest = _manifest(cfg, model, source, exported.opset, parts.cut, halves, verification, limits, target, started)
+        manifest["lint"] = [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in lint_reports]
+        if plans:
+            manifest["engines"] = plans.details
+        manifest["plots"] = {"error_vs_length": report.plot_error_vs_length(tmp, verification).name}
         report.write(tmp, manifest, verification)
         manifest["files"] = hash_tree(tmp)  # every file written, report.md included
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return BuildResult(Path(cfg.out), manifest)
+
+
+def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):
+    """TensorRT plans of the served graphs, then the same parity check run on the plans themselves."""
+    c = model.config
+    profiles = cfg.engines.resolved_profiles(c.max_history, c.max_candidates)
+    with stage("engines") as s:
+        graphs = {ENCODER: halves.encoder, SCORER: halves.scorer, **({FUSED: halves.whole} if halves.whole else {})}
+        plans = build_plans(graphs, profiles, cfg.engines)
+        s.summary = f"TensorRT {plans.details['tensorrt']} on {plans.details['gpu']['name']}: {len(plans.plans)} plans"
+    encoder, scorer = TrtGraph(plans.plans[ENCODER]), TrtGraph(plans.plans[SCORER])
+    check = verify(model, lambda inputs: scores_with_plans(encoder, scorer, inputs), precision, cfg.verify)
+    plans.details["verification"] = check.to_dict()
+    if not check.passed and not cfg.accept_accuracy_loss:
+        raise CompilerError(f"engines: the TensorRT plans miss the {precision} gate ({'; '.join(check.failures[:3])})")
+    return plans
+
+
+@contextlib.contextmanager
+def _calibration_set(cfg: BuildConfig, model: STCA):
+    """The int8 calibration set: the one given, or a generated one that lives as long as the conversion."""
+    p = cfg.precision
+    if "int8" not in (p.encoder_precision, p.scorer_precision):
+        yield None
+    elif p.calibration is not None:
+        yield calibrate.load(p.calibration)
+    else:
+        log.info("precision: no --calibration given: generating %d synthetic requests at KuaiRand-1K lengths "
+                 "(python -m compiler calibrate makes a reusable set, or one from your own requests)", DEFAULT_CALIBRATION_REQUESTS)
+        with tempfile.TemporaryDirectory(prefix="stca-calibration-") as tmp:
+            yield calibrate.generate(Path(tmp) / "set", model.config, count=DEFAULT_CALIBRATION_REQUESTS)
 
 
 def plan_cut(cfg: BuildConfig):
@@ -143,7 +191,7 @@ def _is_build(directory: Path) -> bool:
     )
 
 
-def _manifest(cfg, model, source, opset, cut, halves, verification, limits, started) -> dict:
+def _manifest(cfg, model, source, opset, cut, halves, verification, limits, target, started) -> dict:
     c = model.config
     return {
         "format": BUILD_FORMAT,
@@ -152,7 +200,7 @@ def _manifest(cfg, model, source, opset, cut, halves, verification, limits, star
         "build_seconds": round(time.time() - started, 1),
         "precision": least_precise(halves.encoder_precision, halves.scorer_precision),
         "precisions": {"encoder": halves.encoder_precision, "scorer": halves.scorer_precision, **halves.details},
-        "target": cfg.emit.target,
+        "target": target,
         "model_config": c.to_dict(),
         "source": source,
         "versions": versions(),

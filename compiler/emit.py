@@ -27,7 +27,7 @@ from compiler.requests import RequestLimits
 from compiler.runtime import OrtGraph
 
 ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE = "stca", "stca_history_encoder", "stca_candidate_scorer", "stca_fused", "stca_naive"
-TARGETS = ("python", "onnxruntime", "tensorrt")
+TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 TRITON_TYPES = {
     "float32": mc.TYPE_FP32,
     "float16": mc.TYPE_FP16,
@@ -41,6 +41,7 @@ TRITON_TYPES = {
 class EmitConfig:
     target: str = "python"
     instances: int = 1  # per composing model
+    tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
     intra_op_threads: int = 0  # ONNX Runtime threads per instance (python target); 0 = one per core
     baselines: bool = False
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
@@ -49,8 +50,8 @@ class EmitConfig:
     warmup_candidates: int = 128
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise CompilerError(f"target: {self.target!r} is not one of {TARGETS}")
+        if self.target not in (*TARGETS, "auto"):
+            raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
         if self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
 
@@ -67,6 +68,8 @@ class Graphs:
 
 def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup_inputs: dict, cfg: EmitConfig) -> list[Path]:
     """Write every model directory of the repository into `repo` (which the caller owns); return the files."""
+    if cfg.target not in TARGETS:
+        raise CompilerError(f"emit: target {cfg.target!r} must be resolved first (compiler.engines.resolve_target)")
     if cfg.target == "tensorrt" and not graphs.plans:
         raise CompilerError("target tensorrt: no TensorRT plans were built (see compiler.engines)")
     written: list[Path] = []
@@ -110,7 +113,8 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=N
         written += [_save_onnx(graph, version / "model.onnx")]
     else:
         config.platform = "tensorrt_plan"
-        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        group = config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        group.profile.extend(str(i) for i in range(cfg.tensorrt_profiles))  # the backend picks one per request
         plan = version / "model.plan"
         plan.write_bytes(plans[name])
         written += [plan]

@@ -2,18 +2,45 @@
 
 TensorRT 11 is strongly typed, so precision is decided here, in the ONNX graphs, and the very graphs
 that verify runs on ONNX Runtime are the ones the engines are built from.
+
+  fp32  as exported.
+  fp16  ModelOpt AutoCast (NVIDIA's TensorRT-oriented converter: it inserts the casts, keeps the graph's
+        I/O dtypes and sanitizes for TensorRT) with four things kept in fp32: LayerNormalization and
+        Softmax by op type; every reduction over the history length L, found here from the symbolic dim
+        L (the alpha @ V matmul, any ReduceSum/Mean over L): summing 10,000 fp16 terms loses digits a
+        ranking needs; and everything that feeds a discontinuous op (Floor, Round, a comparison, a cast
+        to int), such as the age bucket floor(log2(1 + age)): an fp16 rounding error there moves a value
+        across a bucket boundary (an age of 511.7 s landed in bucket 8 instead of 9 and changed every
+        K and V of that request). AutoCast's data-range rule would need a reference run; data_max=inf
+        turns it off.
+  int8  ModelOpt ONNX PTQ on the CPU: symmetric Q/DQ, per-channel weights, entropy calibration on
+        requests at serving lengths (a calibration set, see compiler.calibrate). Activation x activation
+        matmuls (the attention bmms QK^T and alpha V) are excluded: their scale would have to hold for
+        every L from 1 to 10,000. The scorer is calibrated on what the served encoder hands it.
 """
 
+import contextlib
+import io
+import re
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from compiler.errors import CompilerError
-from compiler.model import STCA
+from compiler.log import log
 from compiler.partition import Split
+from compiler.runtime import OrtGraph
 
 PRECISIONS = ("fp32", "fp16", "int8")
+FP32_OP_TYPES = ("LayerNormalization", "Softmax")
+DISCONTINUOUS_OPS = ("Floor", "Ceil", "Round", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Sign")
+REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSumExp", "ReduceSumSquare", "Softmax", "LogSoftmax")
 
 
 @dataclass(frozen=True)
@@ -21,12 +48,19 @@ class PrecisionConfig:
     precision: str = "fp32"  # both halves, unless overridden below
     encoder: str | None = None
     scorer: str | None = None
-    calibration: Path | None = None  # int8: a calibration set (python -m compiler calibrate)
+    calibration: Path | None = None  # int8: a calibration set (python -m compiler calibrate); None makes one
+    calibration_method: str = "entropy"  # or "max"
+    int8_high_precision: str = "fp32"  # dtype of what int8 leaves unquantized: fp32 (CPU, accuracy) or fp16 (GPU speed)
+    length_dim: str = "L"  # the symbolic dim whose reductions stay in fp32
 
     def __post_init__(self):
         for name, value in (("precision", self.precision), ("encoder precision", self.encoder), ("scorer precision", self.scorer)):
             if value is not None and value not in PRECISIONS:
                 raise CompilerError(f"{name}: {value!r} is not one of {PRECISIONS}")
+        if self.calibration_method not in ("entropy", "max"):
+            raise CompilerError(f"calibration method: {self.calibration_method!r} is not entropy or max")
+        if self.int8_high_precision not in ("fp32", "fp16"):
+            raise CompilerError(f"int8 high precision: {self.int8_high_precision!r} is not fp32 or fp16")
 
     @property
     def encoder_precision(self) -> str:
@@ -43,11 +77,210 @@ class Halves:
     scorer: onnx.ModelProto
     encoder_precision: str
     scorer_precision: str
-    details: dict = field(default_factory=dict)  # what the conversion did, for the manifest
+    details: dict = field(default_factory=dict)  # what each conversion did, for the manifest
+    whole: onnx.ModelProto | None = None  # the unsplit graph at --precision, when the baselines are built
+
+    def graphs(self) -> dict[str, onnx.ModelProto]:
+        return {"encoder": self.encoder, "scorer": self.scorer, **({"fused": self.whole} if self.whole is not None else {})}
 
 
-def convert(parts: Split, model: STCA, cfg: PrecisionConfig) -> Halves:
-    for half, p in (("encoder", cfg.encoder_precision), ("scorer", cfg.scorer_precision)):
-        if p != "fp32":
-            raise CompilerError(f"precision: {p} for the {half} is not implemented yet; build with --precision fp32")
-    return Halves(parts.encoder, parts.scorer, "fp32", "fp32")
+def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None) -> Halves:
+    """`calibration` (a compiler.calibrate.CalibrationSet) is needed when a graph is int8; `whole`, the
+    unsplit graph, is converted at the base precision for the stca_fused baseline."""
+    if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
+        raise CompilerError("precision int8: no calibration set given")
+    details = {}
+    encoder, details["encoder"] = _convert(parts.encoder, cfg.encoder_precision, cfg, lambda: _encoder_feeds(parts.encoder, calibration))
+    scorer, details["scorer"] = _convert(parts.scorer, cfg.scorer_precision, cfg, lambda: _scorer_feeds(encoder, parts.scorer, calibration))
+    if whole is not None:
+        names = [i.name for i in whole.graph.input]
+        whole, details["fused"] = _convert(whole, cfg.precision, cfg, lambda: ({n: r[n] for n in names} for r in calibration.requests()))
+    if calibration is not None:
+        details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
+                                  "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
+                                              "max": max(calibration.lengths)}, "method": cfg.calibration_method}
+    return Halves(encoder, scorer, cfg.encoder_precision, cfg.scorer_precision, details, whole)
+
+
+def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds):
+    if precision == "fp32":
+        return half, {"precision": "fp32"}
+    if precision == "fp16":
+        return to_fp16(half, cfg.length_dim)
+    return to_int8(half, feeds, cfg)
+
+
+def length_reductions(model: onnx.ModelProto, dim: str = "L") -> dict[str, str]:
+    """Nodes that sum, average or normalise over the symbolic dim `dim`: node name -> why."""
+    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    found = {}
+    for node in model.graph.node:
+        shape = shapes.get(node.input[0]) if node.input else None
+        if not shape:
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+            contracted = shape[-2] if trans_a and len(shape) >= 2 else shape[-1]
+            if contracted == dim:
+                found[node.name] = f"{node.op_type} contracts over {dim}"
+        elif node.op_type in REDUCE_OPS:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type in ("Softmax", "LogSoftmax"):
+                axes = [attrs.get("axis", -1)]
+            elif len(node.input) > 1 and node.input[1] in consts:
+                axes = list(consts[node.input[1]].reshape(-1))
+            else:
+                axes = attrs.get("axes", range(len(shape)))  # no axes: a reduction over everything
+            if any(shape[int(a)] == dim for a in axes):
+                found[node.name] = f"{node.op_type} over {dim}"
+    return found
+
+
+def discretization_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Float nodes upstream of a discontinuous op (a bucketing, a threshold): node name -> why."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    int_casts = [n for n in model.graph.node if n.op_type == "Cast" and
+                 any(a.name == "to" and a.i not in float_types | {onnx.TensorProto.BOOL} for a in n.attribute)]
+    found, pending = {}, []
+    for node in [n for n in model.graph.node if n.op_type in DISCONTINUOUS_OPS] + int_casts:
+        pending += [(i, f"feeds {node.op_type} {node.name}") for i in node.input]
+    while pending:
+        name, why = pending.pop()
+        node = producer.get(name)
+        if node is None or node.name in found or node.op_type in ("Shape", "Size", "Constant"):
+            continue
+        found[node.name] = why
+        pending += [(i, why) for i in node.input]
+    return found
+
+
+def to_fp16(half: onnx.ModelProto, length_dim: str = "L") -> tuple[onnx.ModelProto, dict]:
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    reductions, discretizing = length_reductions(half, length_dim), discretization_inputs(half)
+    keep = {**reductions, **discretizing}
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        path = Path(tmp) / "half.onnx"
+        onnx.save(half, str(path))
+        converted = convert_to_mixed_precision(
+            str(path),
+            "fp16",
+            op_types_to_exclude=list(FP32_OP_TYPES),
+            nodes_to_exclude=[f"^{re.escape(name)}$" for name in keep],
+            data_max=np.inf,  # no reference run: what stays fp32 is decided by the rules above
+            keep_io_types=True,
+        )
+    counts = _node_precisions(converted)
+    return converted, {"precision": "fp16", "tool": "modelopt.onnx.autocast", "nodes": counts,
+                       "kept_fp32": {"op_types": list(FP32_OP_TYPES), "length_reductions": reductions,
+                                     "feeding_discontinuous_ops": discretizing}}
+
+
+def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.ModelProto, dict]:
+    from modelopt.onnx.quantization import quantize
+
+    bmms = attention_matmuls(half)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        source, target = Path(tmp) / "half.onnx", Path(tmp) / "half.int8.onnx"
+        onnx.save(half, str(source))
+        quantize(
+            str(source),
+            quantize_mode="int8",
+            calibration_data_reader=_Reader(feeds),
+            calibration_method=cfg.calibration_method,
+            calibration_eps=["cpu"],
+            nodes_to_exclude=[f"^{re.escape(name)}$" for name in bmms],
+            high_precision_dtype="fp32",  # fp16 goes through to_fp16 below, so its fp32 rules apply
+            output_path=str(target),
+            log_level="ERROR",
+        )
+        quantized = onnx.load(str(target))
+    q = Counter(n.op_type for n in quantized.graph.node)
+    quantized_ops = Counter(_consumer_op(quantized, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
+    details = {"precision": "int8", "tool": "modelopt.onnx.quantization", "qdq_pairs": q["QuantizeLinear"],
+               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
+               "high_precision": cfg.int8_high_precision, "calibration_method": cfg.calibration_method}
+    if cfg.int8_high_precision == "fp16":
+        quantized, details["fp16"] = to_fp16(quantized, cfg.length_dim)
+    return quantized, details
+
+
+def attention_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose two inputs are both activations (QK^T, alpha V), not activation x weight."""
+    weights = {init.name for init in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def from_weights(name: str) -> bool:  # a weight seen through Transpose/Reshape/Cast is still a weight
+        while name not in weights and name in producer and producer[name].op_type in ("Transpose", "Reshape", "Cast", "Unsqueeze"):
+            name = producer[name].input[0]
+        return name in weights
+
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(from_weights(i) for i in n.input)]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a lazily built feed iterator (one request in memory)."""
+
+    def __init__(self, make_feeds):
+        self.make_feeds = make_feeds
+        self.rewind()
+
+    def get_next(self):
+        return next(self.iterator, None)
+
+    def get_first(self):
+        return next(iter(self.make_feeds()))
+
+    def rewind(self):
+        self.iterator = iter(self.make_feeds())
+
+
+def _encoder_feeds(encoder: onnx.ModelProto, calibration):
+    names = [i.name for i in encoder.graph.input]
+    return ({name: request[name] for name in names} for request in calibration.requests())
+
+
+def _scorer_feeds(served_encoder: onnx.ModelProto, scorer: onnx.ModelProto, calibration):
+    runner = OrtGraph(served_encoder)
+    names = [i.name for i in scorer.graph.input]
+    return ({name: {**request, **runner.run(request)}[name] for name in names} for request in calibration.requests())
+
+
+def _node_precisions(model: onnx.ModelProto) -> dict:
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
+    counts = Counter()
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            continue
+        elem = types.get(node.output[0])
+        counts["fp16" if elem == onnx.TensorProto.FLOAT16 else "fp32" if elem == onnx.TensorProto.FLOAT else "other"] += 1
+    return dict(counts)
+
+
+def _consumer_op(model: onnx.ModelProto, dq: onnx.NodeProto) -> str:
+    return next((n.op_type for n in model.graph.node if dq.output[0] in n.input), "graph output")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ModelOpt prints progress to stdout and logs at INFO; keep both out of the build's output."""
+    import logging
+
+    chatter = io.StringIO()
+    loggers = [logging.getLogger(name) for name in ("modelopt", "modelopt.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # and its tqdm bars
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        log.debug("modelopt output:\n%s", chatter.getvalue())

@@ -12,6 +12,32 @@ def write(directory: Path, manifest: dict, verification: Verification) -> Path:
     return path
 
 
+def plot_error_vs_length(directory: Path, verification: Verification) -> Path:
+    """error_vs_length.png: max and mean abs score error against history length, one line per N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(directory) / "error_vs_length.png"
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for N in sorted({c.N for c in verification.cases}):
+        cases = sorted((c for c in verification.cases if c.N == N), key=lambda c: c.L)
+        line, = ax.plot([c.L for c in cases], [c.max_abs_error for c in cases], marker="o", label=f"N={N} max")
+        ax.plot([c.L for c in cases], [c.mean_abs_error for c in cases], marker=".", linestyle="--", color=line.get_color(),
+                label=f"N={N} mean")
+    if verification.thresholds.max_abs_error is not None:
+        ax.axhline(verification.thresholds.max_abs_error, color="red", linewidth=0.8, label="gate")
+    ax.set(xscale="log", yscale="log", xlabel="history length L", ylabel="|score - PyTorch fp32|",
+           title=f"{verification.precision} graphs (ONNX Runtime, CPU) vs PyTorch fp32")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def cut_table(tensors: list[dict], shared_weights: list[dict], history_length: int) -> list[str]:
     """The cut as markdown table lines, from the manifest's "cut" and "shared_weights" entries."""
     lines = [f"| tensor | dtype | shape | bytes/request at L={history_length} |", "|---|---|---|---:|"]
@@ -53,13 +79,14 @@ def _lines(m: dict, v: Verification) -> list[str]:
     if m.get("accepted_accuracy_loss"):
         lines += ["**Built with --accept-accuracy-loss: the gates below were missed.**", ""]
     lines += [
-        "| L | N | requests | max abs error | mean abs error | Kendall tau (mean / min) | top-10 overlap |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| L | N | requests | max abs error | mean abs error | Kendall tau (mean / min) | top-10 overlap | max abs AUC delta |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in v.cases:
+        auc = "-" if case.auc_delta is None else f"{case.auc_delta:.4f}"
         lines.append(
             f"| {case.L} | {case.N} | {case.requests} | {case.max_abs_error:.2e} | {case.mean_abs_error:.2e} | "
-            f"{case.kendall_tau_mean:.4f} / {case.kendall_tau_min:.4f} | {case.top10_overlap_mean:.3f} |"
+            f"{case.kendall_tau_mean:.4f} / {case.kendall_tau_min:.4f} | {case.top10_overlap_mean:.3f} | {auc} |"
         )
     if v.auc:
         lines += ["", "AUC on labelled held-out requests (KuaiRand-1K lengths):", "",

@@ -60,6 +60,7 @@ class CaseResult:
     kendall_tau_mean: float
     kendall_tau_min: float
     top10_overlap_mean: float
+    auc_delta: float | None  # largest |AUC(compiled) - AUC(PyTorch)| over tasks on this case's labels (N >= 16)
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,9 @@ def verify(
         for i, L in enumerate(cfg.lengths):
             for j, N in enumerate(cfg.candidates):
                 seed = cfg.seed + 1_000 * i + j
-                pairs = [
-                    (_torch_scores(reference, r.inputs), compiled(r.inputs))
-                    for r in sample_requests(c, [L] * cfg.requests_per_case, seed=seed, n_candidates=N, world=world)
-                ]
-                cases.append(_case(L, N, pairs))
+                requests = list(sample_requests(c, [L] * cfg.requests_per_case, seed=seed, n_candidates=N, world=world))
+                pairs = [(_torch_scores(reference, r.inputs), compiled(r.inputs)) for r in requests]
+                cases.append(_case(L, N, pairs, np.concatenate([r.labels for r in requests])))
                 progress.advance(note=f"L={L} N={N} max abs {cases[-1].max_abs_error:.2e}")
         auc_table = _auc_deltas(reference, compiled, cfg, world) if cfg.auc_requests else {}
         failures = _failures(thresholds, cases, auc_table)
@@ -132,12 +131,17 @@ def _torch_scores(model: STCA, inputs: dict) -> np.ndarray:
         return model(*[torch.from_numpy(inputs[name]) for name in INPUT_NAMES]).numpy()
 
 
-def _case(L: int, N: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> CaseResult:
+def _case(L: int, N: int, pairs: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> CaseResult:
     errors = np.concatenate([np.abs(ref - out).ravel() for ref, out in pairs])
     taus = [kendall_tau(ref[:, t], out[:, t]) for ref, out in pairs for t in range(ref.shape[1])]
     overlaps = [top_k_overlap(ref[:, t], out[:, t], 10) for ref, out in pairs for t in range(ref.shape[1])]
+    ref, out = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    deltas = [abs(auc(labels[:, t], out[:, t]) - auc(labels[:, t], ref[:, t])) for t in range(ref.shape[1])]
+    deltas = [d for d in deltas if not np.isnan(d)]
+    auc_delta = float(max(deltas)) if N >= TAU_MIN_CANDIDATES and deltas else None
     return CaseResult(
-        L, N, len(pairs), float(errors.max()), float(errors.mean()), float(np.mean(taus)), float(np.min(taus)), float(np.mean(overlaps))
+        L, N, len(pairs), float(errors.max()), float(errors.mean()), float(np.mean(taus)), float(np.min(taus)),
+        float(np.mean(overlaps)), auc_delta,
     )
 
 

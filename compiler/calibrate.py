@@ -1,0 +1,120 @@
+"""Calibration sets for INT8: requests at the lengths the model will serve, written and read one at a time.
+
+A calibration set is a directory:
+
+    calibration.json          {"format": "stca-calibration", "count", "lengths", "candidates", "source", "sha256"}
+    request-00000.npz ...     one request each: the six model inputs, named as in compiler.requests
+
+`python -m compiler calibrate` makes one from the synthetic generator (history lengths drawn from
+KuaiRand-1K, clipped at the served maximum) or from your own requests: a JSON-lines file with one
+request per line, each line the JSON `python -m compiler score --request` reads ({input name: list}).
+Either way one request is in memory at a time, and `sha256` (over the request files, in order) goes
+into the manifest of every build calibrated with it.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compiler.artifacts import atomic_directory, sha256_file
+from compiler.data import kuairand_lengths, sample_requests
+from compiler.errors import CompilerError
+from compiler.log import Progress, stage
+from compiler.model import STCAConfig
+from compiler.requests import INPUTS, RequestError, RequestLimits
+
+CALIBRATION_FORMAT = "stca-calibration"
+INDEX = "calibration.json"
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    path: Path
+    count: int
+    sha256: str
+    lengths: tuple[int, ...]
+
+    def requests(self) -> Iterator[dict]:
+        """The requests in order, loaded one at a time."""
+        for i in range(self.count):
+            with np.load(self.path / _name(i)) as shard:
+                yield {name: shard[name] for name in INPUTS}
+
+
+def generate(out: Path, config: STCAConfig, count: int = 32, n_candidates: int = 128, seed: int = 1_234) -> CalibrationSet:
+    """Synthetic requests with KuaiRand-1K history lengths up to config.max_history."""
+    lengths = kuairand_lengths(count, config.max_history, seed=seed)
+    requests = (r.inputs for r in sample_requests(config, lengths, seed=seed + 1, n_candidates=min(n_candidates, config.max_candidates)))
+    return _write(out, requests, count, {"generator": "compiler.data (KuaiRand-1K lengths)", "seed": seed}, _limits(config))
+
+
+def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
+    """Your own requests: one JSON object per line, {input name: list}; each is validated against the model."""
+    source = Path(source)
+    if not source.is_file():
+        raise CompilerError(f"calibrate: {source}: no such file")
+    count = sum(1 for line in source.open() if line.strip())
+    if count == 0:
+        raise CompilerError(f"calibrate: {source} holds no requests (one JSON object per line)")
+
+    def requests():
+        with source.open() as f:
+            for number, line in enumerate((line for line in f if line.strip()), start=1):
+                try:
+                    raw = json.loads(line)
+                    yield {name: np.asarray(raw[name], dtype=INPUTS[name][0]) for name in INPUTS}
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise CompilerError(f"calibrate: {source} line {number}: not a request ({type(e).__name__}: {e})") from e
+
+    return _write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, _limits(config))
+
+
+def load(path: Path) -> CalibrationSet:
+    path = Path(path)
+    try:
+        index = json.loads((path / INDEX).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompilerError(f"calibration {path}: no readable {INDEX}; make one with `python -m compiler calibrate`") from e
+    if index.get("format") != CALIBRATION_FORMAT:
+        raise CompilerError(f"calibration {path}: {INDEX} is not a calibration set index")
+    missing = [_name(i) for i in range(index["count"]) if not (path / _name(i)).is_file()]
+    if missing:
+        raise CompilerError(f"calibration {path}: {len(missing)} request file(s) missing, first {missing[0]}")
+    return CalibrationSet(path, index["count"], index["sha256"], tuple(index["lengths"]))
+
+
+def _write(out: Path, requests, count: int, source: dict, limits: RequestLimits) -> CalibrationSet:
+    lengths, candidates, digest = [], [], hashlib.sha256()
+    with stage(f"calibrate: {count} requests -> {out}") as s, atomic_directory(out, _is_calibration, "a calibration set") as tmp:
+        progress = Progress("request", count)
+        for i, inputs in enumerate(requests):
+            try:
+                L, N = limits.validate(inputs)
+            except RequestError as e:
+                raise CompilerError(f"calibrate: request {i}: {e}") from e
+            np.savez(tmp / _name(i), **inputs)
+            digest.update(sha256_file(tmp / _name(i)).encode())
+            lengths.append(L)
+            candidates.append(N)
+            progress.advance()
+        index = {"format": CALIBRATION_FORMAT, "count": len(lengths), "lengths": lengths, "candidates": candidates,
+                 "source": source, "limits": limits.to_dict(), "sha256": digest.hexdigest()}
+        (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        s.summary = f"L from {min(lengths)} to {max(lengths)} (median {int(np.median(lengths))}), sha256 {digest.hexdigest()[:12]}"
+    return CalibrationSet(Path(out), len(lengths), digest.hexdigest(), tuple(lengths))
+
+
+def _limits(config: STCAConfig) -> RequestLimits:
+    return RequestLimits(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields)
+
+
+def _name(i: int) -> str:
+    return f"request-{i:05d}.npz"
+
+
+def _is_calibration(directory: Path) -> bool:
+    return (directory / INDEX).is_file() and all(p.name == INDEX or p.name.startswith("request-") for p in directory.iterdir())

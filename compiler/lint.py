@@ -1,0 +1,109 @@
+"""TensorRT-compatibility lint: checks, on the CPU, what TensorRT's ONNX parser would refuse on the GPU host.
+
+Runs in every build, on every graph the repository will hold, and fails the build with the node and the
+rule it breaks. The operator list follows the onnx-tensorrt support matrix (docs/operators.md) for
+TensorRT 10.15; the rules are the restrictions that matrix and TensorRT's quantization guide state.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compiler.errors import CompilerError
+from compiler.export import OPSETS
+
+# Operators the TensorRT ONNX parser supports ("Y" in the onnx-tensorrt support matrix, TensorRT 10.15).
+TENSORRT_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
+BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
+CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten
+Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+GreaterOrEqual GridSample GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax
+Identity If ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
+LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish
+Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear
+RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RMSNormalization RNN RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter
+ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign
+SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh TensorScatter ThresholdedRelu Tile TopK Transpose Trilu
+Unsqueeze Upsample Where Xor
+""".split())
+CONSTANT_AXES_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+                     "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze")
+
+
+@dataclass(frozen=True)
+class LintReport:
+    graph: str
+    nodes: int
+    qdq_pairs: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def lint(model: onnx.ModelProto, name: str) -> LintReport:
+    graph = model.graph
+    problems = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset not in OPSETS:
+        problems.append(f"opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1}")
+    constants = {init.name: init for init in graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
+    elem_types = _elem_types(model)
+    for node in graph.node:
+        where = f"{node.op_type} {node.name or node.output[0]}"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
+        elif node.op_type not in TENSORRT_OPS:
+            problems.append(f"{where}: TensorRT's ONNX parser does not support {node.op_type}")
+        if node.op_type in CONSTANT_AXES_OPS and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+            problems.append(f"{where}: axes input {node.input[1]!r} must be a constant for TensorRT")
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            problems += _qdq_problems(node, where, constants, elem_types)
+    qdq = sum(1 for n in graph.node if n.op_type == "QuantizeLinear")
+    return LintReport(name, len(graph.node), qdq, tuple(problems))
+
+
+def check(models: dict[str, onnx.ModelProto]) -> list[LintReport]:
+    """Lint every graph; raise a CompilerError listing the first problems if any graph has one."""
+    reports = [lint(model, name) for name, model in models.items()]
+    bad = [f"{r.graph}: {p}" for r in reports for p in r.problems]
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise CompilerError(f"TensorRT lint: {len(bad)} problem(s): " + "; ".join(bad[:5]) + more)
+    return reports
+
+
+def _qdq_problems(node, where, constants, elem_types) -> list[str]:
+    problems = []
+    scale = constants.get(node.input[1]) if len(node.input) > 1 else None
+    zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    quantized = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
+    qtype = zero_point.data_type if zero_point is not None else elem_types.get(quantized)
+    if node.op_type == "DequantizeLinear" and elem_types.get(node.input[0]) == onnx.TensorProto.INT32:
+        problems.append(f"{where}: int32 DequantizeLinear (TensorRT dequantizes int8, not int32 biases)")
+    elif qtype is not None and qtype != onnx.TensorProto.INT8:
+        problems.append(f"{where}: quantized type {onnx.TensorProto.DataType.Name(qtype)} is not INT8")
+    if zero_point is not None and np.any(numpy_helper.to_array(zero_point) != 0):
+        problems.append(f"{where}: zero point is not 0 (TensorRT quantization is symmetric)")
+    if scale is not None and numpy_helper.to_array(scale).size > 1:
+        if not any(a.name == "axis" for a in node.attribute):
+            problems.append(f"{where}: per-channel scale without an explicit axis")
+    return problems
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    return types
+
+
+def summary(reports: list[LintReport]) -> str:
+    return ", ".join(f"{r.graph} {r.nodes} nodes" + (f" ({r.qdq_pairs} Q/DQ)" if r.qdq_pairs else "") for r in reports)
+
