@@ -7,6 +7,7 @@ temporary directory the server owns for its lifetime. The stub runs the models i
 environment, so onnxruntime (and torch for the eager baseline) come from the same virtualenv.
 """
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -142,7 +144,8 @@ class TritonServer:
         log.info("serve: starting %s on %s (http %d, grpc %d, metrics %d)", install.binary.name, cfg.host,
                  cfg.http_port, cfg.grpc_port, cfg.metrics_port)
         with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
 
     def _backends(self, install: _Install) -> Path:
         """A copy of the wheel's backends with the stub for this interpreter put where Triton looks for it."""
@@ -155,17 +158,20 @@ class TritonServer:
         shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
         return backends
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Poll until the server and every model of the repository are ready; raise with the log tail if not."""
+    def wait_ready(self, timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
+        """Poll until the server and every model of the repository are ready (or `stop` is set);
+        raise with the log tail if the server dies or the time runs out."""
         deadline = time.monotonic() + (timeout_s or self.cfg.ready_timeout_s)
         models = sorted(p.parent.name for p in Path(self.cfg.repo).glob("*/config.pbtxt"))
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
             if self.process.poll() is not None:
                 raise CompilerError(f"serve: tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
             if self._ok("/v2/health/ready") and all(self._ok(f"/v2/models/{m}/ready") for m in models):
                 log.info("serve: ready: %s", ", ".join(models))
                 return
             time.sleep(0.5)
+        if stop and stop.is_set():
+            return
         raise CompilerError(f"serve: not ready after {timeout_s or self.cfg.ready_timeout_s:.0f}s:\n{self.log_tail()}")
 
     def _ok(self, path: str) -> bool:
@@ -203,6 +209,13 @@ class TritonServer:
             self._workdir = None
 
 
+def _die_with_parent() -> None:
+    """In the child: have Linux send SIGTERM if the process that started the server dies, however it dies,
+    so a killed `serve` (or test run) never leaves a tritonserver behind."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
     """SIGKILL every process left in the group and wait until none is."""
     deadline = time.monotonic() + timeout_s
@@ -215,28 +228,28 @@ def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
     raise RuntimeError(f"processes of group {pgid} survived SIGKILL for {timeout_s:.0f}s")
 
 
-class _StopRequested(Exception):
-    pass
-
-
 def serve_forever(cfg: ServerConfig) -> None:
     """Start, print the endpoints, block until Ctrl-C or SIGTERM, then stop cleanly."""
+    stop = threading.Event()
 
     def on_signal(signum, frame):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean stop
-        raise _StopRequested(signal.Signals(signum).name)
+        # Only a flag: an exception raised here can land inside logging's emit(), which swallows it.
+        stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with TritonServer(cfg) as server:
-            log.info("serve: http %s  grpc %s  metrics %s  (Ctrl-C stops)", cfg.http_url, cfg.grpc_url, cfg.metrics_url)
-            while True:
+        server = TritonServer(cfg)
+        server.start()
+        try:
+            server.wait_ready(stop=stop)
+            if not stop.is_set():
+                log.info("serve: http %s  grpc %s  metrics %s  (Ctrl-C stops)", cfg.http_url, cfg.grpc_url, cfg.metrics_url)
+            while not stop.wait(0.5):
                 if server.process.poll() is not None:
                     raise CompilerError(f"serve: tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
-                time.sleep(0.5)
-    except _StopRequested as stop:
-        log.info("serve: %s received; server stopped", stop)
+        finally:
+            server.stop()
+        log.info("serve: stop requested; server stopped")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -43,7 +43,7 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_a_signal(served_repo, sig):
             assert r.status == 200
         process.send_signal(sig)
         assert process.wait(120) == 0
-        assert "server stopped" in process.stderr.read()
+        assert "stop requested; server stopped" in process.stderr.read()
         assert not group_alive(process.pid), "a tritonserver or stub process outlived `serve`"
         assert not any(port_in_use("127.0.0.1", p) for p in ports)
     finally:
@@ -77,3 +77,24 @@ def test_demo_builds_serves_ranks_and_stops(tmp_path, tiny_checkpoint):
     finish_scores = [float(line.split()[2]) for line in table[2:12]]
     assert finish_scores == sorted(finish_scores, reverse=True)
     assert (tmp_path / "repo" / "manifest.json").is_file()
+
+
+def test_a_killed_serve_takes_its_server_with_it(served_repo):
+    """SIGKILL gives `serve` no chance to clean up; the server still must not outlive it."""
+    ports = [free_port() for _ in range(3)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compiler", "serve", "--repo", str(served_repo), "--http-port", str(ports[0]),
+         "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stderr=subprocess.PIPE, text=True,
+    )
+    while "Ctrl-C stops" not in process.stderr.readline():
+        assert process.poll() is None
+    server_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()]
+    assert server_pids, "serve started no tritonserver"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(group_alive(pid) for pid in server_pids):
+        time.sleep(0.5)
+    assert not any(group_alive(pid) for pid in server_pids), "tritonserver outlived its killed parent"
+    assert not port_in_use("127.0.0.1", ports[0])
