@@ -16,6 +16,7 @@ def cmd_build(args) -> int:
     """Export, split, convert, verify and emit a Triton repository."""
     from compiler.build import BuildConfig, build
     from compiler.emit import EmitConfig
+    from compiler.engines import EngineConfig, Profile
     from compiler.precision import PrecisionConfig
 
     cfg = BuildConfig(
@@ -30,6 +31,7 @@ def cmd_build(args) -> int:
                                   int8_high_precision=args.int8_high_precision),
         emit=EmitConfig(target=args.target, instances=args.instances, baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
+        engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
     result = build(cfg)
@@ -142,7 +144,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--max-history", type=int, help="longest history served (default: the model config's, 10000)")
     b.add_argument("--max-candidates", type=int, help="most candidates per request (default 1024)")
     b.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default 18)")
-    b.add_argument("--target", default="python", help="python (embedded CPU default) | onnxruntime | tensorrt")
+    b.add_argument("--target", default="python", help="python (embedded CPU default) | onnxruntime | tensorrt | auto")
+    b.add_argument("--profile", action="append", default=[], help="tensorrt: L=MIN:OPT:MAX,N=MIN:OPT:MAX (repeat for several)")
+    b.add_argument("--timing-cache", type=Path, help="tensorrt: timing cache file (default under ~/.cache/stca-compiler)")
     b.add_argument("--instances", type=int, default=1, help="instances per composing model (default 1)")
     b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")

@@ -125,3 +125,72 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("build", "train", "serve", "score", "demo"):
         assert command in result.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(tmp_path_factory, tiny_checkpoint) -> Path:
+    out = tmp_path_factory.mktemp("cal") / "set"
+    result = run_cli("calibrate", "--checkpoint", tiny_checkpoint, "--count", "12", "--candidates", "64", "--max-history", "2000", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_fp16_build_passes_its_gate_and_reports_per_bucket(tmp_path, tiny_checkpoint):
+    out = tmp_path / "fp16"
+    result = run_cli("build", "--precision", "fp16", "--checkpoint", tiny_checkpoint, "--max-history", "4000", "--out", out)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["verification"]["passed"]
+    assert {c["L"] for c in manifest["verification"]["cases"]} >= {64, 1_000, 4_000}
+    assert all(c["kendall_tau_mean"] >= 0.99 for c in manifest["verification"]["cases"] if c["N"] >= 16)
+    assert manifest["precisions"]["encoder"]["kept_fp32"]["feeding_discontinuous_ops"]  # the age bucket
+    assert (out / manifest["plots"]["error_vs_length"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![score error against history length](error_vs_length.png)" in (out / "report.md").read_text()
+    assert all(r["ok"] for r in manifest["lint"])
+
+
+def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, tiny_calibration):
+    out = tmp_path / "int8"
+    result = run_cli("build", "--precision", "int8", "--checkpoint", tiny_checkpoint, "--max-history", "2000",
+                     "--calibration", tiny_calibration, "--out", out)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["verification"]["passed"]
+    assert manifest["precisions"]["calibration"]["sha256"] == json.loads((tiny_calibration / "calibration.json").read_text())["sha256"]
+    assert manifest["lint"][0]["qdq_pairs"] > 0 and manifest["precisions"]["scorer"]["attention_bmms_kept"]
+    assert set(manifest["verification"]["auc"]) == {"finish", "skip", "like"}
+
+
+def test_a_missed_gate_writes_nothing_unless_accepted(tmp_path, tiny_checkpoint, monkeypatch):
+    from compiler.build import BuildConfig, build
+    from compiler.errors import CompilerError
+    from compiler.verify import THRESHOLDS, Thresholds, VerifyConfig
+
+    monkeypatch.setitem(THRESHOLDS, "fp32", Thresholds(max_abs_error=0.0))  # a gate no real build meets
+    cfg = BuildConfig(out=tmp_path / "out", checkpoint=tiny_checkpoint,
+                      verify=VerifyConfig(lengths=(9,), candidates=(20,), requests_per_case=1, auc_requests=0))
+    with pytest.raises(CompilerError, match=r"verify: the fp32 build misses its accuracy gate \(L=9 N=20: max abs error"):
+        build(cfg)
+    assert not (tmp_path / "out").exists()
+    manifest = build(BuildConfig(**{**cfg.__dict__, "accept_accuracy_loss": True})).manifest
+    assert manifest["accepted_accuracy_loss"] and not manifest["verification"]["passed"]
+    assert "Built with --accept-accuracy-loss" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_int8_without_a_calibration_set_makes_one_and_says_so(tmp_path, tiny_checkpoint):
+    out = tmp_path / "int8"
+    result = run_cli("build", "--precision", "int8", "--checkpoint", tiny_checkpoint, "--max-history", "1000",
+                     "--accept-accuracy-loss", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "no --calibration given: generating 32 synthetic requests" in result.stderr
+    calibration = json.loads((out / "manifest.json").read_text())["precisions"]["calibration"]
+    assert calibration["count"] == 32 and len(calibration["sha256"]) == 64
+
+
+def test_tensorrt_target_without_tensorrt_stops_at_once_and_auto_falls_back(tmp_path, tiny_checkpoint):
+    assert_one_line_error(run_cli("build", "--target", "tensorrt", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "t"),
+                          "TensorRT is not installed here")
+    assert not (tmp_path / "t").exists()
+    result = run_cli("build", "--target", "auto", "--checkpoint", tiny_checkpoint, "--max-history", "500", "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["target"] == "python"

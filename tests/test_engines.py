@@ -1,0 +1,64 @@
+"""TensorRT engines: the profile spec runs everywhere; building and running plans needs TensorRT and a GPU."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from compiler.engines import Profile, gpu_info, resolve_target, tensorrt_version
+from compiler.errors import CompilerError
+
+
+def value(name, dims):
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims)
+
+
+def test_profiles_parse_and_map_symbolic_dims_to_shapes():
+    profile = Profile.parse("L=1:2000:10000,N=1:256:1024")
+    assert profile.shapes(value("K_1", ["L", 64])) == ((1, 64), (2000, 64), (10000, 64))
+    assert profile.shapes(value("candidate_features", ["N", 3])) == ((1, 3), (256, 3), (1024, 3))
+
+
+@pytest.mark.parametrize("text", ["L=1:2000", "L=5:2:10", "L=a:b:c"])
+def test_bad_profiles_are_refused(text):
+    with pytest.raises(CompilerError, match="profile"):
+        Profile.parse(text)
+
+
+def test_a_dim_the_profile_does_not_give_is_named():
+    with pytest.raises(CompilerError, match=r"dim\(s\) \['N'\]"):
+        Profile.parse("L=1:2:3").shapes(value("x", ["N"]))
+
+
+def test_auto_picks_python_without_tensorrt_or_a_gpu():
+    if tensorrt_version() and gpu_info():
+        assert resolve_target("auto") == "tensorrt"
+    else:
+        assert resolve_target("auto") == "python"
+
+
+@pytest.fixture(scope="module")
+def tensorrt():
+    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed (see TOOLCHAIN.md): engines build on GPU hosts only")
+    if gpu_info() is None:
+        pytest.skip("no GPU visible: TensorRT engines need one")
+    return trt
+
+
+def test_plans_of_the_split_halves_match_onnx_runtime(tensorrt, tmp_path):
+    from compiler.engines import EngineConfig, TrtGraph, build_plans, scores_with_plans
+    from compiler.model import REQUEST_INPUTS
+    from compiler.partition import split
+    from compiler.runtime import OrtGraph, SplitRunner
+    from compiler.data import sample_requests
+    from tests.models import stca
+
+    model, whole = stca("tiny")
+    parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
+    profiles = (Profile({"L": (1, 512, 2000), "N": (1, 64, 256)}),)
+    plans = build_plans({"enc": parts.encoder, "sc": parts.scorer}, profiles, EngineConfig(timing_cache=tmp_path / "cache"))
+    assert (tmp_path / "cache").stat().st_size > 0  # the timing cache persists for the next build
+    encoder, scorer = TrtGraph(plans.plans["enc"]), TrtGraph(plans.plans["sc"])
+    reference = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    for request in sample_requests(model.config, [1, 700, 2000], seed=0, n_candidates=64):
+        np.testing.assert_allclose(scores_with_plans(encoder, scorer, request.inputs), reference.score(request.inputs), atol=1e-3)

@@ -1,0 +1,119 @@
+"""Precision graphs: what stays fp32 and why, int8 Q/DQ structure, and accuracy against PyTorch."""
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler import calibrate
+from compiler.data import sample_requests
+from compiler.model import REQUEST_INPUTS
+from compiler.partition import split
+from compiler.precision import PrecisionConfig, attention_matmuls, convert, discretization_inputs, length_reductions, to_fp16
+from compiler.runtime import OrtGraph, SplitRunner
+from tests.models import stca
+
+FP16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, whole = stca("tiny")
+    return model, split(whole, REQUEST_INPUTS, model.cut_tensor_names())
+
+
+@pytest.fixture(scope="module")
+def calibration_set(tmp_path_factory, tiny):
+    model, _ = tiny
+    return calibrate.generate(tmp_path_factory.mktemp("cal") / "set", model.config, count=6, n_candidates=32)
+
+
+def output_types(model):
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
+    return {n.name: types.get(n.output[0]) for n in model.graph.node}
+
+
+def test_the_reductions_over_L_are_found_from_the_symbolic_dim(tiny):
+    _, parts = tiny
+    found = length_reductions(parts.scorer, "L")
+    M = 2
+    assert sorted(found.values()).count("MatMul contracts over L") == M  # alpha @ V in every layer
+    assert sorted(found.values()).count("Softmax over L") == M
+    assert length_reductions(parts.encoder, "L") == {}  # the encoder reduces over D, never over L
+
+
+def test_the_age_bucketing_is_found_as_feeding_a_discontinuous_op(tiny):
+    _, parts = tiny
+    found = discretization_inputs(parts.encoder)
+    ops = {n.name: n.op_type for n in parts.encoder.graph.node}
+    assert {"Floor", "Log"} <= {ops[name] for name in found}  # floor(log2(1 + age))
+    assert all(ops[name] not in ("Gemm", "MatMul") for name in found)  # the dense layers stay free to go fp16
+    assert discretization_inputs(parts.scorer) == {}
+
+
+def test_fp16_keeps_io_dtypes_and_the_sensitive_nodes_in_fp32(tiny):
+    _, parts = tiny
+    for half in (parts.encoder, parts.scorer):
+        converted, details = to_fp16(half)
+        io = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]  # noqa: E731
+        assert io(converted) == io(half)
+        types = output_types(converted)
+        kept = {**details["kept_fp32"]["length_reductions"], **details["kept_fp32"]["feeding_discontinuous_ops"]}
+        for node in converted.graph.node:
+            if node.op_type in ("LayerNormalization", "Softmax") or node.name in kept:
+                assert types[node.name] in (FP32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL), node.name
+        assert sum(t == FP16 for t in types.values()) > details["nodes"]["fp32"]  # most of the graph is fp16
+
+
+def test_fp16_gets_the_age_bucket_right_at_a_boundary(tiny):
+    """An age just above 2^9 - 1 must land in bucket 9, as in fp32; fp16 arithmetic would put it in 8."""
+    model, parts = tiny
+    request = next(sample_requests(model.config, [40], seed=1, n_candidates=8)).inputs
+    request["history_age_s"][:] = np.float32(511.7)
+    encoder16, _ = to_fp16(parts.encoder)
+    exact, half = OrtGraph(parts.encoder).run(request), OrtGraph(encoder16).run(request)
+    for name in exact:
+        np.testing.assert_allclose(half[name], exact[name], rtol=0, atol=2e-2, err_msg=name)
+
+
+def test_fp16_halves_score_within_fp16_error(tiny):
+    model, parts = tiny
+    halves = convert(parts, PrecisionConfig("fp16"))
+    runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+    exact = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    for request in sample_requests(model.config, [1, 300, 5_000], seed=4, n_candidates=64):
+        np.testing.assert_allclose(runner.score(request.inputs), exact.score(request.inputs), rtol=0, atol=3e-3)
+
+
+def test_int8_is_symmetric_per_channel_qdq_and_leaves_the_attention_bmms_alone(tiny, calibration_set):
+    model, parts = tiny
+    halves = convert(parts, PrecisionConfig("int8"), calibration_set)
+    for graph in (halves.encoder, halves.scorer):
+        consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+        qdq = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert qdq
+        for node in qdq:
+            if len(node.input) > 2:
+                assert consts[node.input[2]].dtype == np.int8 and not consts[node.input[2]].any()
+        per_channel = [n for n in qdq if consts.get(n.input[1], np.zeros(1)).size > 1]
+        assert per_channel and all(any(a.name == "axis" for a in n.attribute) for n in per_channel)
+    bmms = set(attention_matmuls(parts.scorer))
+    assert len(bmms) == 2 * model.config.n_layers  # QK^T and alpha V in every layer
+    producers = {o: n.op_type for n in halves.scorer.graph.node for o in n.output}
+    for node in halves.scorer.graph.node:
+        if node.name in bmms:
+            assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
+    assert halves.details["calibration"]["sha256"] == calibration_set.sha256
+
+
+def test_per_half_precision_overrides_the_build_precision(tiny, calibration_set):
+    _, parts = tiny
+    halves = convert(parts, PrecisionConfig("fp32", scorer="int8"), calibration_set)
+    assert (halves.encoder_precision, halves.scorer_precision) == ("fp32", "int8")
+    assert halves.encoder is parts.encoder
+    assert any(n.op_type == "QuantizeLinear" for n in halves.scorer.graph.node)
+
+
+def test_int8_needs_a_calibration_set(tiny):
+    _, parts = tiny
+    with pytest.raises(Exception, match="no calibration set"):
+        convert(parts, PrecisionConfig("int8"))
