@@ -24,6 +24,8 @@ def cmd_build(args) -> int:
         checkpoint=args.checkpoint,
         preset=args.preset,
         attention=args.attention,
+        expected_candidates=args.expected_candidates,
+        expected_history=args.expected_history,
         max_history=args.max_history,
         max_candidates=args.max_candidates,
         opset=args.opset,
@@ -118,6 +120,19 @@ def _generated_request(limits, history_length: int, candidates: int, seed: int) 
     return next(sample_requests(shape, [history_length], seed=seed, n_candidates=candidates)).inputs
 
 
+def cmd_bench(args) -> int:
+    """Benchmark with perf_analyzer: the split ensemble against fused, point-wise and PyTorch-eager baselines."""
+    from compiler.bench import BenchConfig, run
+
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, precisions=tuple(args.precisions.split(",")),
+                      models=tuple(args.models.split(",")), histories=ints(args.histories), candidates=ints(args.candidates),
+                      concurrency=ints(args.concurrency), window_requests=args.window_requests, cell_budget_s=args.cell_budget,
+                      protocol=args.protocol, max_history=args.max_history, out=args.out)
+    log.info("bench: results in %s", run(cfg))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The whole loop: build the demo model, serve it, score a sample request, stop the server."""
     from compiler.demo import run_demo
@@ -140,7 +155,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--scorer-precision", help="override --precision for the candidate scorer")
     b.add_argument("--calibration", type=Path, help="int8 calibration set (python -m compiler calibrate)")
     b.add_argument("--int8-high-precision", default="fp32", help="dtype int8 leaves unquantized: fp32 (default) or fp16")
-    b.add_argument("--attention", choices=["kv", "reordered"], help="attention form (default: the checkpoint's)")
+    b.add_argument("--attention", choices=["kv", "reordered", "auto"],
+                   help="attention form (default: the checkpoint's); auto: the cheaper one by the cost model")
+    b.add_argument("--expected-candidates", type=int, default=256, help="attention auto: candidates per request (default 256)")
+    b.add_argument("--expected-history", type=int, help="attention auto: typical history length (default: --max-history)")
     b.add_argument("--max-history", type=int, help="longest history served (default: the model config's, 10000)")
     b.add_argument("--max-candidates", type=int, help="most candidates per request (default 1024)")
     b.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default 18)")
@@ -200,6 +218,21 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--save-request", type=Path, help="also write the request sent as JSON")
     sc.add_argument("--top", type=int, default=10)
     sc.set_defaults(handler=cmd_score)
+
+    be = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
+    be.add_argument("--name", default="demo-cpu", help="results go to <out>/<name>/ (default demo-cpu)")
+    be.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    be.add_argument("--checkpoint", type=Path, help="default: the demo model")
+    be.add_argument("--precisions", default="fp32,int8")
+    be.add_argument("--models", default="stca,stca_fused,stca_naive,stca_torch")
+    be.add_argument("--histories", default="512,2000,10000", help="L values of the sweep")
+    be.add_argument("--candidates", default="32,128,512", help="N values of the sweep")
+    be.add_argument("--concurrency", default="1,2,4")
+    be.add_argument("--window-requests", type=int, default=12, help="perf_analyzer requests per measurement window")
+    be.add_argument("--cell-budget", type=float, default=150.0, help="seconds a cell may take; slower cells are dropped")
+    be.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    be.add_argument("--max-history", type=int)
+    be.set_defaults(handler=cmd_bench)
 
     d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     d.add_argument("--out", type=Path, default=Path("triton_repo"))

@@ -23,9 +23,10 @@ from compiler.emit import ENCODER, FUSED, SCORER, EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target, scores_with_plans
 from compiler.errors import CompilerError
 from compiler.export import export
-from compiler.load import WEIGHTS_FILE, load_model, seeded_model
+from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
 from compiler.log import log, stage
-from compiler.model import REQUEST_INPUTS, STCA, preset
+from compiler.costmodel import best_attention, crossover_candidates, split_cost
+from compiler.model import REQUEST_INPUTS, STCA, preset, with_attention
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
 from compiler.requests import RequestLimits
@@ -42,7 +43,9 @@ class BuildConfig:
     out: Path = Path("triton_repo")
     checkpoint: Path | None = None  # None and no preset: the trained demo model
     preset: str | None = None  # an untrained, seeded model of a named size (shapes, costs, the cut)
-    attention: str | None = None  # "kv" | "reordered"; None keeps the checkpoint's
+    attention: str | None = None  # "kv" | "reordered" | "auto" (the cost model's pick); None keeps the checkpoint's
+    expected_candidates: int = 256  # for attention "auto": candidates per request in production
+    expected_history: int | None = None  # for attention "auto": typical L; None: the served maximum
     max_history: int | None = None  # the served maximum L; None keeps the model config's
     max_candidates: int | None = None
     opset: int = 18
@@ -90,9 +93,10 @@ def build(cfg: BuildConfig) -> BuildResult:
     warmup = next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                   n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs
     emit_cfg = replace(cfg.emit, target=target, tensorrt_profiles=len(plans.details["profiles"]) if plans else 1)
-    with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp:
+    with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
-            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None)
+            checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint") if cfg.emit.baselines else None
+            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None, checkpoint)
             emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, emit_cfg)
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
         manifest = _manifest(cfg, model, source, exported.opset, parts.cut, halves, verification, limits, target, started)
@@ -160,8 +164,22 @@ def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
     overrides = {
         k: v
         for k, v in (("attention", cfg.attention), ("max_history", cfg.max_history), ("max_candidates", cfg.max_candidates))
-        if v is not None
+        if v is not None and v != "auto"
     }
+    model, source = _load_with(cfg, overrides)
+    if cfg.attention == "auto":
+        c = model.config
+        L, N = cfg.expected_history or c.max_history, cfg.expected_candidates
+        form = best_attention(c, L, N)
+        flops = {f: split_cost(c, L, N, f).flops for f in ("kv", "reordered")}
+        log.info("attention auto: %s (at L=%d, N=%d: kv %.3g FLOPs, reordered %.3g; kv wins above N=%.0f)",
+                 form, L, N, flops["kv"], flops["reordered"], crossover_candidates(c, L))
+        source["attention_choice"] = {"chosen": form, "history": L, "candidates": N, "flops": flops}
+        model = with_attention(model, form)
+    return model, source
+
+
+def _load_with(cfg: BuildConfig, overrides: dict) -> tuple[STCA, dict]:
     if cfg.preset is not None:
         return seeded_model(preset(cfg.preset, **overrides)), {"kind": "seeded", "preset": cfg.preset}
     if cfg.checkpoint is not None:

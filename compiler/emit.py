@@ -4,6 +4,7 @@
     stca_candidate_scorer/  per candidate set: cut tensors + candidate inputs -> scores
     stca/                   the ensemble clients call; wires the cut tensors from encoder to scorer
     stca_fused/, stca_naive/   (--baselines) the unsplit graph, and the point-wise baseline
+    stca_torch/                (--baselines, python target) the PyTorch model, eager
 
 Configs are built as Triton ModelConfig protobufs (tritonclient's model_config_pb2) and written in text
 format, so every field name and enum is checked by construction. L and N are -1 dims with
@@ -12,6 +13,7 @@ groups; warmup runs a real request on the composing models, never on the ensembl
 """
 
 import json
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +28,8 @@ from compiler.errors import CompilerError
 from compiler.requests import RequestLimits
 from compiler.runtime import OrtGraph
 
-ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE = "stca", "stca_history_encoder", "stca_candidate_scorer", "stca_fused", "stca_naive"
+ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE, TORCH = (
+    "stca", "stca_history_encoder", "stca_candidate_scorer", "stca_fused", "stca_naive", "stca_torch")
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 TRITON_TYPES = {
     "float32": mc.TYPE_FP32,
@@ -64,6 +67,7 @@ class Graphs:
     scorer: onnx.ModelProto
     whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
     plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
+    checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
 def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup_inputs: dict, cfg: EmitConfig) -> list[Path]:
@@ -87,6 +91,8 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     if cfg.baselines:
         written += _composing_model(repo, FUSED, graphs.whole, limits, warmup_inputs, cfg, graphs.plans)
         written += _naive_model(repo, graphs.whole, limits, cfg)
+        if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
+            written += _torch_model(repo, graphs.whole, graphs.checkpoint, limits, cfg)
     return written
 
 
@@ -134,6 +140,17 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg:
     config.parameters["fused_model"].string_value = FUSED
     config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "naive_model.py") + _write_config(repo, config)
+
+
+def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+    version = repo / TORCH / "1"
+    shutil.copytree(checkpoint, version / "checkpoint")
+    config = mc.ModelConfig(name=TORCH, max_batch_size=0, backend="python")
+    _add_io(config, whole)
+    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
+    config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + _write_config(repo, config)
 
 
 def _ensemble_config(graphs: Graphs) -> mc.ModelConfig:
@@ -205,11 +222,13 @@ def _write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
 
 
 def _python_files(version: Path, template: str) -> list[Path]:
+    """model.py from a template, and the two modules it imports from beside itself."""
     package = resources.files("compiler")
-    model_py, requests_py = version / "model.py", version / "stca_requests.py"
-    model_py.write_text((package / "triton_python" / template).read_text())
-    requests_py.write_text((package / "requests.py").read_text())
-    return [model_py, requests_py]
+    files = {"model.py": package / "triton_python" / template, "stca_base_model.py": package / "triton_python" / "base_model.py",
+             "stca_requests.py": package / "requests.py"}
+    for name, source in files.items():
+        (version / name).write_text(source.read_text())
+    return [version / name for name in files]
 
 
 def _save_onnx(graph: onnx.ModelProto, path: Path) -> Path:

@@ -288,6 +288,13 @@ class STCA(nn.Module):
         return names
 
 
+def with_attention(model: STCA, form: str) -> STCA:
+    """The same weights computing attention in the other form (the forms share every parameter)."""
+    other = STCA(replace(model.config, attention=form)).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
 INPUT_NAMES = (
     "history_item_ids",
     "history_actions",

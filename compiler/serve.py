@@ -145,7 +145,7 @@ class TritonServer:
                  cfg.http_port, cfg.grpc_port, cfg.metrics_port)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=die_with_parent)
 
     def _backends(self, install: _Install) -> Path:
         """A copy of the wheel's backends with the stub for this interpreter put where Triton looks for it."""
@@ -209,9 +209,9 @@ class TritonServer:
             self._workdir = None
 
 
-def _die_with_parent() -> None:
-    """In the child: have Linux send SIGTERM if the process that started the server dies, however it dies,
-    so a killed `serve` (or test run) never leaves a tritonserver behind."""
+def die_with_parent() -> None:
+    """In a child (preexec_fn): have Linux send it SIGTERM if the process that started it dies, however it
+    dies, so a killed `serve`, `bench` or test run never leaves a tritonserver or perf_analyzer behind."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

@@ -7,7 +7,7 @@ import torch
 from compiler.data import left_pad, sample_requests
 from compiler.errors import CompilerError
 from compiler.load import seeded_model
-from compiler.model import INPUT_NAMES, PRESETS, STCA, STCAConfig, preset
+from compiler.model import INPUT_NAMES, PRESETS, STCAConfig, preset, with_attention
 
 
 def scores(model, inputs):
@@ -18,8 +18,8 @@ def scores(model, inputs):
 @pytest.mark.parametrize("L,N", [(1, 1), (37, 5), (700, 64)])
 def test_kv_and_reordered_forms_give_the_same_scores(L, N):
     kv = seeded_model(preset("tiny", attention="kv"), seed=3)
-    reordered = STCA(preset("tiny", attention="reordered")).eval()
-    reordered.load_state_dict(kv.state_dict())  # same weights, other computation order
+    reordered = with_attention(kv, "reordered")  # same weights, other computation order
+    assert reordered.config.attention == "reordered"
     request = next(sample_requests(kv.config, [L], seed=L, n_candidates=N)).inputs
     a, b = scores(kv, request), scores(reordered, request)
     assert a.shape == (N, len(kv.config.tasks))

@@ -41,13 +41,15 @@ def test_the_client_reads_limits_and_tasks_from_the_server(triton, model):
 
 
 @pytest.mark.parametrize("L,N", [(1, 1), (500, 40)])
-def test_ensemble_equals_the_fused_and_naive_baselines(triton, model, L, N):
+def test_ensemble_equals_the_fused_naive_and_eager_baselines(triton, model, L, N):
     request = next(sample_requests(model.config, [L], seed=3, n_candidates=N)).inputs
     split = ScoringClient(triton.cfg.http_url).score(request)
     fused = ScoringClient(triton.cfg.http_url, model="stca_fused").score(request)
     naive = ScoringClient(triton.cfg.http_url, model="stca_naive").score(request)
+    eager = ScoringClient(triton.cfg.http_url, model="stca_torch").score(request)
     np.testing.assert_allclose(split, fused, rtol=0, atol=1e-5)
     np.testing.assert_allclose(naive, fused, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(eager, torch_scores(model, request), rtol=0, atol=1e-6)
 
 
 def test_rank_orders_candidates_by_score(triton, model):

@@ -1,0 +1,298 @@
+"""Bench stage: perf_analyzer against served repositories; request-level sharing against the baselines.
+
+    run(BenchConfig(name="demo-cpu")) -> benchmarks/results/demo-cpu/{results.json, results.md, *.png}
+
+One run builds the repositories it needs (fp32 and int8 with --baselines, and fp32 with Triton's
+response cache on the history encoder), serves each on the embedded tritonserver, and drives
+perf_analyzer (the binary tritonclient[all] installs) with input files made from synthetic requests:
+a fixed (L, N) sweep and a mixed load whose L follows KuaiRand-1K. Every model of a repository is measured
+on the same server with the same input files: the split ensemble `stca`, the unsplit `stca_fused`, the
+point-wise `stca_naive` and PyTorch eager `stca_torch`. A cell that would take longer than the budget on
+this machine is dropped with its estimate, never silently. FLOPs per request come from compiler.costmodel;
+the machine's peak is a large matmul measured in this process.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.client import ScoringClient
+from compiler.costmodel import best_attention, gemm_peak_flops, naive_cost, split_cost
+from compiler.data import kuairand_lengths, sample_requests
+from compiler.emit import ENSEMBLE, FUSED, NAIVE, TORCH
+from compiler.errors import CompilerError
+from compiler.log import Progress, log, stage
+from compiler.model import STCAConfig
+from compiler.serve import die_with_parent
+
+BASELINES = (FUSED, NAIVE, TORCH)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str = "demo-cpu"
+    checkpoint: Path | None = None  # None: the demo model
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    models: tuple[str, ...] = (ENSEMBLE, *BASELINES)
+    histories: tuple[int, ...] = (512, 2_000, 10_000)
+    candidates: tuple[int, ...] = (32, 128, 512)
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    mixed_candidates: int = 128  # the KuaiRand-length load
+    requests_per_input: int = 4  # distinct requests in each perf_analyzer input file (mixed: x4)
+    window_requests: int = 12  # perf_analyzer count_windows: requests per measurement window
+    cell_budget_s: float = 150.0  # a cell estimated to take longer is dropped, with its estimate
+    cache_users: int = 4  # response-cache load: users, each sending cache_repeats requests with one history
+    cache_repeats: int = 8
+    protocol: str = "http"
+    max_history: int | None = None  # None: the model's (10,000)
+    out: Path = Path("benchmarks/results")
+    work: Path | None = None  # where repositories are built; None: a temporary directory
+
+
+@dataclass
+class Cell:
+    precision: str
+    model: str
+    load: str  # "L=2000 N=128" or "mixed N=128"
+    history: float  # L, or the mean L of the mixed load
+    candidates: int
+    flops_per_request: float
+    rows: list = field(default_factory=list)  # one dict per concurrency level (perf_analyzer's CSV, parsed)
+    dropped: str = ""
+
+
+def perf_analyzer_binary() -> tuple[str, dict]:
+    """perf_analyzer from tritonclient[all] and the environment it needs (libcudart, even on a CPU host)."""
+    import shutil
+    import sys
+
+    binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
+    if not Path(binary).is_file():
+        raise CompilerError("bench: perf_analyzer not found; scripts/setup.sh installs tritonclient[all]==2.50.0, which ships it")
+    env = dict(os.environ)
+    try:
+        import nvidia.cuda_runtime
+
+        lib = str(Path(list(nvidia.cuda_runtime.__path__)[0]) / "lib")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (lib, env.get("LD_LIBRARY_PATH")) if p)
+    except ImportError:
+        pass
+    return binary, env
+
+
+def write_input_file(path: Path, requests: list[dict]) -> Path:
+    """perf_analyzer --input-data JSON: one entry per request, every input with its content and shape."""
+    data = {"data": [{name: {"content": v.reshape(-1).tolist(), "shape": list(v.shape)} for name, v in r.items()} for r in requests]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig, csv_path: Path) -> dict:
+    """One perf_analyzer run at one concurrency; returns its CSV row (latencies in microseconds)."""
+    binary, env = perf_analyzer_binary()
+    command = [
+        binary, "-m", model, "-u", url, "-i", cfg.protocol, "--input-data", str(inputs),
+        "--concurrency-range", f"{concurrency}:{concurrency}",
+        # count windows, not time windows: a 2-core machine rarely holds 10% stability between short windows
+        "--measurement-mode", "count_windows", "--measurement-request-count", str(cfg.window_requests),
+        "--max-trials", "5", "--stability-percentage", "50", "-f", str(csv_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(600, cfg.cell_budget_s * 4),
+                            preexec_fn=die_with_parent)
+    if result.returncode != 0 or not csv_path.is_file():
+        raise CompilerError(f"bench: perf_analyzer failed on {model} (exit {result.returncode}): {(result.stdout + result.stderr)[-800:]}")
+    with csv_path.open() as f:
+        row = next(csv.DictReader(f))
+    return {"concurrency": concurrency, "throughput": float(row["Inferences/Second"]),
+            **{f"p{p}_ms": float(row[f"p{p} latency"]) / 1e3 for p in (50, 90, 99)},
+            "server_queue_ms": float(row["Server Queue"]) / 1e3, "server_compute_ms": float(row["Server Compute Infer"]) / 1e3}
+
+
+def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
+    """Every model x every load, on one server with the same input files."""
+    loads = [(f"L={L} N={N}", [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
+    mixed = kuairand_lengths(4 * cfg.requests_per_input, config.max_history, seed=3)
+    loads.append((f"mixed N={cfg.mixed_candidates}", list(mixed), cfg.mixed_candidates))
+    cells = []
+    progress = Progress(f"{precision} cell", len(loads) * len(cfg.models), every_s=1.0)
+    for index, (label, lengths, N) in enumerate(loads):
+        requests = [r.inputs for r in sample_requests(config, lengths, seed=100 + index, n_candidates=N)]
+        inputs = write_input_file(work / f"{precision}-{label.replace(' ', '_')}.json", requests)
+        for model in cfg.models:
+            cost = naive_cost if model == NAIVE else split_cost
+            flops = float(np.mean([cost(config, L, N).flops for L in lengths]))
+            cell = Cell(precision, model, label, float(np.mean(lengths)), N, flops)
+            longest = max(requests, key=lambda r: r["history_item_ids"].size * r["candidate_item_ids"].size)
+            seconds = _probe(url, model, longest, cfg)  # the slowest request of the load, so the estimate is an upper bound
+            estimate = seconds * cfg.window_requests * 3 * len(cfg.concurrency)
+            if estimate > cfg.cell_budget_s:
+                cell.dropped = (f"one request takes {seconds:.2f} s: {len(cfg.concurrency)} concurrency levels x 3 windows x "
+                                f"{cfg.window_requests} requests would take ~{estimate / 60:.0f} min on this machine")
+            else:
+                cell.rows = [perf(model, url, inputs, c, cfg, work / "last.csv") for c in cfg.concurrency]
+                for row in cell.rows:
+                    row["fraction_of_peak"] = row["throughput"] * flops / peak
+            cells.append(cell)
+            progress.advance(note=f"{model} {label}: " + (f"{max(r['throughput'] for r in cell.rows):.1f} req/s" if cell.rows else "dropped"))
+    return cells
+
+
+def _probe(url: str, model: str, request: dict, cfg: BenchConfig) -> float:
+    """Seconds one request takes (after one warm-up), to decide whether a cell fits the budget."""
+    client = ScoringClient(url.replace("http://", ""), cfg.protocol, model=model, timeout_s=max(600.0, cfg.cell_budget_s))
+    try:
+        client.score(request)
+        start = time.perf_counter()
+        client.score(request)
+        return time.perf_counter() - start
+    finally:
+        client.close()
+
+
+def cache_experiment(cached_url: str, plain_url: str, metrics_url: str, config: STCAConfig, cfg: BenchConfig, work: Path) -> dict:
+    """Each user sends several requests with one history and fresh candidates: the encoder's response cache
+    should answer all but each user's first. The hit rate is measured on one cold pass (Triton's metrics);
+    throughput under perf_analyzer, which cycles through the requests, so its cache is warm."""
+    requests = []
+    for user in sample_requests(config, [config.max_history] * cfg.cache_users, seed=5, n_candidates=cfg.mixed_candidates):
+        history = {k: v for k, v in user.inputs.items() if k.startswith("history_") or k == "user_features"}
+        for repeat in sample_requests(config, [1] * cfg.cache_repeats, seed=len(requests) + 1, n_candidates=cfg.mixed_candidates):
+            requests.append({**repeat.inputs, **history})
+    before = _cache_counts(metrics_url)
+    client = ScoringClient(cached_url, "http")
+    for request in requests:
+        client.score(request)
+    client.close()
+    after = _cache_counts(metrics_url)
+    inputs = write_input_file(work / "cache.json", requests)
+    cached = perf(ENSEMBLE, cached_url, inputs, 1, cfg, work / "cache.csv")
+    plain = perf(ENSEMBLE, plain_url, inputs, 1, cfg, work / "plain.csv")
+    hits, misses = after[0] - before[0], after[1] - before[1]
+    return {"users": cfg.cache_users, "requests_per_user": cfg.cache_repeats, "history": config.max_history,
+            "candidates": cfg.mixed_candidates, "hits": hits, "misses": misses, "hit_rate": hits / max(hits + misses, 1),
+            "expected_hit_rate": 1 - 1 / cfg.cache_repeats,
+            "throughput_cached": cached["throughput"], "throughput_uncached": plain["throughput"],
+            "p50_ms_cached": cached["p50_ms"], "p50_ms_uncached": plain["p50_ms"],
+            "speedup": cached["throughput"] / plain["throughput"]}
+
+
+def _cache_counts(metrics_url: str) -> tuple[float, float]:
+    """(hits, misses) of the history encoder's response cache, from Triton's Prometheus metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    counts = {"nv_cache_num_hits_per_model": 0.0, "nv_cache_num_misses_per_model": 0.0}
+    for line in text.splitlines():
+        for name in counts:
+            if line.startswith(name) and 'model="stca_history_encoder"' in line:
+                counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts["nv_cache_num_hits_per_model"], counts["nv_cache_num_misses_per_model"]
+
+
+def attention_check(checkpoint: Path, config: STCAConfig, history: int, candidates: tuple[int, ...], repeats: int = 7) -> list[dict]:
+    """Time both attention forms of the same weights (split graphs in ONNX Runtime) and compare the faster
+    one with the cost model's pick, at each N."""
+    from compiler.export import export
+    from compiler.load import load_model
+    from compiler.model import REQUEST_INPUTS, with_attention
+    from compiler.partition import split
+    from compiler.runtime import OrtGraph, SplitRunner
+
+    base = load_model(checkpoint, max_history=config.max_history)
+    runners = {}
+    for form in ("kv", "reordered"):
+        model = with_attention(base, form)
+        parts = split(export(model).model, REQUEST_INPUTS, model.cut_tensor_names())
+        runners[form] = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    rows = []
+    for N in candidates:
+        request = next(sample_requests(config, [history], seed=N, n_candidates=N)).inputs
+        ms = {}
+        for form, runner in runners.items():
+            runner.score(request)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                runner.score(request)
+                times.append(time.perf_counter() - start)
+            ms[form] = 1e3 * float(np.median(times))
+        predicted = best_attention(config, history, N)
+        measured = min(ms, key=ms.get)
+        rows.append({"history": history, "candidates": N, "kv_ms": ms["kv"], "reordered_ms": ms["reordered"],
+                     "predicted": predicted, "measured": measured, "agree": predicted == measured,
+                     "kv_flops": split_cost(config, history, N, "kv").flops, "reordered_flops": split_cost(config, history, N, "reordered").flops})
+    return rows
+
+
+def run(cfg: BenchConfig) -> Path:
+    """Build, serve and measure; write benchmarks/results/<name>/ and return that directory."""
+    from compiler import bench_report
+    from compiler.build import BuildConfig, build, machine, versions
+    from compiler.emit import EmitConfig
+    from compiler.precision import PrecisionConfig
+    from compiler.serve import ServerConfig, TritonServer, free_port
+    from compiler.verify import VerifyConfig
+
+    out = Path(cfg.out) / cfg.name
+    with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
+        work = Path(cfg.work) if cfg.work else Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        with stage("bench: machine peak") as s:
+            peak = gemm_peak_flops()
+            s.summary = f"{peak / 1e9:.0f} GFLOP/s (fp32 matmul 2048^3, PyTorch)"
+
+        def repo(label: str, precision: str, **emit) -> tuple[Path, dict]:
+            target = work / f"repo-{label}"
+            result = build(BuildConfig(out=target, checkpoint=cfg.checkpoint, max_history=cfg.max_history,
+                                       precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
+                                       verify=VerifyConfig(auc_requests=16)))
+            return target, result.manifest
+
+        def server(path: Path) -> TritonServer:
+            return TritonServer(ServerConfig(repo=path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()))
+
+        cells, manifests = [], {}
+        for precision in cfg.precisions:
+            path, manifests[precision] = repo(precision, precision, baselines=True)
+            config = STCAConfig.from_dict(manifests[precision]["model_config"])
+            with server(path) as triton:
+                url = triton.cfg.http_url if cfg.protocol == "http" else triton.cfg.grpc_url
+                with stage(f"bench: {precision} repository, {len(cfg.models)} models") as s:
+                    cells += bench_server(url, config, precision, cfg, work, peak)
+                    s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
+        config = STCAConfig.from_dict(manifests[cfg.precisions[0]]["model_config"])
+        plain_path = work / f"repo-{cfg.precisions[0]}"
+        cached_path, _ = repo("cache", cfg.precisions[0], response_cache=True)
+        with stage("bench: response cache on the history encoder") as s, server(cached_path) as cached, server(plain_path) as plain:
+            cache = cache_experiment(cached.cfg.http_url, plain.cfg.http_url, cached.cfg.metrics_url, config, cfg, work)
+            s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
+        source = Path(manifests[cfg.precisions[0]]["source"]["path"])
+        with stage("bench: attention form, cost model against measurement") as s:
+            attention = attention_check(source, config, min(2_000, config.max_history), (4, 8, 16, 32, 64, 128, 512))
+            s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
+    results = {
+        "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
+        "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,
+        "model_config": manifests[cfg.precisions[0]]["model_config"],
+        "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    bench_report.write(out, results)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

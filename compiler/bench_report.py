@@ -1,0 +1,158 @@
+"""results.md and the plots of a benchmark run, each stamped with the machine, versions, model and shapes."""
+
+from pathlib import Path
+
+from compiler.emit import ENSEMBLE, FUSED, NAIVE, TORCH
+
+NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
+
+
+def write(out: Path, results: dict) -> None:
+    stamp = _stamp(results)
+    (out / "results.md").write_text("\n".join(_markdown(results, stamp)) + "\n")
+    _plot_throughput(out / "throughput_vs_concurrency.png", results, stamp)
+    _plot_latency(out / "latency_vs_history.png", results, stamp)
+    _plot_speedup(out / "speedup.png", results, stamp)
+
+
+def best(cell: dict) -> dict | None:
+    return max(cell["rows"], key=lambda r: r["throughput"]) if cell["rows"] else None
+
+
+def speedups(results: dict) -> list[dict]:
+    """stca's best throughput over each baseline's, per precision and load (where both were measured)."""
+    by_key = {(c["precision"], c["load"], c["model"]): c for c in results["cells"]}
+    rows = []
+    for (precision, load, model), cell in by_key.items():
+        if model != ENSEMBLE or not cell["rows"]:
+            continue
+        row = {"precision": precision, "load": load, "history": cell["history"], "candidates": cell["candidates"]}
+        for baseline in (FUSED, NAIVE, TORCH):
+            other = by_key.get((precision, load, baseline))
+            row[baseline] = best(cell)["throughput"] / best(other)["throughput"] if other and other["rows"] else None
+        rows.append(row)
+    return rows
+
+
+def _stamp(r: dict) -> str:
+    m, v, c = r["machine"], r["versions"], r["model_config"]
+    return (f"{m['processor']} x{m['cpus']} CPUs, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32; "
+            f"tritonserver {v.get('tritonserver', '?').split(' ')[0]}, onnxruntime {v['onnxruntime']}, torch {v['torch']}; "
+            f"model D={c['n_heads'] * c['head_dim']} h={c['n_heads']} M={c['n_layers']} attention={c['attention']}, "
+            f"L<={c['max_history']}; {r['config']['protocol']}")
+
+
+def _markdown(r: dict, stamp: str) -> list[str]:
+    lines = [f"# Benchmark `{r['name']}`", "", f"Recorded {r['created']}. {stamp}.", "",
+             "Reproduce: `python -m compiler bench --name " + r["name"] + "` (see docs/benchmarks.md). Throughput is requests/s "
+             "(each request scores all N candidates); latencies are perf_analyzer's client-side percentiles; "
+             "\"% of peak\" is achieved FLOP/s (throughput x FLOPs per request, compiler/costmodel.py) over the peak above.", ""]
+    for precision in r["config"]["precisions"]:
+        lines += [f"## {precision}: best throughput over concurrency {r['config']['concurrency']}", "",
+                  "| load | model | req/s | at conc. | p50 ms | p99 ms | GFLOP/request | % of peak |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for cell in (c for c in r["cells"] if c["precision"] == precision):
+            b = best(cell)
+            if b is None:
+                lines.append(f"| {cell['load']} | {cell['model']} | dropped | | | | {cell['flops_per_request'] / 1e9:.3f} | |")
+                continue
+            lines.append(f"| {cell['load']} | {cell['model']} | {b['throughput']:.1f} | {b['concurrency']} | {b['p50_ms']:.1f} | "
+                         f"{b['p99_ms']:.1f} | {cell['flops_per_request'] / 1e9:.3f} | {100 * b['fraction_of_peak']:.1f}% |")
+        lines.append("")
+    lines += ["## Speedup of `stca` (split) over each baseline", "", "Ratio of best throughputs on the same server and inputs.", "",
+              "| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|"]
+    for s in speedups(r):
+        fmt = lambda x: "dropped" if x is None else f"{x:.2f}x"  # noqa: E731
+        lines.append(f"| {s['precision']} | {s['load']} | {fmt(s[FUSED])} | {fmt(s[NAIVE])} | {fmt(s[TORCH])} |")
+    dropped = [c for c in r["cells"] if c["dropped"]]
+    if dropped:
+        lines += ["", "Dropped cells (they cannot finish within the per-cell budget of "
+                  f"{r['config']['cell_budget_s']:.0f} s on this machine):", ""]
+        lines += [f"- {c['precision']} {c['model']} {c['load']}: {c['dropped']}" for c in dropped]
+    rc = r["response_cache"]
+    lines += ["", "## Response cache on the history encoder", "",
+              f"{rc['users']} users, each sending {rc['requests_per_user']} requests with one history (L={rc['history']}) and fresh "
+              f"candidates (N={rc['candidates']}), concurrency 1, `stca` fp32:", "",
+              "| | req/s | p50 ms |", "|---|---:|---:|",
+              f"| cache on | {rc['throughput_cached']:.1f} | {rc['p50_ms_cached']:.1f} |",
+              f"| cache off | {rc['throughput_uncached']:.1f} | {rc['p50_ms_uncached']:.1f} |", "",
+              f"Hit rate on one cold pass over the {rc['users'] * rc['requests_per_user']} requests: {rc['hit_rate']:.3f} ({rc['hits']:.0f} hits, "
+              f"{rc['misses']:.0f} misses, from Triton's metrics; {rc['expected_hit_rate']:.3f} expected: every request but each user's first). "
+              f"Throughput is measured with the cache warm (perf_analyzer cycles through the requests): {rc['speedup']:.2f}x."]
+    history = r["attention_check"][0]["history"] if r["attention_check"] else 0
+    lines += ["", "## Attention form: cost model against measurement", "",
+              f"Both forms of the same weights, split graphs in ONNX Runtime in one process, L={history}, median of 7.", "",
+              "| N | kv ms | reordered ms | kv GFLOP | reordered GFLOP | cost model picks | faster measured |", "|---:|---:|---:|---:|---:|---|---|"]
+    for a in r["attention_check"]:
+        lines.append(f"| {a['candidates']} | {a['kv_ms']:.2f} | {a['reordered_ms']:.2f} | {a['kv_flops'] / 1e9:.3f} | "
+                     f"{a['reordered_flops'] / 1e9:.3f} | {a['predicted']} | {a['measured']}{'' if a['agree'] else ' (disagrees)'} |")
+    lines += ["", "![throughput](throughput_vs_concurrency.png)", "", "![latency](latency_vs_history.png)", "", "![speedup](speedup.png)"]
+    return lines
+
+
+def _figure(n: int, title: str, stamp: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.6), dpi=100, squeeze=False)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.01, stamp, ha="center", fontsize=6.5, wrap=True)
+    return plt, fig, axes[0]
+
+
+def _plot_throughput(path: Path, r: dict, stamp: str, load: str = "L=2000 N=128") -> None:
+    precisions = r["config"]["precisions"]
+    plt, fig, axes = _figure(len(precisions), f"Throughput against concurrency, {load}", stamp)
+    for ax, precision in zip(axes, precisions):
+        for cell in (c for c in r["cells"] if c["precision"] == precision and c["load"] == load and c["rows"]):
+            ax.plot([x["concurrency"] for x in cell["rows"]], [x["throughput"] for x in cell["rows"]], marker="o", label=NAMES[cell["model"]])
+        ax.set(title=precision, xlabel="concurrent requests", ylabel="requests / s", yscale="log")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_latency(path: Path, r: dict, stamp: str, candidates: int = 128) -> None:
+    precisions = r["config"]["precisions"]
+    plt, fig, axes = _figure(len(precisions), f"p50 latency at concurrency 1 against history length, N={candidates}", stamp)
+    for ax, precision in zip(axes, precisions):
+        for model in r["config"]["models"]:
+            cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model
+                            and c["candidates"] == candidates and c["load"].startswith("L=") and c["rows"]), key=lambda c: c["history"])
+            if cells:
+                ax.plot([c["history"] for c in cells], [c["rows"][0]["p50_ms"] for c in cells], marker="o", label=NAMES[model])
+        ax.set(title=precision, xlabel="history length L", ylabel="p50 latency (ms)", xscale="log", yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+        _legend(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_speedup(path: Path, r: dict, stamp: str) -> None:
+    rows = speedups(r)
+    precisions = r["config"]["precisions"]
+    plt, fig, axes = _figure(len(precisions), "Speedup of the split ensemble over each baseline (best throughput ratio)", stamp)
+    for ax, precision in zip(axes, precisions):
+        mine = [x for x in rows if x["precision"] == precision]
+        width = 0.27
+        for k, baseline in enumerate((FUSED, NAIVE, TORCH)):
+            xs = [i + (k - 1) * width for i, x in enumerate(mine) if x[baseline]]
+            ax.bar(xs, [x[baseline] for x in mine if x[baseline]], width, label=f"over {NAMES[baseline]}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(mine)), [x["load"] for x in mine], rotation=45, ha="right", fontsize=7)
+        ax.set(title=precision, ylabel="speedup (x)", yscale="log")
+        _legend(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no measured cells", ha="center", va="center", transform=ax.transAxes)

@@ -1,0 +1,111 @@
+"""Cost model: FLOPs and bytes per request of STCA, per half and per attention form, from the config alone.
+
+FLOPs count multiply-adds of the matrix products as 2 (elementwise work, LayerNorm, softmax are ignored:
+they are O(L*D) against the GEMMs' O(L*D^2)). For one request with L history items and N candidates,
+D = h*d_h, hidden H = swiglu_mult*D, M layers, T = 1 + K + F RankMixer tokens:
+
+  encoder (per request)
+    SwiGLU_i(X), i=1..M:            M * 3 * 2*L*D*H
+    kv form only: K_i, V_i:         M * 2 * 2*L*D*D
+  scorer (per candidate, times N)
+    queries q_1..q_M:               sum_{i=1..M} 2*(2*i*D*H + H*D)   (q_i's SwiGLU reads [o_1..o_{i-1}, x_t])
+    attention, kv form:             M * (2*L*D [q K^T] + 2*L*D [alpha V] + 2*D*D [W_Q] + 2*D*D [W_O])
+    attention, reordered form:      M * (2*D*D [W_Q] + 2*D*D [u = q W_K^T] + 2*h*D*L [u Xt^T] + 2*h*L*D [alpha Xt]
+                                         + 2*D*D [(alpha Xt) W_V] + 2*D*D [W_O])
+    z:                              2*(2*(M+1)*D*H + H*D)
+    RankMixer:                      mixer_layers * T * 2 * 2*D*H
+    heads:                          2*D*tasks
+  The kv form moves 4*L*D^2 per layer into the encoder and saves 2*(h-1)*L*D per candidate and layer, so it
+  is cheaper once N > D / (h - 1 + D/L) (about D/(h-1): 68 for the paper preset, 21 for the demo model).
+
+Bytes per request: the cut (what crosses from encoder to scorer), the request's inputs and outputs, and the
+weights each half reads once (fp32 unless a precision is given; embedding tables count only the rows read).
+tests/test_costmodel.py checks the FLOPs against PyTorch's own FlopCounterMode on the model's forward.
+"""
+
+from dataclasses import dataclass
+
+from compiler.model import STCAConfig
+
+BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+@dataclass(frozen=True)
+class Cost:
+    encoder_flops: float
+    scorer_flops: float  # for all N candidates
+    cut_bytes: float
+    weight_bytes: float
+    io_bytes: float
+
+    @property
+    def flops(self) -> float:
+        return self.encoder_flops + self.scorer_flops
+
+    @property
+    def bytes(self) -> float:
+        return self.cut_bytes + self.weight_bytes + self.io_bytes
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte: above the machine's peak FLOP/s / bandwidth ratio, compute-bound."""
+        return self.flops / self.bytes
+
+
+def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32") -> Cost:
+    """One request through the split ensemble (the fused graph does the same work without the cut)."""
+    form = attention or c.attention
+    D, H, M, h = c.d_model, c.swiglu_mult * c.d_model, c.n_layers, c.n_heads
+    swiglu = lambda d_in: 2 * (2 * d_in * H + H * D)  # noqa: E731  (per token: W_1 and W_3 from d_in, W_2 back to D)
+    encoder = M * L * swiglu(D)
+    if form == "kv":
+        encoder += M * 2 * 2 * L * D * D
+        attention_per_candidate = 2 * L * D + 2 * L * D + 2 * 2 * D * D
+    else:
+        attention_per_candidate = 4 * 2 * D * D + 2 * h * D * L + 2 * h * L * D
+    queries = sum(swiglu(i * D) for i in range(1, M + 1))
+    z = swiglu((M + 1) * D)
+    mixer = c.mixer_layers * c.n_tokens * 2 * 2 * D * H
+    heads = 2 * D * len(c.tasks)
+    scorer = N * (queries + M * attention_per_candidate + z + mixer + heads)
+    width = BYTES[precision]
+    per_layer_cut = (2 if form == "kv" else 1) * L * D * 4  # cut tensors stay fp32 between the halves
+    cut = M * per_layer_cut + L * 4 + c.n_user_fields * D * 4
+    dense = (M * 3 * D * H + 4 * M * D * D + sum(2 * i * D * H + H * D for i in range(1, M + 1))
+             + 2 * (M + 1) * D * H + H * D + c.mixer_layers * c.n_tokens * 2 * D * H + D * len(c.tasks))
+    rows_read = (L + N) * D + c.n_user_fields * D + N * c.n_candidate_fields * D  # embedding rows gathered, fp32
+    weights = dense * width + rows_read * 4
+    io = L * (8 + 8 + 4) + c.n_user_fields * 8 + N * (8 + 8 * c.n_candidate_fields) + N * len(c.tasks) * 4
+    return Cost(float(encoder), float(scorer), float(cut), float(weights), float(io))
+
+
+def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32") -> Cost:
+    """The point-wise baseline: N separate one-candidate requests, each encoding the whole history."""
+    one = split_cost(c, L, 1, attention, precision)
+    return Cost(N * one.encoder_flops, N * one.scorer_flops, N * one.cut_bytes, N * one.weight_bytes, N * one.io_bytes)
+
+
+def best_attention(c: STCAConfig, L: int, N: int) -> str:
+    """The attention form with fewer FLOPs for requests of L history items and N candidates."""
+    return min(("kv", "reordered"), key=lambda form: split_cost(c, L, N, form).flops)
+
+
+def crossover_candidates(c: STCAConfig, L: int) -> float:
+    """N above which the kv form is cheaper: D / (h - 1 + D/L)."""
+    return c.d_model / (c.n_heads - 1 + c.d_model / L)
+
+
+def gemm_peak_flops(size: int = 2_048, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of a size x size matmul in this process (PyTorch's CPU BLAS), the roofline's ceiling."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

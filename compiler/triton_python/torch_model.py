@@ -1,0 +1,30 @@
+"""Triton Python-backend model: the PyTorch model itself, eager, fp32: the baseline a team starts from.
+
+Emitted by stca-compiler's --baselines for the python target, with the checkpoint in checkpoint/ beside
+this file; needs torch and the stca-compiler package in the server's Python (the embedded server's
+virtualenv has both).
+"""
+
+import os
+import sys
+
+sys.dont_write_bytecode = True  # the repository may be read-only: never write into it
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch  # noqa: E402
+from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
+
+from compiler.load import load_model  # noqa: E402
+from compiler.model import INPUT_NAMES  # noqa: E402
+
+
+class TritonPythonModel(StcaModel):
+    def setup(self, args):
+        threads = int(self.params.get("intra_op_threads", "0"))
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load_model(os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint"))
+        self.input_names = self.validated = list(INPUT_NAMES)
+
+    def compute(self, inputs):
+        with torch.no_grad():
+            return {"scores": self.model(*[torch.from_numpy(inputs[n].copy()) for n in INPUT_NAMES]).numpy()}

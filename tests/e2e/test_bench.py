@@ -1,0 +1,50 @@
+"""perf_analyzer (the real binary) against the real server, and the response-cache experiment, in seconds."""
+
+import json
+
+import pytest
+
+from compiler.bench import BenchConfig, cache_experiment, perf, write_input_file
+from compiler.bench_report import speedups
+from compiler.build import BuildConfig, build
+from compiler.data import sample_requests
+from compiler.emit import EmitConfig
+from compiler.load import load_config
+from compiler.serve import TritonServer
+from tests.e2e.conftest import QUICK_VERIFY, server_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+TINY = BenchConfig(window_requests=6, cache_users=2, cache_repeats=4, mixed_candidates=8)
+
+
+@pytest.mark.parametrize("model", ["stca", "stca_fused"])
+def test_perf_analyzer_runs_and_its_csv_is_parsed(triton, tiny_checkpoint, tmp_path, model):
+    config = load_config(tiny_checkpoint)
+    requests = [r.inputs for r in sample_requests(config, [30, 80], seed=0, n_candidates=6)]
+    inputs = write_input_file(tmp_path / "in.json", requests)
+    assert len(json.loads(inputs.read_text())["data"]) == 2
+    row = perf(model, triton.cfg.http_url, inputs, 2, TINY, tmp_path / "out.csv")
+    assert row["concurrency"] == 2 and row["throughput"] > 0
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert row["server_compute_ms"] > 0
+
+
+def test_the_response_cache_answers_repeated_histories(tmp_path, tiny_checkpoint, served_repo):
+    cached_repo = tmp_path / "cached"
+    build(BuildConfig(out=cached_repo, checkpoint=tiny_checkpoint, emit=EmitConfig(response_cache=True), verify=QUICK_VERIFY))
+    config = load_config(tiny_checkpoint)
+    with TritonServer(server_config(cached_repo)) as cached, TritonServer(server_config(served_repo)) as plain:
+        result = cache_experiment(cached.cfg.http_url, plain.cfg.http_url, cached.cfg.metrics_url, config, TINY, tmp_path)
+    assert (result["hits"], result["misses"]) == (2 * 3, 2)  # every request but each user's first
+    assert result["hit_rate"] == result["expected_hit_rate"] == 0.75
+    assert result["throughput_cached"] > 0 and result["throughput_uncached"] > 0
+
+
+def test_speedups_compare_best_throughputs_of_the_same_load():
+    def cell(model, load, throughputs):
+        return {"precision": "fp32", "model": model, "load": load, "history": 100, "candidates": 8,
+                "rows": [{"concurrency": i + 1, "throughput": t} for i, t in enumerate(throughputs)], "dropped": ""}
+    results = {"cells": [cell("stca", "L=100 N=8", [10, 30]), cell("stca_fused", "L=100 N=8", [20, 15]),
+                         cell("stca_naive", "L=100 N=8", [1, 2]), {**cell("stca_torch", "L=100 N=8", []), "dropped": "slow"}]}
+    [row] = speedups(results)
+    assert (row["stca_fused"], row["stca_naive"], row["stca_torch"]) == (1.5, 15.0, None)
