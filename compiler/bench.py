@@ -46,7 +46,8 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 2, 4)
     mixed_candidates: int = 128  # the KuaiRand-length load
     requests_per_input: int = 4  # distinct requests in each perf_analyzer input file (mixed: x4)
-    window_requests: int = 12  # perf_analyzer count_windows: requests per measurement window
+    window_requests: int = 12  # perf_analyzer count_windows: requests per measurement window (doubled where unstable)
+    stability_percentage: int = 50  # how far perf_analyzer's last 3 windows may differ
     cell_budget_s: float = 150.0  # a cell estimated to take longer is dropped, with its estimate
     cache_users: int = 4  # response-cache load: users, each sending cache_repeats requests with one history
     cache_repeats: int = 8
@@ -66,6 +67,7 @@ class Cell:
     flops_per_request: float
     rows: list = field(default_factory=list)  # one dict per concurrency level (perf_analyzer's CSV, parsed)
     dropped: str = ""
+    unstable: list = field(default_factory=list)  # concurrency levels perf_analyzer could not measure stably
 
 
 def perf_analyzer_binary() -> tuple[str, dict]:
@@ -94,23 +96,40 @@ def write_input_file(path: Path, requests: list[dict]) -> Path:
     return path
 
 
+class UnstableMeasurement(CompilerError):
+    """perf_analyzer's windows never agreed within the stability percentage."""
+
+
 def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig, csv_path: Path) -> dict:
-    """One perf_analyzer run at one concurrency; returns its CSV row (latencies in microseconds)."""
+    """One perf_analyzer run at one concurrency; returns its CSV row (latencies in microseconds).
+
+    Where the windows do not agree within the stability percentage, the window is doubled (more requests
+    average out two shared cores' jitter), twice, before UnstableMeasurement."""
     binary, env = perf_analyzer_binary()
-    command = [
-        binary, "-m", model, "-u", url, "-i", cfg.protocol, "--input-data", str(inputs),
-        "--concurrency-range", f"{concurrency}:{concurrency}",
-        # count windows, not time windows: a 2-core machine rarely holds 10% stability between short windows
-        "--measurement-mode", "count_windows", "--measurement-request-count", str(cfg.window_requests),
-        "--max-trials", "5", "--stability-percentage", "50", "-f", str(csv_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(600, cfg.cell_budget_s * 4),
-                            preexec_fn=die_with_parent)
-    if result.returncode != 0 or not csv_path.is_file():
-        raise CompilerError(f"bench: perf_analyzer failed on {model} (exit {result.returncode}): {(result.stdout + result.stderr)[-800:]}")
+    for window in (cfg.window_requests, 2 * cfg.window_requests, 4 * cfg.window_requests):
+        command = [
+            binary, "-m", model, "-u", url, "-i", cfg.protocol, "--input-data", str(inputs),
+            "--concurrency-range", f"{concurrency}:{concurrency}",
+            # count windows, not time windows: a 2-core machine rarely holds 10% stability between short windows
+            "--measurement-mode", "count_windows", "--measurement-request-count", str(window),
+            "--max-trials", "5", "--stability-percentage", str(cfg.stability_percentage), "-f", str(csv_path),
+        ]
+        csv_path.unlink(missing_ok=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(600, cfg.cell_budget_s * 4),
+                                preexec_fn=die_with_parent)
+        output = result.stdout + result.stderr
+        if result.returncode == 0 and csv_path.is_file():
+            break
+        if "Failed to obtain stable measurement" not in output:
+            raise CompilerError(f"bench: perf_analyzer failed on {model} (exit {result.returncode}): {output[-800:]}")
+        log.info("bench: %s at concurrency %d not stable within %s%% over windows of %d requests", model, concurrency,
+                 cfg.stability_percentage, window)
+    else:
+        raise UnstableMeasurement(f"{model} at concurrency {concurrency}: no {cfg.stability_percentage}% stable measurement "
+                                  f"in 5 windows of up to {window} requests")
     with csv_path.open() as f:
         row = next(csv.DictReader(f))
-    return {"concurrency": concurrency, "throughput": float(row["Inferences/Second"]),
+    return {"concurrency": concurrency, "window_requests": window, "throughput": float(row["Inferences/Second"]),
             **{f"p{p}_ms": float(row[f"p{p} latency"]) / 1e3 for p in (50, 90, 99)},
             "server_queue_ms": float(row["Server Queue"]) / 1e3, "server_compute_ms": float(row["Server Compute Infer"]) / 1e3}
 
@@ -136,7 +155,11 @@ def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig,
                 cell.dropped = (f"one request takes {seconds:.2f} s: {len(cfg.concurrency)} concurrency levels x 3 windows x "
                                 f"{cfg.window_requests} requests would take ~{estimate / 60:.0f} min on this machine")
             else:
-                cell.rows = [perf(model, url, inputs, c, cfg, work / "last.csv") for c in cfg.concurrency]
+                for concurrency in cfg.concurrency:
+                    try:
+                        cell.rows.append(perf(model, url, inputs, concurrency, cfg, work / "last.csv"))
+                    except UnstableMeasurement as e:
+                        cell.unstable.append(str(e))
                 for row in cell.rows:
                     row["fraction_of_peak"] = row["throughput"] * flops / peak
             cells.append(cell)

@@ -68,6 +68,11 @@ def _markdown(r: dict, stamp: str) -> list[str]:
         lines += ["", "Dropped cells (they cannot finish within the per-cell budget of "
                   f"{r['config']['cell_budget_s']:.0f} s on this machine):", ""]
         lines += [f"- {c['precision']} {c['model']} {c['load']}: {c['dropped']}" for c in dropped]
+    unstable = [(c, u) for c in r["cells"] for u in c["unstable"]]
+    if unstable:
+        lines += ["", "Not measured: perf_analyzer found no stable measurement (its windows kept differing by more than "
+                  f"{r['config']['stability_percentage']}%, even over windows of 4x the requests):", ""]
+        lines += [f"- {c['precision']} {c['load']}: {u}" for c, u in unstable]
     rc = r["response_cache"]
     lines += ["", "## Response cache on the history encoder", "",
               f"{rc['users']} users, each sending {rc['requests_per_user']} requests with one history (L={rc['history']}) and fresh "
@@ -120,8 +125,8 @@ def _plot_latency(path: Path, r: dict, stamp: str, candidates: int = 128) -> Non
     plt, fig, axes = _figure(len(precisions), f"p50 latency at concurrency 1 against history length, N={candidates}", stamp)
     for ax, precision in zip(axes, precisions):
         for model in r["config"]["models"]:
-            cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model
-                            and c["candidates"] == candidates and c["load"].startswith("L=") and c["rows"]), key=lambda c: c["history"])
+            cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model and c["candidates"] == candidates
+                            and c["load"].startswith("L=") and c["rows"] and c["rows"][0]["concurrency"] == 1), key=lambda c: c["history"])
             if cells:
                 ax.plot([c["history"] for c in cells], [c["rows"][0]["p50_ms"] for c in cells], marker="o", label=NAMES[model])
         ax.set(title=precision, xlabel="history length L", ylabel="p50 latency (ms)", xscale="log", yscale="log")

@@ -1,10 +1,11 @@
 """perf_analyzer (the real binary) against the real server, and the response-cache experiment, in seconds."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from compiler.bench import BenchConfig, cache_experiment, perf, write_input_file
+from compiler.bench import BenchConfig, UnstableMeasurement, cache_experiment, perf, write_input_file
 from compiler.bench_report import speedups
 from compiler.build import BuildConfig, build
 from compiler.data import sample_requests
@@ -27,6 +28,14 @@ def test_perf_analyzer_runs_and_its_csv_is_parsed(triton, tiny_checkpoint, tmp_p
     assert row["concurrency"] == 2 and row["throughput"] > 0
     assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert row["server_compute_ms"] > 0
+
+
+def test_a_measurement_that_never_settles_is_retried_on_longer_windows_then_named(triton, tiny_checkpoint, tmp_path):
+    config = load_config(tiny_checkpoint)
+    inputs = write_input_file(tmp_path / "in.json", [next(sample_requests(config, [20], seed=0, n_candidates=4)).inputs])
+    never_stable = replace(TINY, stability_percentage=0, window_requests=2)  # three windows of equal throughput: never
+    with pytest.raises(UnstableMeasurement, match="stca_fused at concurrency 1: no 0% stable measurement in 5 windows of up to 8 requests"):
+        perf("stca_fused", triton.cfg.http_url, inputs, 1, never_stable, tmp_path / "out.csv")
 
 
 def test_the_response_cache_answers_repeated_histories(tmp_path, tiny_checkpoint, served_repo):
