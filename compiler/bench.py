@@ -31,6 +31,7 @@ from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
 from compiler.model import STCAConfig
 from compiler.serve import die_with_parent
+from compiler.verify import VerifyConfig
 
 BASELINES = (FUSED, NAIVE, TORCH)
 
@@ -53,6 +54,7 @@ class BenchConfig:
     cache_repeats: int = 8
     protocol: str = "http"
     max_history: int | None = None  # None: the model's (10,000)
+    verify: VerifyConfig = field(default_factory=lambda: VerifyConfig(auc_requests=16))  # each build's gates
     out: Path = Path("benchmarks/results")
     work: Path | None = None  # where repositories are built; None: a temporary directory
 
@@ -262,7 +264,6 @@ def run(cfg: BenchConfig) -> Path:
     from compiler.emit import EmitConfig
     from compiler.precision import PrecisionConfig
     from compiler.serve import ServerConfig, TritonServer, free_port
-    from compiler.verify import VerifyConfig
 
     out = Path(cfg.out) / cfg.name
     with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
@@ -276,7 +277,7 @@ def run(cfg: BenchConfig) -> Path:
             target = work / f"repo-{label}"
             result = build(BuildConfig(out=target, checkpoint=cfg.checkpoint, max_history=cfg.max_history,
                                        precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
-                                       verify=VerifyConfig(auc_requests=16)))
+                                       verify=cfg.verify))
             return target, result.manifest
 
         def server(path: Path) -> TritonServer:

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from compiler.bench import BenchConfig, UnstableMeasurement, cache_experiment, perf, write_input_file
+from compiler.bench import BenchConfig, UnstableMeasurement, cache_experiment, perf, run, write_input_file
 from compiler.bench_report import speedups
 from compiler.build import BuildConfig, build
 from compiler.data import sample_requests
@@ -57,3 +57,27 @@ def test_speedups_compare_best_throughputs_of_the_same_load():
                          cell("stca_naive", "L=100 N=8", [1, 2]), {**cell("stca_torch", "L=100 N=8", []), "dropped": "slow"}]}
     [row] = speedups(results)
     assert (row["stca_fused"], row["stca_naive"], row["stca_torch"]) == (1.5, 15.0, None)
+
+
+def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(tiny_checkpoint, tmp_path):
+    models = ("stca", "stca_fused", "stca_naive")
+    cfg = BenchConfig(name="tiny", out=tmp_path / "results", work=tmp_path / "work", checkpoint=tiny_checkpoint,
+                      precisions=("fp32",), models=models, histories=(16,), candidates=(4,), concurrency=(1,),
+                      window_requests=4, mixed_candidates=4, cache_users=2, cache_repeats=2, max_history=64, verify=QUICK_VERIFY)
+    out = run(cfg)
+    results = json.loads((out / "results.json").read_text())
+    cells = {(c["model"], c["load"]): c for c in results["cells"]}
+    mixed = next(c["load"] for c in results["cells"] if c["load"].startswith("mixed"))
+    assert set(cells) == {(m, load) for m in models for load in ("L=16 N=4", mixed)}
+    for cell in cells.values():
+        [row] = cell["rows"]
+        assert row["concurrency"] == 1 and row["throughput"] > 0 and row["fraction_of_peak"] > 0 and not cell["dropped"]
+    assert cells[("stca_naive", "L=16 N=4")]["flops_per_request"] > cells[("stca", "L=16 N=4")]["flops_per_request"]
+    assert cells[("stca", "L=16 N=4")]["flops_per_request"] == cells[("stca_fused", "L=16 N=4")]["flops_per_request"]
+    assert (results["response_cache"]["hits"], results["response_cache"]["misses"]) == (2, 2)
+    assert {r["candidates"] for r in results["attention_check"]} == {4, 8, 16, 32, 64, 128, 512}
+    assert all(r["predicted"] in ("kv", "reordered") and r["kv_ms"] > 0 for r in results["attention_check"])
+    table = (out / "results.md").read_text()
+    assert "| L=16 N=4 | stca |" in table and "| fp32 | L=16 N=4 |" in table  # the per-cell and speedup tables
+    for plot in ("throughput_vs_concurrency.png", "latency_vs_history.png", "speedup.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
