@@ -20,6 +20,7 @@ self-attention, so a model trained on ~2k items is served at 10k.
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -276,6 +277,11 @@ class STCA(nn.Module):
             [z.unsqueeze(1), user_tokens.unsqueeze(0).expand(N, -1, -1), candidate_tokens], dim=1
         )  # (N, 1 + K + F, D)
         return torch.sigmoid(self.heads(self.mixer(tokens)))  # (N, T): one probability per task
+
+    @torch.no_grad()
+    def score(self, request: dict) -> np.ndarray:
+        """Scores (N, T) of one request given as numpy arrays keyed by input name (compiler.requests)."""
+        return self(*[torch.from_numpy(request[name]) for name in INPUT_NAMES]).numpy()
 
     # Paper names for the tensors that cross the history/candidate cut, keyed by the module that makes them.
     # The partition pass is generic; these names only label its report, manifest and Triton configs.

@@ -87,10 +87,9 @@ def evaluate_auc(model: STCA, world: World, lengths, n_requests: int, seed: int)
     with stage("evaluate: AUC on held-out requests") as s:
         for L in lengths:
             scores, labels = [], []
-            with torch.no_grad():
-                for request in sample_requests(model.config, [L] * n_requests, seed=seed, n_candidates=128, world=world):
-                    scores.append(model(*_tensors(request.inputs)).numpy())
-                    labels.append(request.labels)
+            for request in sample_requests(model.config, [L] * n_requests, seed=seed, n_candidates=128, world=world):
+                scores.append(model.score(request.inputs))
+                labels.append(request.labels)
             scores, labels = np.concatenate(scores), np.concatenate(labels)
             table[int(L)] = {task: round(auc(labels[:, t], scores[:, t]), 4) for t, task in enumerate(model.config.tasks)}
         s.summary = "; ".join(f"L={L}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()) for L, row in table.items())

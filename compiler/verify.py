@@ -7,15 +7,14 @@ thresholds of its least precise half.
 """
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-import torch
 
 from compiler.data import World, kuairand_lengths, sample_requests
 from compiler.log import Progress, stage
 from compiler.metrics import auc, kendall_tau, top_k_overlap
-from compiler.model import INPUT_NAMES, STCA
+from compiler.model import STCA
 
 PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
 TAU_MIN_CANDIDATES = 16  # with 3 candidates one swapped near-tie moves tau by 2/3; tau is gated from here
@@ -47,7 +46,7 @@ class VerifyConfig:
         """The same cases, each clipped to what the build serves."""
         lengths = tuple(sorted({min(L, max_history) for L in self.lengths}))
         candidates = tuple(sorted({min(N, max_candidates) for N in self.candidates}))
-        return VerifyConfig(lengths, candidates, self.requests_per_case, self.auc_requests, self.seed)
+        return replace(self, lengths=lengths, candidates=candidates)
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def verify(
             for j, N in enumerate(cfg.candidates):
                 seed = cfg.seed + 1_000 * i + j
                 requests = list(sample_requests(c, [L] * cfg.requests_per_case, seed=seed, n_candidates=N, world=world))
-                pairs = [(_torch_scores(reference, r.inputs), compiled(r.inputs)) for r in requests]
+                pairs = [(reference.score(r.inputs), compiled(r.inputs)) for r in requests]
                 cases.append(_case(L, N, pairs, np.concatenate([r.labels for r in requests])))
                 progress.advance(note=f"L={L} N={N} max abs {cases[-1].max_abs_error:.2e}")
         auc_table = _auc_deltas(reference, compiled, cfg, world) if cfg.auc_requests else {}
@@ -124,11 +123,6 @@ def verify(
 
 def least_precise(*precisions: str) -> str:
     return max(precisions, key=PRECISIONS.index)
-
-
-def _torch_scores(model: STCA, inputs: dict) -> np.ndarray:
-    with torch.no_grad():
-        return model(*[torch.from_numpy(inputs[name]) for name in INPUT_NAMES]).numpy()
 
 
 def _case(L: int, N: int, pairs: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> CaseResult:
@@ -150,7 +144,7 @@ def _auc_deltas(reference: STCA, compiled, cfg: VerifyConfig, world: World) -> d
     lengths = kuairand_lengths(cfg.auc_requests, c.max_history, seed=cfg.seed - 1)
     ref, out, labels = [], [], []
     for r in sample_requests(c, lengths, seed=cfg.seed - 2, n_candidates=min(128, c.max_candidates), world=world):
-        ref.append(_torch_scores(reference, r.inputs))
+        ref.append(reference.score(r.inputs))
         out.append(compiled(r.inputs))
         labels.append(r.labels)
     ref, out, labels = np.concatenate(ref), np.concatenate(out), np.concatenate(labels)

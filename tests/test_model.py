@@ -2,17 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from compiler.data import left_pad, sample_requests
 from compiler.errors import CompilerError
 from compiler.load import seeded_model
-from compiler.model import INPUT_NAMES, PRESETS, STCAConfig, preset, with_attention
-
-
-def scores(model, inputs):
-    with torch.no_grad():
-        return model(*[torch.from_numpy(inputs[n]) for n in INPUT_NAMES]).numpy()
+from compiler.model import PRESETS, STCAConfig, preset, with_attention
 
 
 @pytest.mark.parametrize("L,N", [(1, 1), (37, 5), (700, 64)])
@@ -21,7 +15,7 @@ def test_kv_and_reordered_forms_give_the_same_scores(L, N):
     reordered = with_attention(kv, "reordered")  # same weights, other computation order
     assert reordered.config.attention == "reordered"
     request = next(sample_requests(kv.config, [L], seed=L, n_candidates=N)).inputs
-    a, b = scores(kv, request), scores(reordered, request)
+    a, b = kv.score(request), reordered.score(request)
     assert a.shape == (N, len(kv.config.tasks))
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
 
@@ -31,7 +25,7 @@ def test_kv_and_reordered_forms_give_the_same_scores(L, N):
 def test_left_padding_with_id_zero_scores_as_the_unpadded_request(attention, pad):
     model = seeded_model(preset("tiny", attention=attention), seed=4)
     request = next(sample_requests(model.config, [50], seed=9, n_candidates=16)).inputs
-    np.testing.assert_allclose(scores(model, left_pad(request, pad)), scores(model, request), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.score(left_pad(request, pad)), model.score(request), rtol=0, atol=1e-6)
 
 
 def test_padding_is_masked_not_merely_small():
@@ -40,12 +34,12 @@ def test_padding_is_masked_not_merely_small():
     request = next(sample_requests(model.config, [5], seed=9, n_candidates=8)).inputs
     padded = left_pad(request, 500)
     padded["history_item_ids"][:500] = 7  # the same positions as real items instead of padding
-    assert np.abs(scores(model, padded) - scores(model, request)).max() > 1e-3
+    assert np.abs(model.score(padded) - model.score(request)).max() > 1e-3
 
 
 def test_scores_are_probabilities_per_task():
     model = seeded_model(preset("tiny"))
-    out = scores(model, next(sample_requests(model.config, [20], seed=1, n_candidates=9)).inputs)
+    out = model.score(next(sample_requests(model.config, [20], seed=1, n_candidates=9)).inputs)
     assert out.shape == (9, 3) and (out > 0).all() and (out < 1).all()
 
 

@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
 from compiler.load import load_model
-from compiler.model import INPUT_NAMES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -15,11 +13,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     return load_model(tiny_checkpoint)
-
-
-def torch_scores(model, inputs):
-    with torch.no_grad():
-        return model(*[torch.from_numpy(inputs[n]) for n in INPUT_NAMES]).numpy()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -30,7 +23,7 @@ def test_ensemble_scores_equal_pytorch(triton, model, protocol, L, N):
     request = next(sample_requests(model.config, [L], seed=L * 7 + N, n_candidates=N)).inputs
     scores = client.score(request)
     assert scores.shape == (N, 3)
-    np.testing.assert_allclose(scores, torch_scores(model, request), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(scores, model.score(request), rtol=0, atol=1e-4)
     client.close()
 
 
@@ -49,7 +42,7 @@ def test_ensemble_equals_the_fused_naive_and_eager_baselines(triton, model, L, N
     eager = ScoringClient(triton.cfg.http_url, model="stca_torch").score(request)
     np.testing.assert_allclose(split, fused, rtol=0, atol=1e-5)
     np.testing.assert_allclose(naive, fused, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(eager, torch_scores(model, request), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(eager, model.score(request), rtol=0, atol=1e-6)
 
 
 def test_rank_orders_candidates_by_score(triton, model):
