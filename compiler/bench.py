@@ -171,7 +171,7 @@ def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig,
 
 def _probe(url: str, model: str, request: dict, cfg: BenchConfig) -> float:
     """Seconds one request takes (after one warm-up), to decide whether a cell fits the budget."""
-    client = ScoringClient(url.replace("http://", ""), cfg.protocol, model=model, timeout_s=max(600.0, cfg.cell_budget_s))
+    client = ScoringClient(url, cfg.protocol, model=model, timeout_s=max(600.0, cfg.cell_budget_s))
     try:
         client.score(request)
         start = time.perf_counter()

@@ -83,8 +83,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
 
     written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, graphs.plans, cfg.response_cache)
     written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, graphs.plans)
-    ensemble = _ensemble_config(graphs)
-    ensemble.parameters["request_limits"].string_value = json.dumps(limits.to_dict())  # what clients validate with
+    ensemble = _ensemble_config(graphs, limits)  # its request_limits are what clients validate with
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += _write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
@@ -99,9 +98,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
 def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=None, cache: bool = False) -> list[Path]:
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = mc.ModelConfig(name=name, max_batch_size=0)
-    _add_io(config, graph)
-    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config = _model_config(name, graph, limits)
     written = []
     if cfg.target == "python":
         config.backend = "python"
@@ -134,9 +131,7 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=N
 def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
     version = repo / NAIVE / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = mc.ModelConfig(name=NAIVE, max_batch_size=0, backend="python")
-    _add_io(config, whole)
-    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config = _model_config(NAIVE, whole, limits, backend="python")
     config.parameters["fused_model"].string_value = FUSED
     config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "naive_model.py") + _write_config(repo, config)
@@ -145,17 +140,14 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg:
 def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
     version = repo / TORCH / "1"
     shutil.copytree(checkpoint, version / "checkpoint")
-    config = mc.ModelConfig(name=TORCH, max_batch_size=0, backend="python")
-    _add_io(config, whole)
-    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config = _model_config(TORCH, whole, limits, backend="python")
     config.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
     config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + _write_config(repo, config)
 
 
-def _ensemble_config(graphs: Graphs) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
-    _add_io(config, graphs.whole)
+def _ensemble_config(graphs: Graphs, limits: RequestLimits) -> mc.ModelConfig:
+    config = _model_config(ENSEMBLE, graphs.whole, limits, platform="ensemble")
     request_inputs = set(_io(graphs.whole.graph.input))
     encoder_step = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
     for name in _io(graphs.encoder.graph.input):
@@ -173,11 +165,16 @@ def _ensemble_config(graphs: Graphs) -> mc.ModelConfig:
     return config
 
 
-def _add_io(config: mc.ModelConfig, graph: onnx.ModelProto) -> None:
-    for name, (dtype, dims) in _io(graph.graph.input).items():
-        config.input.add(name=name, data_type=TRITON_TYPES[dtype], dims=dims)
-    for name, (dtype, dims) in _io(graph.graph.output).items():
-        config.output.add(name=name, data_type=TRITON_TYPES[dtype], dims=dims)
+def _model_config(name: str, graph: onnx.ModelProto, limits: RequestLimits, **fields) -> mc.ModelConfig:
+    """What every model of the repository declares: no batch dim (L and N are -1 dims), the graph's inputs and
+    outputs, and the request limits its models (and clients) validate with."""
+    config = mc.ModelConfig(name=name, max_batch_size=0, **fields)
+    for tensor, (dtype, dims) in _io(graph.graph.input).items():
+        config.input.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
+    for tensor, (dtype, dims) in _io(graph.graph.output).items():
+        config.output.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
+    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    return config
 
 
 def _io(values) -> dict:

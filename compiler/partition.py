@@ -23,7 +23,7 @@ The contract: scorer(encoder(request inputs), candidate inputs) == model(all inp
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
