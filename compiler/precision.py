@@ -25,6 +25,7 @@ import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from compiler.log import log
 from compiler.partition import Split
 from compiler.runtime import OrtGraph
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
 FP32_OP_TYPES = ("LayerNormalization", "Softmax")
 DISCONTINUOUS_OPS = ("Floor", "Ceil", "Round", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Sign")
 REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -90,11 +91,10 @@ def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.Mo
     if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
         raise CompilerError("precision int8: no calibration set given")
     details = {}
-    encoder, details["encoder"] = _convert(parts.encoder, cfg.encoder_precision, cfg, lambda: _encoder_feeds(parts.encoder, calibration))
-    scorer, details["scorer"] = _convert(parts.scorer, cfg.scorer_precision, cfg, lambda: _scorer_feeds(encoder, parts.scorer, calibration))
+    encoder, details["encoder"] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration))
+    scorer, details["scorer"] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration))
     if whole is not None:
-        names = [i.name for i in whole.graph.input]
-        whole, details["fused"] = _convert(whole, cfg.precision, cfg, lambda: ({n: r[n] for n in names} for r in calibration.requests()))
+        whole, details["fused"] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration))
     if calibration is not None:
         details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
                                   "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
@@ -241,8 +241,9 @@ class _Reader:
         self.iterator = iter(self.make_feeds())
 
 
-def _encoder_feeds(encoder: onnx.ModelProto, calibration):
-    names = [i.name for i in encoder.graph.input]
+def _request_feeds(graph: onnx.ModelProto, calibration):
+    """The calibration requests, each cut down to the inputs `graph` reads."""
+    names = [i.name for i in graph.graph.input]
     return ({name: request[name] for name in names} for request in calibration.requests())
 
 

@@ -15,8 +15,8 @@ from compiler.data import World, kuairand_lengths, sample_requests
 from compiler.log import Progress, stage
 from compiler.metrics import auc, kendall_tau, top_k_overlap
 from compiler.model import STCA
+from compiler.precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
 TAU_MIN_CANDIDATES = 16  # with 3 candidates one swapped near-tie moves tau by 2/3; tau is gated from here
 
 

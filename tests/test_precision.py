@@ -117,3 +117,13 @@ def test_int8_needs_a_calibration_set(tiny):
     _, parts = tiny
     with pytest.raises(Exception, match="no calibration set"):
         convert(parts, PrecisionConfig("int8"))
+
+
+def test_the_fused_baseline_is_quantized_at_the_base_precision_from_the_same_requests(calibration_set):
+    model, whole = stca("tiny")
+    parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
+    halves = convert(parts, PrecisionConfig("int8", encoder="fp32"), calibration_set, whole)
+    assert not any(n.op_type == "QuantizeLinear" for n in halves.encoder.graph.node)
+    assert any(n.op_type == "QuantizeLinear" for n in halves.whole.graph.node)
+    request = next(sample_requests(model.config, [40], seed=2, n_candidates=8)).inputs
+    assert OrtGraph(halves.whole).run(request)["scores"].shape == (8, len(model.config.tasks))
