@@ -6,6 +6,7 @@ keeps its traceback.
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from compiler.errors import CompilerError
@@ -63,7 +64,7 @@ def cmd_calibrate(args) -> int:
 
     config = load_config(args.checkpoint) if args.checkpoint else preset(args.preset or "small")
     if args.max_history:
-        config = config.__class__.from_dict({**config.to_dict(), "max_history": args.max_history})
+        config = replace(config, max_history=args.max_history)
     if args.requests is not None:
         result = calibrate.from_jsonl(args.out, args.requests, config)
     else:
@@ -111,8 +112,6 @@ def cmd_score(args) -> int:
 
 
 def _generated_request(limits, history_length: int, candidates: int, seed: int) -> dict:
-    from dataclasses import replace
-
     from compiler.data import sample_requests
     from compiler.model import PRESETS
 

@@ -263,7 +263,7 @@ def run(cfg: BenchConfig) -> Path:
     from compiler.build import BuildConfig, build, machine, versions
     from compiler.emit import EmitConfig
     from compiler.precision import PrecisionConfig
-    from compiler.serve import ServerConfig, TritonServer, free_port
+    from compiler.serve import ServerConfig, TritonServer
 
     out = Path(cfg.out) / cfg.name
     with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
@@ -281,7 +281,7 @@ def run(cfg: BenchConfig) -> Path:
             return target, result.manifest
 
         def server(path: Path) -> TritonServer:
-            return TritonServer(ServerConfig(repo=path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()))
+            return TritonServer(ServerConfig.on_free_ports(path))
 
         cells, manifests = [], {}
         for precision in cfg.precisions:

@@ -89,7 +89,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             "nothing was written (--accept-accuracy-loss writes it anyway)"
         )
     plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
-    limits = RequestLimits(c.max_history, c.max_candidates, c.n_user_fields, c.n_candidate_fields)
+    limits = RequestLimits.of(c)
     warmup = next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                   n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs
     emit_cfg = replace(cfg.emit, target=target, tensorrt_profiles=len(plans.details["profiles"]) if plans else 1)

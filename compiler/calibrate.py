@@ -49,7 +49,7 @@ def generate(out: Path, config: STCAConfig, count: int = 32, n_candidates: int =
     """Synthetic requests with KuaiRand-1K history lengths up to config.max_history."""
     lengths = kuairand_lengths(count, config.max_history, seed=seed)
     requests = (r.inputs for r in sample_requests(config, lengths, seed=seed + 1, n_candidates=min(n_candidates, config.max_candidates)))
-    return _write(out, requests, count, {"generator": "compiler.data (KuaiRand-1K lengths)", "seed": seed}, _limits(config))
+    return _write(out, requests, count, {"generator": "compiler.data (KuaiRand-1K lengths)", "seed": seed}, RequestLimits.of(config))
 
 
 def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
@@ -70,7 +70,7 @@ def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise CompilerError(f"calibrate: {source} line {number}: not a request ({type(e).__name__}: {e})") from e
 
-    return _write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, _limits(config))
+    return _write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, RequestLimits.of(config))
 
 
 def load(path: Path) -> CalibrationSet:
@@ -106,10 +106,6 @@ def _write(out: Path, requests, count: int, source: dict, limits: RequestLimits)
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
         s.summary = f"L from {min(lengths)} to {max(lengths)} (median {int(np.median(lengths))}), sha256 {digest.hexdigest()[:12]}"
     return CalibrationSet(Path(out), len(lengths), digest.hexdigest(), tuple(lengths))
-
-
-def _limits(config: STCAConfig) -> RequestLimits:
-    return RequestLimits(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields)
 
 
 def _name(i: int) -> str:

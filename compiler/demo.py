@@ -7,7 +7,7 @@ from compiler.client import ScoringClient
 from compiler.data import sample_requests
 from compiler.load import load_config
 from compiler.log import log
-from compiler.serve import ServerConfig, TritonServer, free_port
+from compiler.serve import ServerConfig, TritonServer
 
 
 def run_demo(out: Path = Path("triton_repo"), checkpoint: Path | None = None, history_length: int = 2_000,
@@ -16,7 +16,7 @@ def run_demo(out: Path = Path("triton_repo"), checkpoint: Path | None = None, hi
     result = build(BuildConfig(out=out, checkpoint=checkpoint))
     config = load_config(Path(result.manifest["source"]["path"]))
     request = next(sample_requests(config, [history_length], seed=2_026, n_candidates=n_candidates)).inputs
-    server_cfg = ServerConfig(repo=out, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server_cfg = ServerConfig.on_free_ports(out)
     with TritonServer(server_cfg):
         client = ScoringClient(server_cfg.http_url)
         ranking = client.rank(request)

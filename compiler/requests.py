@@ -35,6 +35,11 @@ class RequestLimits:
     n_user_fields: int
     n_candidate_fields: int
 
+    @classmethod
+    def of(cls, config) -> "RequestLimits":
+        """The limits a model config (compiler.model.STCAConfig) is built for."""
+        return cls(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

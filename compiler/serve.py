@@ -39,6 +39,11 @@ class ServerConfig:
     log_verbose: int = 0
     ready_timeout_s: float = 300.0
 
+    @classmethod
+    def on_free_ports(cls, repo: Path, **fields) -> "ServerConfig":
+        """A config with three ports that are free now: for a server the program starts and stops itself."""
+        return cls(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **fields)
+
     @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"

@@ -18,7 +18,7 @@ def graphs():
     model, whole = stca("tiny")
     parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
     c = model.config
-    limits = RequestLimits(c.max_history, c.max_candidates, c.n_user_fields, c.n_candidate_fields)
+    limits = RequestLimits.of(c)
     warmup = next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs
     return Graphs(parts.encoder, parts.scorer, whole), limits, warmup, parts.cut
 

@@ -8,14 +8,10 @@ import pytest
 
 from compiler.build import BuildConfig, build
 from compiler.emit import EmitConfig
-from compiler.serve import ServerConfig, TritonServer, free_port, port_in_use
+from compiler.serve import ServerConfig, TritonServer, port_in_use
 from compiler.verify import VerifyConfig
 
 QUICK_VERIFY = VerifyConfig(lengths=(7, 300), candidates=(3, 32), requests_per_case=1, auc_requests=0)
-
-
-def server_config(repo: Path) -> ServerConfig:
-    return ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +24,7 @@ def served_repo(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def triton(served_repo):
-    cfg = server_config(served_repo)
+    cfg = ServerConfig.on_free_ports(served_repo)
     for port in (cfg.http_port, cfg.grpc_port, cfg.metrics_port):
         assert not port_in_use(cfg.host, port), f"port {port} answers before our server started"
     server = TritonServer(cfg)

@@ -11,8 +11,8 @@ from compiler.build import BuildConfig, build
 from compiler.data import sample_requests
 from compiler.emit import EmitConfig
 from compiler.load import load_config
-from compiler.serve import TritonServer
-from tests.e2e.conftest import QUICK_VERIFY, server_config
+from compiler.serve import ServerConfig, TritonServer
+from tests.e2e.conftest import QUICK_VERIFY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 TINY = BenchConfig(window_requests=6, cache_users=2, cache_repeats=4, mixed_candidates=8)
@@ -42,7 +42,7 @@ def test_the_response_cache_answers_repeated_histories(tmp_path, tiny_checkpoint
     cached_repo = tmp_path / "cached"
     build(BuildConfig(out=cached_repo, checkpoint=tiny_checkpoint, emit=EmitConfig(response_cache=True), verify=QUICK_VERIFY))
     config = load_config(tiny_checkpoint)
-    with TritonServer(server_config(cached_repo)) as cached, TritonServer(server_config(served_repo)) as plain:
+    with TritonServer(ServerConfig.on_free_ports(cached_repo)) as cached, TritonServer(ServerConfig.on_free_ports(served_repo)) as plain:
         result = cache_experiment(cached.cfg.http_url, plain.cfg.http_url, cached.cfg.metrics_url, config, TINY, tmp_path)
     assert (result["hits"], result["misses"]) == (2 * 3, 2)  # every request but each user's first
     assert result["hit_rate"] == result["expected_hit_rate"] == 0.75

@@ -10,9 +10,8 @@ from compiler.emit import ENCODER, SCORER
 from compiler.load import load_model
 from compiler.precision import PrecisionConfig
 from compiler.runtime import OrtGraph, SplitRunner
-from compiler.serve import TritonServer
+from compiler.serve import ServerConfig, TritonServer
 from compiler.verify import VerifyConfig
-from tests.e2e.conftest import server_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -26,7 +25,7 @@ def test_served_scores_equal_the_verified_graphs(tmp_path, tiny_checkpoint, prec
     assert manifest["verification"]["passed"], manifest["verification"]["failures"]
     model = load_model(tiny_checkpoint, max_history=2_000)
     in_process = SplitRunner(OrtGraph(out / ENCODER / "1" / "model.onnx"), OrtGraph(out / SCORER / "1" / "model.onnx"))
-    with TritonServer(server_config(out)) as server:
+    with TritonServer(ServerConfig.on_free_ports(out)) as server:
         client = ScoringClient(server.cfg.http_url)
         for request in sample_requests(model.config, [3, 700, 2_000], seed=11, n_candidates=50):
             np.testing.assert_allclose(client.score(request.inputs), in_process.score(request.inputs), rtol=0, atol=1e-5)
