@@ -14,7 +14,7 @@ import numpy as np
 
 from compiler.build import machine, versions
 from compiler.data import sample_requests
-from compiler.emit import ENCODER, SCORER
+from compiler.names import ENCODER, SCORER
 from compiler.model import STCAConfig
 from compiler.runtime import OrtGraph
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.emit import ENSEMBLE
 from compiler.errors import CompilerError
+from compiler.names import ENSEMBLE
 from compiler.requests import RequestError, RequestLimits
 
 

@@ -3,13 +3,16 @@
     stca_history_encoder/   per request: history + user inputs -> the cut tensors
     stca_candidate_scorer/  per candidate set: cut tensors + candidate inputs -> scores
     stca/                   the ensemble clients call; wires the cut tensors from encoder to scorer
+    stca_request_validator/ (onnxruntime and tensorrt targets) the ensemble's first step: those backends do not
+                            check a request, so this Python-backend model does, and passes the inputs on
     stca_fused/, stca_naive/   (--baselines) the unsplit graph, and the point-wise baseline
     stca_torch/                (--baselines, python target) the PyTorch model, eager
 
 Configs are built as Triton ModelConfig protobufs (tritonclient's model_config_pb2) and written in text
 format, so every field name and enum is checked by construction. L and N are -1 dims with
 max_batch_size 0 (ensembles neither broadcast nor batch as a whole); concurrency comes from instance
-groups; warmup runs a real request on the composing models, never on the ensemble.
+groups, sized on a CPU by the thread budget (compiler.budget); warmup runs a real request on the composing
+models, never on the ensemble.
 """
 
 import json
@@ -24,13 +27,15 @@ from google.protobuf import text_format
 from onnx import helper
 from tritonclient.grpc import model_config_pb2 as mc
 
+from compiler import budget
 from compiler.errors import CompilerError
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
 from compiler.requests import RequestLimits
 from compiler.runtime import OrtGraph
 
-ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE, TORCH = (
-    "stca", "stca_history_encoder", "stca_candidate_scorer", "stca_fused", "stca_naive", "stca_torch")
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
+DEVICES = ("cpu", "gpu")
+VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
 TRITON_TYPES = {
     "float32": mc.TYPE_FP32,
     "float16": mc.TYPE_FP16,
@@ -44,8 +49,9 @@ TRITON_TYPES = {
 class EmitConfig:
     target: str = "python"
     instances: int = 1  # per composing model
+    device: str | None = None  # "cpu" or "gpu"; None: cpu for the python target, gpu for onnxruntime and tensorrt
+    cpu_threads: int = 0  # the cores the served repository may use (compiler.budget); 0: this machine's
     tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
-    intra_op_threads: int = 0  # ONNX Runtime threads per instance (python target); 0 = one per core
     baselines: bool = False
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
@@ -57,6 +63,22 @@ class EmitConfig:
             raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
         if self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
+        if self.cpu_threads < 0:
+            raise CompilerError(f"cpu threads: {self.cpu_threads} must be at least 1 (or 0: this machine's)")
+        if self.device is not None and self.device not in DEVICES:
+            raise CompilerError(f"device: {self.device!r} is not one of {DEVICES}")
+        if self.device == "cpu" and self.target == "tensorrt":
+            raise CompilerError("device cpu: TensorRT plans run on a GPU (use --target python or onnxruntime)")
+        if self.device == "gpu" and self.target == "python":
+            raise CompilerError("device gpu: the python target runs ONNX Runtime on the CPU (use --target onnxruntime or tensorrt)")
+
+    @property
+    def resolved_device(self) -> str:
+        return self.device or ("cpu" if self.target == "python" else "gpu")
+
+    def placements(self) -> dict[str, budget.Placement]:
+        """Instances and threads per model on a CPU (compiler.budget.plan for cpu_threads cores)."""
+        return budget.plan(self.cpu_threads or budget.machine_threads(), self.instances)
 
 
 @dataclass(frozen=True)
@@ -81,31 +103,38 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     cut_values = OrtGraph(graphs.encoder).run(encoder_warmup)
     scorer_warmup = {name: {**warmup_inputs, **cut_values}[name] for name in _io(graphs.scorer.graph.input)}
 
-    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, graphs.plans, cfg.response_cache)
-    written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, graphs.plans)
-    ensemble = _ensemble_config(graphs, limits)  # its request_limits are what clients validate with
+    placements = cfg.placements()
+    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.response_cache)
+    written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, placements, graphs.plans)
+    validated = cfg.target != "python"  # the Python-backend models check requests themselves
+    if validated:
+        written += _validator_model(repo, graphs.whole, limits, cfg)
+    ensemble = _ensemble_config(graphs, limits, validated)  # its request_limits are what clients validate with
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
-    written += _write_config(repo, ensemble)
+    written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
     if cfg.baselines:
-        written += _composing_model(repo, FUSED, graphs.whole, limits, warmup_inputs, cfg, graphs.plans)
-        written += _naive_model(repo, graphs.whole, limits, cfg)
+        written += _composing_model(repo, FUSED, graphs.whole, limits, warmup_inputs, cfg, placements, graphs.plans)
+        written += _naive_model(repo, graphs.whole, limits, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
-            written += _torch_model(repo, graphs.whole, graphs.checkpoint, limits, cfg)
+            written += _torch_model(repo, graphs.whole, graphs.checkpoint, limits, placements[TORCH])
     return written
 
 
-def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=None, cache: bool = False) -> list[Path]:
+def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placements: dict, plans=None, cache: bool = False) -> list[Path]:
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     config = _model_config(name, graph, limits)
     written = []
     if cfg.target == "python":
         config.backend = "python"
-        config.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
-        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        budget.configure(config, placements[name], "python")
         written += [_save_onnx(graph, version / "model.onnx")]
         written += _python_files(version, "onnx_model.py")
+    elif cfg.target == "onnxruntime" and cfg.resolved_device == "cpu":
+        config.platform = "onnxruntime_onnx"
+        budget.configure(config, placements[name], "onnxruntime")
+        written += [_save_onnx(graph, version / "model.onnx")]
     elif cfg.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
@@ -124,42 +153,65 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, plans=N
     if cache:
         config.response_cache.enable = True
     written += _warmup(repo / name, config, warmup)
-    written += _write_config(repo, config)
+    written += write_config(repo, config)
     return written
 
 
-def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig, placement: budget.Placement) -> list[Path]:
     version = repo / NAIVE / "1"
     version.mkdir(parents=True, exist_ok=True)
     config = _model_config(NAIVE, whole, limits, backend="python")
     config.parameters["fused_model"].string_value = FUSED
-    config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    return _python_files(version, "naive_model.py") + _write_config(repo, config)
+    if cfg.resolved_device == "cpu":
+        budget.configure(config, placement, "none")
+    else:
+        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return _python_files(version, "naive_model.py") + write_config(repo, config)
 
 
-def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: RequestLimits, placement: budget.Placement) -> list[Path]:
     version = repo / TORCH / "1"
     shutil.copytree(checkpoint, version / "checkpoint")
     config = _model_config(TORCH, whole, limits, backend="python")
-    config.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
+    budget.configure(config, placement, "python")
+    return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + write_config(repo, config)
+
+
+def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+    """A Python-backend model that checks a request against the contract and passes every input on, renamed
+    VALIDATED_PREFIX + name, so the ensemble's C++-backend steps only ever see checked inputs."""
+    version = repo / VALIDATOR / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    config = _model_config(VALIDATOR, whole, limits, backend="python")
+    del config.output[:]
+    for name, (dtype, dims) in _io(whole.graph.input).items():
+        config.output.add(name=VALIDATED_PREFIX + name, data_type=TRITON_TYPES[dtype], dims=dims)
     config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + _write_config(repo, config)
+    return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 
-def _ensemble_config(graphs: Graphs, limits: RequestLimits) -> mc.ModelConfig:
+def _ensemble_config(graphs: Graphs, limits: RequestLimits, validated: bool) -> mc.ModelConfig:
+    """encoder -> scorer, wired by name; with `validated`, the request inputs reach both through the validator."""
     config = _model_config(ENSEMBLE, graphs.whole, limits, platform="ensemble")
     request_inputs = set(_io(graphs.whole.graph.input))
+    source = {name: name for name in request_inputs}  # ensemble tensor that carries each request input
+    if validated:
+        step = config.ensemble_scheduling.step.add(model_name=VALIDATOR, model_version=-1)
+        for name in sorted(request_inputs):
+            step.input_map[name] = name
+            step.output_map[VALIDATED_PREFIX + name] = source[name] = VALIDATED_PREFIX + name
     encoder_step = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
     for name in _io(graphs.encoder.graph.input):
-        encoder_step.input_map[name] = name
+        encoder_step.input_map[name] = source[name]
     for name in _io(graphs.encoder.graph.output):
         encoder_step.output_map[name] = name
     scorer_step = config.ensemble_scheduling.step.add(model_name=SCORER, model_version=-1)
     for name in _io(graphs.scorer.graph.input):
-        scorer_step.input_map[name] = name  # a cut tensor, or a request input passed straight through
+        scorer_step.input_map[name] = source.get(name, name)  # a cut tensor, or a request input passed straight through
     for name in _io(graphs.scorer.graph.output):
         scorer_step.output_map[name] = name
-    unused = request_inputs - set(encoder_step.input_map) - set(scorer_step.input_map)
+    read = set(encoder_step.input_map.values()) | set(scorer_step.input_map.values())
+    unused = [name for name in request_inputs if source[name] not in read]
     if unused:
         raise CompilerError(f"emit: model input(s) {sorted(unused)} are read by neither half; the ensemble would reject them")
     return config
@@ -208,7 +260,7 @@ def _warmup(model_dir: Path, config: mc.ModelConfig, inputs: dict) -> list[Path]
     return written
 
 
-def _write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
+def write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
     path = repo / config.name / "config.pbtxt"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = text_format.MessageToString(config)

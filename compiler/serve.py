@@ -27,6 +27,14 @@ from compiler.errors import CompilerError
 from compiler.log import log
 
 
+# glibc malloc settings for the server and its Python-backend stubs (they inherit the environment). The cut
+# tensors are megabytes per request (20 MB at L=10,000 for the demo model); by default glibc serves each such
+# buffer with a fresh mmap and returns it on free, so every request faults its pages in again. Keeping them
+# in the heap (threshold at glibc's 32 MiB maximum, no trimming) removed that: the history encoder's
+# compute, timed inside its stub at L=10,000 N=128, went from 37-48 ms (4 runs) to 37-38 ms (docs/benchmarks.md).
+SERVER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     repo: Path = Path("triton_repo")
@@ -137,7 +145,7 @@ class TritonServer:
             f"--log-verbose={cfg.log_verbose}",
             f"--cache-config=local,size={cfg.response_cache_bytes}",
         ]
-        env = dict(os.environ)
+        env = {**SERVER_MALLOC, **os.environ}  # the caller's own settings win
         if install.backends is not None:
             command += [f"--backend-directory={self._backends(install)}"]
             if install.caches is not None:

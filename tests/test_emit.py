@@ -6,7 +6,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.data import sample_requests
-from compiler.emit import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, EmitConfig, Graphs, emit, read_config
+from compiler.emit import EmitConfig, Graphs, emit, read_config
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, VALIDATOR
 from compiler.model import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.requests import RequestLimits
@@ -38,7 +39,8 @@ def dims(config, kind):
 @pytest.mark.parametrize("target", ["python", "onnxruntime", "tensorrt"])
 def test_every_target_writes_complete_configs(tmp_path, graphs, target):
     configs = emitted(tmp_path, graphs, target=target, baselines=True)
-    assert set(configs) == {ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE}  # stca_torch needs a checkpoint (tests/e2e)
+    validator = {VALIDATOR} if target != "python" else set()  # the Python-backend models validate requests themselves
+    assert set(configs) == {ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE} | validator  # stca_torch needs a checkpoint (tests/e2e)
     for name, config in configs.items():
         assert config.name == name and config.max_batch_size == 0  # L and N are -1 dims, never a batch dim
     encoder, scorer, ensemble = configs[ENCODER], configs[SCORER], configs[ENSEMBLE]
@@ -92,3 +94,46 @@ def test_a_misspelled_field_does_not_parse(tmp_path):
     (tmp_path / "config.pbtxt").write_text('name: "x"\nmax_batch_sise: 0\n')
     with pytest.raises(text_format.ParseError):
         read_config(tmp_path / "config.pbtxt")
+
+
+def test_a_cpu_thread_budget_gives_each_half_half_the_cores_without_spinning(tmp_path, graphs):
+    configs = emitted(tmp_path, graphs, baselines=True, cpu_threads=4)
+    for name, threads in ((ENCODER, "2"), (SCORER, "2"), (FUSED, "4")):
+        config = configs[name]
+        assert [(g.count, g.kind) for g in config.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+        assert config.parameters["intra_op_threads"].string_value == threads
+        assert config.parameters["allow_spinning"].string_value == "0"
+
+
+def test_onnxruntime_on_a_cpu_host_uses_the_backends_own_thread_parameters_and_a_validator(tmp_path, graphs):
+    configs = emitted(tmp_path, graphs, target="onnxruntime", device="cpu", cpu_threads=2, baselines=True)
+    for name in (ENCODER, SCORER, FUSED):
+        config = configs[name]
+        assert config.platform == "onnxruntime_onnx" and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert config.parameters["intra_op_thread_count"].string_value == ("2" if name == FUSED else "1")
+        assert config.parameters["inter_op_thread_count"].string_value == "1"
+        assert "intra_op_threads" not in config.parameters  # the python target's parameter name, unknown to that backend
+    validator = configs[VALIDATOR]
+    assert validator.backend == "python" and (tmp_path / VALIDATOR / "1" / "model.py").is_file()
+    request = set(REQUEST_INPUTS) | {"candidate_item_ids", "candidate_features"}
+    assert {t.name for t in validator.input} == request
+    assert {t.name for t in validator.output} == {f"checked_{n}" for n in request}
+    steps = configs[ENSEMBLE].ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [VALIDATOR, ENCODER, SCORER]
+    # no C++-backend step reads a request input that did not pass through the validator
+    for step in steps[1:]:
+        read = {model_input: tensor for model_input, tensor in step.input_map.items() if model_input in request}
+        assert read and all(tensor == f"checked_{name}" for name, tensor in read.items())
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"target": "tensorrt", "device": "cpu"}, "TensorRT plans run on a GPU"),
+    ({"target": "python", "device": "gpu"}, "runs ONNX Runtime on the CPU"),
+    ({"device": "tpu"}, "is not one of"),
+    ({"cpu_threads": -1}, "must be at least 1"),
+])
+def test_impossible_device_and_thread_choices_are_refused(cfg, message):
+    from compiler.errors import CompilerError
+
+    with pytest.raises(CompilerError, match=message):
+        EmitConfig(**cfg)

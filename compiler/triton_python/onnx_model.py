@@ -19,6 +19,9 @@ class TritonPythonModel(StcaModel):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(self.params.get("intra_op_threads", "0"))  # 0 = one per core
         options.inter_op_num_threads = 1
+        # Spinning threads keep their cores busy between ops; beside another model's stub on the same cores
+        # they take the time the other model needs (the build's thread budget turns it off).
+        options.add_session_config_entry("session.intra_op.allow_spinning", self.params.get("allow_spinning", "1"))
         options.log_severity_level = 3
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), self.params.get("onnx_file", "model.onnx"))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

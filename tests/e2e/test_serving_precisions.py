@@ -6,7 +6,7 @@ import pytest
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
-from compiler.emit import ENCODER, SCORER
+from compiler.names import ENCODER, SCORER
 from compiler.load import load_model
 from compiler.precision import PrecisionConfig
 from compiler.runtime import OrtGraph, SplitRunner

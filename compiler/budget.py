@@ -1,0 +1,85 @@
+"""The CPU thread budget of a served repository: how many instances each model runs and how many cores each uses.
+
+On a CPU host every model of a repository shares the same cores. ONNX Runtime's own default (one intra-op
+thread per core, each spinning between ops) suits one model alone and hurts an ensemble: the history
+encoder's and the candidate scorer's Python-backend stubs then each spin a thread on every core and take
+the time the other needs. Measured on 2 cores at L=10,000, N=128, one request at a time: encoder 53.9 ms +
+scorer 40.8 ms with the default, 24-30 ms each with spinning off (docs/benchmarks.md has the breakdown).
+
+`plan` is the budget a build writes without measuring: spinning off, the encoder and the scorer each get
+half the cores with one instance, so under concurrent load the encoder of one request runs while the
+scorer of another does; a baseline (one model doing the whole request) gets every core. `candidates` are
+the budgets `compiler.tune` measures to replace that guess with the best measured one.
+"""
+
+import os
+from dataclasses import asdict, dataclass
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compiler.errors import CompilerError
+from compiler.names import ENCODER, FUSED, NAIVE, SCORER, TORCH
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One model's share: `instances` copies, each with `threads` intra-op threads; spinning or not."""
+
+    instances: int = 1
+    threads: int = 1
+    spinning: bool = False
+
+    def __post_init__(self):
+        if self.instances < 1 or self.threads < 1:
+            raise CompilerError(f"thread budget: {self} needs at least one instance and one thread")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        return f"{self.instances}x{self.threads}{' spin' if self.spinning else ''}"
+
+
+def machine_threads() -> int:
+    """The cores this process may run on (its affinity mask, which a container's cpuset narrows)."""
+    return len(os.sched_getaffinity(0))
+
+
+def plan(cpu_threads: int, instances: int = 1) -> dict[str, Placement]:
+    """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
+    --instances) copies of each composing model split their share of the cores between them."""
+    if cpu_threads < 1:
+        raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
+    half = max(1, cpu_threads // 2)
+    composing = Placement(instances, max(1, half // instances))
+    whole = Placement(instances, max(1, cpu_threads // instances))
+    return {ENCODER: composing, SCORER: composing, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
+
+
+def candidates(cpu_threads: int) -> list[dict[str, Placement]]:
+    """The budgets tune measures, one server start each: for the ensemble, pipelined halves (half the cores
+    each), shared cores (all of them each), one single-threaded instance per core, and ONNX Runtime's
+    default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
+    default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's."""
+    t, half = cpu_threads, max(1, cpu_threads // 2)
+    split = [Placement(1, half), Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True)]
+    fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
+    base = plan(cpu_threads)
+    return [{**base, ENCODER: s, SCORER: s, FUSED: f} for s, f in zip(split, fused)]
+
+
+def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:
+    """Write a placement into a model config. `kind`: "python" (this package's Python-backend models read
+    the intra_op_threads and allow_spinning parameters), "onnxruntime" (the C++ backend's own
+    intra_op_thread_count; it has no spinning parameter, so spinning stays ONNX Runtime's default), or
+    "none" (instances only: the point-wise model, which calls another)."""
+    del config.instance_group[:]
+    config.instance_group.add(count=placement.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if kind == "python":
+        config.parameters["intra_op_threads"].string_value = str(placement.threads)
+        config.parameters["allow_spinning"].string_value = "1" if placement.spinning else "0"
+    elif kind == "onnxruntime":
+        config.parameters["intra_op_thread_count"].string_value = str(placement.threads)
+        config.parameters["inter_op_thread_count"].string_value = "1"
+    elif kind != "none":
+        raise CompilerError(f"thread budget: unknown model kind {kind!r}")

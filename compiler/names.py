@@ -1,0 +1,12 @@
+"""The names of the models in an emitted Triton repository: the one place they are spelled.
+
+Numpy-free and import-free, so a client that only needs the ensemble's name loads nothing else.
+"""
+
+ENSEMBLE = "stca"  # what clients call: the encoder, then the scorer on its outputs
+ENCODER = "stca_history_encoder"  # per request: history + user inputs -> the cut tensors
+SCORER = "stca_candidate_scorer"  # per candidate set: cut tensors + candidate inputs -> scores
+VALIDATOR = "stca_request_validator"  # first step where the composing models cannot check a request themselves
+FUSED = "stca_fused"  # baseline: the unsplit graph
+NAIVE = "stca_naive"  # baseline: point-wise, the history re-encoded for every candidate
+TORCH = "stca_torch"  # baseline: the PyTorch model, eager

@@ -1,0 +1,45 @@
+"""The CPU thread budget: what the build writes without measuring, and what tune measures."""
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compiler import budget
+from compiler.errors import CompilerError
+from compiler.names import ENCODER, FUSED, NAIVE, SCORER, TORCH
+
+
+def test_the_plan_pipelines_the_halves_on_disjoint_cores_and_gives_a_baseline_all_of_them():
+    plan = budget.plan(8)
+    assert plan[ENCODER] == plan[SCORER] == budget.Placement(instances=1, threads=4, spinning=False)
+    assert plan[FUSED] == budget.Placement(1, 8) and plan[TORCH].threads == 8 and plan[NAIVE].instances == 1
+    assert budget.plan(1)[ENCODER].threads == 1  # never zero threads, on any machine
+
+
+def test_instances_share_their_models_cores():
+    plan = budget.plan(8, instances=2)
+    assert (plan[ENCODER].instances, plan[ENCODER].threads) == (2, 2)
+    assert (plan[FUSED].instances, plan[FUSED].threads) == (2, 4)
+
+
+def test_candidates_differ_and_each_keeps_the_baselines_plan():
+    found = budget.candidates(2)
+    assert len({(c[ENCODER], c[FUSED]) for c in found}) == len(found) == 4
+    assert all(c[TORCH] == budget.plan(2)[TORCH] for c in found)
+    assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
+
+
+def test_configure_writes_each_backends_own_parameters():
+    python, ort = mc.ModelConfig(name="a"), mc.ModelConfig(name="b")
+    python.instance_group.add(count=9, kind=mc.ModelInstanceGroup.KIND_GPU)  # replaced, not appended to
+    budget.configure(python, budget.Placement(2, 3, spinning=True), "python")
+    budget.configure(ort, budget.Placement(1, 4), "onnxruntime")
+    assert [(g.count, g.kind) for g in python.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    assert (python.parameters["intra_op_threads"].string_value, python.parameters["allow_spinning"].string_value) == ("3", "1")
+    assert ort.parameters["intra_op_thread_count"].string_value == "4" and "allow_spinning" not in ort.parameters
+
+
+@pytest.mark.parametrize("make", [lambda: budget.plan(0), lambda: budget.Placement(0, 1), lambda: budget.Placement(1, 0),
+                                  lambda: budget.configure(mc.ModelConfig(), budget.Placement(), "tensorflow")])
+def test_impossible_budgets_are_refused(make):
+    with pytest.raises(CompilerError):
+        make()
