@@ -31,8 +31,9 @@ def cmd_build(args) -> int:
         max_candidates=args.max_candidates,
         opset=args.opset,
         precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration,
-                                  int8_high_precision=args.int8_high_precision),
-        emit=EmitConfig(target=args.target, instances=args.instances, baselines=args.baselines,
+                                  int8_high_precision=args.int8_high_precision, cut=args.cut_dtype),
+        emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
+                        baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
@@ -42,6 +43,30 @@ def cmd_build(args) -> int:
     log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.manifest["precision"],
              v["max_abs_error"], "gates passed" if v["passed"] else "GATES MISSED (accepted)", result.out / "report.md")
     return 0
+
+
+def cmd_tune(args) -> int:
+    """Measure a few CPU thread budgets of a built repository on the embedded server; keep the fastest."""
+    from compiler.tune import TuneConfig, tune
+
+    result = tune(TuneConfig(repo=args.repo, history=args.history_length, candidates=args.candidates, requests=args.requests,
+                             concurrency=tuple(int(x) for x in args.concurrency.split(",")), cpu_threads=args.cpu_threads))
+    for line in _sweep_table(result):
+        print(line)
+    return 0
+
+
+def _sweep_table(result) -> list[str]:
+    from compiler.budget import Placement
+    from compiler.tune import TUNED
+
+    models = list(result.sweep[0]["throughput"])
+    lines = ["| budget (instances x threads) | " + " | ".join(f"{m} req/s" for m in models) + " |", "|---|" + "---:|" * len(models)]
+    for entry in result.sweep:
+        label = "; ".join(f"{m} {Placement(**p).label()}" for m, p in entry["placements"].items())
+        lines.append(f"| {label} | " + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
+    lines.append("chosen: " + "; ".join(f"{m} -> {result.chosen[TUNED[m][0]].label()}" for m in models))
+    return lines
 
 
 def cmd_cut(args) -> int:
@@ -124,7 +149,8 @@ def cmd_bench(args) -> int:
     from compiler.bench import BenchConfig, run
 
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
-    cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, precisions=tuple(args.precisions.split(",")),
+    cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, preset=args.preset, tune=not args.no_tune,
+                      precisions=tuple(args.precisions.split(",")),
                       models=tuple(args.models.split(",")), histories=ints(args.histories), candidates=ints(args.candidates),
                       concurrency=ints(args.concurrency), window_requests=args.window_requests, cell_budget_s=args.cell_budget,
                       protocol=args.protocol, max_history=args.max_history, out=args.out)
@@ -147,13 +173,16 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help=cmd_build.__doc__, description=cmd_build.__doc__)
     b.add_argument("--checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors); default: the demo model")
-    b.add_argument("--preset", help="build an untrained seeded model of a named size instead (paper, small, tiny)")
+    b.add_argument("--preset", help="build an untrained seeded model of a named size instead (paper, medium, small, tiny)")
     b.add_argument("--out", type=Path, default=Path("triton_repo"), help="output repository (default: triton_repo)")
     b.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8, for both halves (default fp32)")
     b.add_argument("--encoder-precision", help="override --precision for the history encoder")
     b.add_argument("--scorer-precision", help="override --precision for the candidate scorer")
     b.add_argument("--calibration", type=Path, help="int8 calibration set (python -m compiler calibrate)")
     b.add_argument("--int8-high-precision", default="fp32", help="dtype int8 leaves unquantized: fp32 (default) or fp16")
+    b.add_argument("--cut-dtype", choices=["fp32", "fp16"],
+                   help="dtype the cut tensors cross in (default: fp16 for fp16 and int8 builds, fp32 for fp32; "
+                        "an fp16 cut is verified against the fp16 gates)")
     b.add_argument("--attention", choices=["kv", "reordered", "auto"],
                    help="attention form (default: the checkpoint's); auto: the cheaper one by the cost model")
     b.add_argument("--expected-candidates", type=int, default=256, help="attention auto: candidates per request (default 256)")
@@ -165,15 +194,29 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="append", default=[], help="tensorrt: L=MIN:OPT:MAX,N=MIN:OPT:MAX (repeat for several)")
     b.add_argument("--timing-cache", type=Path, help="tensorrt: timing cache file (default under ~/.cache/stca-compiler)")
     b.add_argument("--instances", type=int, default=1, help="instances per composing model (default 1)")
+    b.add_argument("--device", choices=["cpu", "gpu"],
+                   help="where the models run (default: cpu for the python target, gpu for onnxruntime and tensorrt)")
+    b.add_argument("--cpu-threads", type=int, default=0,
+                   help="on a CPU: the cores the served repository may use, shared between its models (default: this "
+                        "machine's); python -m compiler tune then measures the best split of them")
     b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
     b.add_argument("--response-cache", action="store_true", help="enable Triton's response cache on the history encoder")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
     b.set_defaults(handler=cmd_build)
 
+    tu = sub.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
+    tu.add_argument("--repo", type=Path, default=Path("triton_repo"), help="a built repository (default: triton_repo)")
+    tu.add_argument("--history-length", type=int, help="L of every request of the load (default: KuaiRand-1K lengths)")
+    tu.add_argument("--candidates", type=int, default=128, help="N per request (default 128)")
+    tu.add_argument("--requests", type=int, default=16, help="distinct requests in the load (default 16)")
+    tu.add_argument("--concurrency", default="1,2,4", help="levels measured; each model is ranked by its best (default 1,2,4)")
+    tu.add_argument("--cpu-threads", type=int, default=0, help="cores to budget (default: what the build recorded)")
+    tu.set_defaults(handler=cmd_tune)
+
     ct = sub.add_parser("cut", help=cmd_cut.__doc__, description=cmd_cut.__doc__)
     ct.add_argument("--checkpoint", type=Path)
-    ct.add_argument("--preset", help="paper, small or tiny (an untrained seeded model)")
+    ct.add_argument("--preset", help="paper, medium, small or tiny (an untrained seeded model)")
     ct.add_argument("--attention", choices=["kv", "reordered"])
     ct.add_argument("--max-history", type=int, help="the L at which bytes per request are counted (default 10000)")
     ct.set_defaults(handler=cmd_cut)
@@ -222,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--name", default="demo-cpu", help="results go to <out>/<name>/ (default demo-cpu)")
     be.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     be.add_argument("--checkpoint", type=Path, help="default: the demo model")
+    be.add_argument("--preset", help="benchmark an untrained seeded model of a named size instead (e.g. medium)")
+    be.add_argument("--no-tune", action="store_true", help="keep the build's thread budget instead of measuring the best one")
     be.add_argument("--precisions", default="fp32,int8")
     be.add_argument("--models", default="stca,stca_fused,stca_naive,stca_torch")
     be.add_argument("--histories", default="512,2000,10000", help="L values of the sweep")

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler import server_stats
 from compiler.client import ScoringClient
 from compiler.costmodel import best_attention, gemm_peak_flops, naive_cost, split_cost
 from compiler.data import kuairand_lengths, sample_requests
-from compiler.emit import ENSEMBLE, FUSED, NAIVE, TORCH
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
 from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
 from compiler.model import STCAConfig
@@ -34,12 +35,16 @@ from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
 BASELINES = (FUSED, NAIVE, TORCH)
+# the models whose per-stage times (Triton's statistics) explain each benchmarked model's
+COMPOSING = {ENSEMBLE: (ENCODER, SCORER), FUSED: (FUSED,), NAIVE: (NAIVE, FUSED), TORCH: (TORCH,)}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     name: str = "demo-cpu"
-    checkpoint: Path | None = None  # None: the demo model
+    checkpoint: Path | None = None  # None: the demo model (or `preset`)
+    preset: str | None = None  # an untrained, seeded model of a named size instead (e.g. medium)
+    tune: bool = True  # measure each repository's CPU thread budget first (compiler.tune), so each model runs at its best
     precisions: tuple[str, ...] = ("fp32", "int8")
     models: tuple[str, ...] = (ENSEMBLE, *BASELINES)
     histories: tuple[int, ...] = (512, 2_000, 10_000)
@@ -137,7 +142,8 @@ def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig,
 
 
 def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
-    """Every model x every load, on one server with the same input files."""
+    """Every model x every load, on one server with the same input files; each perf_analyzer run also records
+    where its requests' time went in each composing model (server_stats)."""
     loads = [(f"L={L} N={N}", [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
     mixed = kuairand_lengths(4 * cfg.requests_per_input, config.max_history, seed=3)
     loads.append((f"mixed N={cfg.mixed_candidates}", list(mixed), cfg.mixed_candidates))
@@ -158,10 +164,15 @@ def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig,
                                 f"{cfg.window_requests} requests would take ~{estimate / 60:.0f} min on this machine")
             else:
                 for concurrency in cfg.concurrency:
+                    before = server_stats.snapshot(url) if cfg.protocol == "http" else None
                     try:
-                        cell.rows.append(perf(model, url, inputs, concurrency, cfg, work / "last.csv"))
+                        row = perf(model, url, inputs, concurrency, cfg, work / "last.csv")
                     except UnstableMeasurement as e:
                         cell.unstable.append(str(e))
+                        continue
+                    if before is not None:
+                        row["stages"] = [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])]
+                    cell.rows.append(row)
                 for row in cell.rows:
                     row["fraction_of_peak"] = row["throughput"] * flops / peak
             cells.append(cell)
@@ -222,16 +233,24 @@ def _cache_counts(metrics_url: str) -> tuple[float, float]:
     return counts["nv_cache_num_hits_per_model"], counts["nv_cache_num_misses_per_model"]
 
 
-def attention_check(checkpoint: Path, config: STCAConfig, history: int, candidates: tuple[int, ...], repeats: int = 7) -> list[dict]:
-    """Time both attention forms of the same weights (split graphs in ONNX Runtime) and compare the faster
-    one with the cost model's pick, at each N."""
+def _source_model(source: dict, config: STCAConfig):
+    """The PyTorch model a build came from, as its manifest records it."""
+    from compiler.load import load_model, seeded_model
+    from compiler.model import preset
+
+    if source["kind"] == "seeded":
+        return seeded_model(preset(source["preset"], max_history=config.max_history))
+    return load_model(Path(source["path"]), max_history=config.max_history)
+
+
+def attention_check(base, config: STCAConfig, history: int, candidates: tuple[int, ...], repeats: int = 7) -> list[dict]:
+    """Time both attention forms of the same weights (`base`, an STCA model; split graphs in ONNX Runtime) and
+    compare the faster one with the cost model's pick, at each N."""
     from compiler.export import export
-    from compiler.load import load_model
     from compiler.model import REQUEST_INPUTS, with_attention
     from compiler.partition import split
     from compiler.runtime import OrtGraph, SplitRunner
 
-    base = load_model(checkpoint, max_history=config.max_history)
     runners = {}
     for form in ("kv", "reordered"):
         model = with_attention(base, form)
@@ -264,6 +283,7 @@ def run(cfg: BenchConfig) -> Path:
     from compiler.emit import EmitConfig
     from compiler.precision import PrecisionConfig
     from compiler.serve import ServerConfig, TritonServer
+    from compiler.tune import TuneConfig, tune
 
     out = Path(cfg.out) / cfg.name
     with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
@@ -273,12 +293,15 @@ def run(cfg: BenchConfig) -> Path:
             peak = gemm_peak_flops()
             s.summary = f"{peak / 1e9:.0f} GFLOP/s (fp32 matmul 2048^3, PyTorch)"
 
-        def repo(label: str, precision: str, **emit) -> tuple[Path, dict]:
+        def repo(label: str, precision: str, tuned: bool = True, **emit) -> tuple[Path, dict]:
             target = work / f"repo-{label}"
-            result = build(BuildConfig(out=target, checkpoint=cfg.checkpoint, max_history=cfg.max_history,
+            result = build(BuildConfig(out=target, checkpoint=cfg.checkpoint, preset=cfg.preset, max_history=cfg.max_history,
                                        precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
                                        verify=cfg.verify))
-            return target, result.manifest
+            if not (cfg.tune and tuned):
+                return target, result.manifest
+            tune(TuneConfig(repo=target, concurrency=cfg.concurrency, window_requests=cfg.window_requests, protocol=cfg.protocol))
+            return target, json.loads((target / "manifest.json").read_text())
 
         def server(path: Path) -> TritonServer:
             return TritonServer(ServerConfig.on_free_ports(path))
@@ -294,19 +317,20 @@ def run(cfg: BenchConfig) -> Path:
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
         config = STCAConfig.from_dict(manifests[cfg.precisions[0]]["model_config"])
         plain_path = work / f"repo-{cfg.precisions[0]}"
-        cached_path, _ = repo("cache", cfg.precisions[0], response_cache=True)
+        cached_path, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True)
         with stage("bench: response cache on the history encoder") as s, server(cached_path) as cached, server(plain_path) as plain:
             cache = cache_experiment(cached.cfg.http_url, plain.cfg.http_url, cached.cfg.metrics_url, config, cfg, work)
             s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
-        source = Path(manifests[cfg.precisions[0]]["source"]["path"])
         with stage("bench: attention form, cost model against measurement") as s:
-            attention = attention_check(source, config, min(2_000, config.max_history), (4, 8, 16, 32, 64, 128, 512))
+            attention = attention_check(_source_model(manifests[cfg.precisions[0]]["source"], config), config,
+                                        min(2_000, config.max_history), (4, 8, 16, 32, 64, 128, 512))
             s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,
         "model_config": manifests[cfg.precisions[0]]["model_config"],
         "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention,
+        "thread_budgets": {p: manifests[p].get("thread_budget") for p in cfg.precisions},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from compiler.emit import ENSEMBLE, FUSED, NAIVE, TORCH
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
 
 NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
 
@@ -13,6 +13,7 @@ def write(out: Path, results: dict) -> None:
     _plot_throughput(out / "throughput_vs_concurrency.png", results, stamp)
     _plot_latency(out / "latency_vs_history.png", results, stamp)
     _plot_speedup(out / "speedup.png", results, stamp)
+    _plot_breakdown(out / "breakdown.png", results, stamp)
 
 
 def best(cell: dict) -> dict | None:
@@ -58,6 +59,8 @@ def _markdown(r: dict, stamp: str) -> list[str]:
             lines.append(f"| {cell['load']} | {cell['model']} | {b['throughput']:.1f} | {b['concurrency']} | {b['p50_ms']:.1f} | "
                          f"{b['p99_ms']:.1f} | {cell['flops_per_request'] / 1e9:.3f} | {100 * b['fraction_of_peak']:.1f}% |")
         lines.append("")
+    lines += _breakdown_markdown(r)
+    lines += _budget_markdown(r)
     lines += ["## Speedup of `stca` (split) over each baseline", "", "Ratio of best throughputs on the same server and inputs.", "",
               "| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|"]
     for s in speedups(r):
@@ -90,8 +93,102 @@ def _markdown(r: dict, stamp: str) -> list[str]:
     for a in r["attention_check"]:
         lines.append(f"| {a['candidates']} | {a['kv_ms']:.2f} | {a['reordered_ms']:.2f} | {a['kv_flops'] / 1e9:.3f} | "
                      f"{a['reordered_flops'] / 1e9:.3f} | {a['predicted']} | {a['measured']}{'' if a['agree'] else ' (disagrees)'} |")
-    lines += ["", "![throughput](throughput_vs_concurrency.png)", "", "![latency](latency_vs_history.png)", "", "![speedup](speedup.png)"]
+    lines += ["", "![throughput](throughput_vs_concurrency.png)", "", "![latency](latency_vs_history.png)", "", "![speedup](speedup.png)",
+              "", "![breakdown](breakdown.png)"]
     return lines
+
+
+STAGES = ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
+STAGE_NAMES = {"queue_ms": "queue", "compute_input_ms": "input", "compute_infer_ms": "infer", "compute_output_ms": "output"}
+SHORT = {ENCODER: "encoder", SCORER: "scorer", FUSED: "fused", NAIVE: "point-wise", TORCH: "torch"}
+
+
+def stage_rows(cell: dict) -> dict[int, dict]:
+    """concurrency -> {composing model: {stage: ms per request}}, from the row's Triton statistics."""
+    return {row["concurrency"]: {t["model"]: t for t in row.get("stages", [])} for row in cell["rows"]}
+
+
+def _breakdown_markdown(r: dict) -> list[str]:
+    """Per load: each stage of each composing model of stca, and stca_fused's, at concurrency 1 (what one
+    request costs) and at stca's best concurrency (where the queue shows which half is the bottleneck)."""
+    lines = ["## Where the time goes: Triton's per-model statistics", "",
+             "Mean ms per request in each stage (`/v2/models/stats`, deltas over each perf_analyzer run): queue = waiting "
+             "for an instance; in/out = copying inputs into and outputs out of the model (for a Python-backend model, "
+             "through its stub's shared memory); infer = running it.", ""]
+    by_key = {(c["precision"], c["load"], c["model"]): c for c in r["cells"]}
+    head = "| precision | load | conc. | encoder q / in / infer / out | scorer q / in / infer / out | fused q / infer | stca req/s | fused req/s |"
+    lines += [head, "|---|---|---:|---|---|---|---:|---:|"]
+    for (precision, load, model), cell in by_key.items():
+        fused = by_key.get((precision, load, FUSED))
+        if model != ENSEMBLE or not cell["rows"]:
+            continue
+        mine, theirs = stage_rows(cell), stage_rows(fused) if fused and fused["rows"] else {}
+        top = best(cell)["concurrency"]
+        for conc in sorted({min(mine), top}):
+            stages = mine.get(conc, {})
+            if ENCODER not in stages or SCORER not in stages:
+                continue
+            half = lambda t: " / ".join(f"{t[s]:.1f}" for s in STAGES)  # noqa: E731
+            f = theirs.get(conc, {}).get(FUSED)
+            f_row = next((x for x in fused["rows"] if x["concurrency"] == conc), None) if fused else None
+            s_row = next(x for x in cell["rows"] if x["concurrency"] == conc)
+            lines.append(f"| {precision} | {load} | {conc} | {half(stages[ENCODER])} | {half(stages[SCORER])} | "
+                         + (f"{f['queue_ms']:.1f} / {f['compute_infer_ms']:.1f} | " if f else "| ")
+                         + f"{s_row['throughput']:.1f} | " + (f"{f_row['throughput']:.1f} |" if f_row else " |"))
+    return lines + [""]
+
+
+def _budget_markdown(r: dict) -> list[str]:
+    lines = []
+    for precision, budget in (r.get("thread_budgets") or {}).items():
+        if not budget:
+            continue
+        lines += [f"## CPU thread budget, {precision} repository ({budget['cpu_threads']} cores, chosen by {budget['chosen_by']})", ""]
+        tuning = budget.get("tuning")
+        if tuning:
+            models = list(tuning["sweep"][0]["throughput"])
+            lines += [f"`python -m compiler tune` on {tuning['load']}, N={tuning['candidates_per_request']}, best over concurrency "
+                      f"{tuning['concurrency']}; instances x intra-op threads per model:", "",
+                      "| encoder | scorer | fused | " + " | ".join(f"{m} req/s" for m in models) + " |",
+                      "|---|---|---|" + "---:|" * len(models)]
+            for entry in tuning["sweep"]:
+                label = lambda m: "{instances}x{threads}".format(**entry["placements"][m]) + (" spin" if entry["placements"][m]["spinning"] else "")  # noqa: E731
+                lines.append(f"| {label(ENCODER)} | {label(SCORER)} | {label(FUSED)} | "
+                             + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
+            lines.append("")
+    return lines
+
+
+def _plot_breakdown(path: Path, r: dict, stamp: str) -> None:
+    """Stacked bars per load: stca's encoder and scorer stages beside stca_fused's, ms per request at concurrency 1."""
+    precisions = r["config"]["precisions"]
+    plt, fig, axes = _figure(len(precisions), "Where one request's time goes (concurrency 1, Triton per-model statistics)", stamp)
+    colors = {ENCODER: ("#1f77b4", "#6baed6", "#08306b", "#9ecae1"), SCORER: ("#ff7f0e", "#fdae6b", "#7f2704", "#fdd0a2"),
+              FUSED: ("#2ca02c", "#a1d99b", "#00441b", "#c7e9c0")}
+    for ax, precision in zip(axes, precisions):
+        by_key = {(c["load"], c["model"]): c for c in r["cells"] if c["precision"] == precision}
+        loads = [load for (load, model), c in by_key.items() if model == ENSEMBLE and c["rows"]]
+        labelled = set()
+        for i, load in enumerate(loads):
+            for offset, model, parts in ((-0.2, ENSEMBLE, (ENCODER, SCORER)), (0.2, FUSED, (FUSED,))):
+                cell = by_key.get((load, model))
+                stages = stage_rows(cell).get(1, {}) if cell and cell["rows"] else {}
+                bottom = 0.0
+                for part in parts:
+                    for k, stage in enumerate(STAGES):
+                        if part not in stages:
+                            continue
+                        value = stages[part][stage]
+                        name = f"{SHORT[part]} {STAGE_NAMES[stage]}"
+                        ax.bar(i + offset, value, 0.38, bottom=bottom, color=colors[part][k], label=None if name in labelled else name)
+                        labelled.add(name)
+                        bottom += value
+        ax.set_xticks(range(len(loads)), loads, rotation=45, ha="right", fontsize=7)
+        ax.set(title=f"{precision}: left bar stca (split), right bar stca_fused", ylabel="ms per request")
+        _legend(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _figure(n: int, title: str, stamp: str):

@@ -15,18 +15,20 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-from compiler import calibrate, lint, report
+from compiler import budget, calibrate, lint, report
 from compiler import emit as emit_stage
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import sample_requests
-from compiler.emit import ENCODER, FUSED, SCORER, EmitConfig, Graphs
+from compiler.emit import EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target, scores_with_plans
 from compiler.errors import CompilerError
 from compiler.export import export
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
 from compiler.log import log, stage
 from compiler.costmodel import best_attention, crossover_candidates, split_cost
-from compiler.model import REQUEST_INPUTS, STCA, preset, with_attention
+from compiler.cut_dtype import narrow_cut
+from compiler.model import PAD_ITEM_ID, REQUEST_INPUTS, STCA, preset, with_attention
+from compiler.names import ENCODER, FUSED, SCORER
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
 from compiler.requests import RequestLimits
@@ -77,10 +79,13 @@ def build(cfg: BuildConfig) -> BuildResult:
     with _calibration_set(cfg, model) as calibration, stage("precision") as s:
         halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None)
         s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
+    cut = parts.cut
+    if cfg.precision.cut_precision == "fp16":
+        halves, cut = _narrow_cut(halves, cut, c)
     with stage("lint") as s:
         lint_reports = lint.check(halves.graphs())
         s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
-    precision = least_precise(halves.encoder_precision, halves.scorer_precision)
+    precision = least_precise(halves.encoder_precision, halves.scorer_precision, cfg.precision.cut_precision)
     runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
     verification = verify(model, runner.score, precision, cfg.verify)
     if not verification.passed and not cfg.accept_accuracy_loss:
@@ -99,7 +104,9 @@ def build(cfg: BuildConfig) -> BuildResult:
             graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None, checkpoint)
             emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, emit_cfg)
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
-        manifest = _manifest(cfg, model, source, exported.opset, parts.cut, halves, verification, limits, target, started)
+        manifest = _manifest(cfg, model, source, exported.opset, cut, halves, verification, limits, target, started)
+        if emit_cfg.resolved_device == "cpu":
+            manifest["thread_budget"] = thread_budget(emit_cfg.cpu_threads or budget.machine_threads(), emit_cfg.placements(), "plan")
         manifest["lint"] = [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in lint_reports]
         if plans:
             manifest["engines"] = plans.details
@@ -108,6 +115,23 @@ def build(cfg: BuildConfig) -> BuildResult:
         manifest["files"] = hash_tree(tmp)  # every file written, report.md included
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return BuildResult(Path(cfg.out), manifest)
+
+
+def _narrow_cut(halves, cut, c):
+    """The cut in fp16 (compiler.cut_dtype), checked against the encoder's values on requests up to the longest
+    served history; returns the rewritten halves and the cut with its new dtypes."""
+    with stage("cut dtype") as s:
+        encoder = OrtGraph(halves.encoder)
+        samples = [r.inputs for r in sample_requests(c, [1, min(512, c.max_history), c.max_history], seed=17, n_candidates=1)]
+        padded = {**samples[-1], "history_item_ids": samples[-1]["history_item_ids"].copy()}
+        padded["history_item_ids"][1::2] = PAD_ITEM_ID  # padding is part of the contract: its values must fit too
+        narrowed = narrow_cut(halves.encoder, halves.scorer, [encoder.run(r) for r in [*samples, padded]])
+        details = {**halves.details, "cut": {"precision": "fp16", "narrowed": list(narrowed.narrowed), "kept": narrowed.kept}}
+        halves = replace(halves, encoder=narrowed.encoder, scorer=narrowed.scorer, details=details)
+        cut = replace(cut, tensors=tuple(replace(t, dtype="float16") if t.name in narrowed.narrowed else t for t in cut.tensors))
+        s.summary = (f"{len(narrowed.narrowed)} of {len(cut.tensors)} tensors cross in fp16"
+                     + "".join(f"; {name} stays: {why}" for name, why in narrowed.kept.items()))
+    return halves, cut
 
 
 def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):
@@ -244,6 +268,12 @@ def cut_entries(cut, history_length: int) -> dict:
         "cut_at_history_length": history_length,
         "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
     }
+
+
+def thread_budget(cpu_threads: int, placements: dict, chosen_by: str, **details) -> dict:
+    """The manifest's record of the CPU thread budget the repository's configs hold (compiler.budget)."""
+    return {"cpu_threads": cpu_threads, "chosen_by": chosen_by,
+            "placements": {model: p.to_dict() for model, p in sorted(placements.items())}, **details}
 
 
 def versions() -> dict:

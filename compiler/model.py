@@ -93,6 +93,9 @@ PRESETS = {
     "small": STCAConfig(  # the CPU demo model: D=64
         n_heads=4, head_dim=16, item_vocab=16_384, user_vocab=1_024, candidate_vocab=1_024
     ),
+    "medium": STCAConfig(  # the paper's proportions at CPU scale: D=256, encoder-heavy like the paper's regime
+        n_heads=4, head_dim=64, item_vocab=32_768, user_vocab=1_024, candidate_vocab=1_024
+    ),
     "tiny": STCAConfig(  # unit tests: D=16, two layers
         n_heads=2, head_dim=8, n_layers=2, item_vocab=1_024, user_vocab=64, candidate_vocab=64, mixer_layers=1
     ),

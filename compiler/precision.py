@@ -53,6 +53,7 @@ class PrecisionConfig:
     calibration_method: str = "entropy"  # or "max"
     int8_high_precision: str = "fp32"  # dtype of what int8 leaves unquantized: fp32 (CPU, accuracy) or fp16 (GPU speed)
     length_dim: str = "L"  # the symbolic dim whose reductions stay in fp32
+    cut: str | None = None  # dtype the cut crosses in (compiler.cut_dtype): "fp32" | "fp16"; None: fp16 unless both halves are fp32
 
     def __post_init__(self):
         for name, value in (("precision", self.precision), ("encoder precision", self.encoder), ("scorer precision", self.scorer)):
@@ -62,6 +63,13 @@ class PrecisionConfig:
             raise CompilerError(f"calibration method: {self.calibration_method!r} is not entropy or max")
         if self.int8_high_precision not in ("fp32", "fp16"):
             raise CompilerError(f"int8 high precision: {self.int8_high_precision!r} is not fp32 or fp16")
+        if self.cut not in (None, "fp32", "fp16"):
+            raise CompilerError(f"cut dtype: {self.cut!r} is not fp32 or fp16")
+
+    @property
+    def cut_precision(self) -> str:
+        """fp16 where either half computes below fp32 anyway; an fp32 build ships fp16 only when asked."""
+        return self.cut or ("fp32" if self.encoder_precision == self.scorer_precision == "fp32" else "fp16")
 
     @property
     def encoder_precision(self) -> str:

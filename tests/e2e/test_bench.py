@@ -63,7 +63,8 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     models = ("stca", "stca_fused", "stca_naive")
     cfg = BenchConfig(name="tiny", out=tmp_path / "results", work=tmp_path / "work", checkpoint=tiny_checkpoint,
                       precisions=("fp32",), models=models, histories=(16,), candidates=(4,), concurrency=(1,),
-                      window_requests=4, mixed_candidates=4, cache_users=2, cache_repeats=2, max_history=64, verify=QUICK_VERIFY)
+                      window_requests=4, mixed_candidates=4, cache_users=2, cache_repeats=2, max_history=64, verify=QUICK_VERIFY,
+                      tune=False)  # tune has its own test (tests/e2e/test_tune.py)
     out = run(cfg)
     results = json.loads((out / "results.json").read_text())
     cells = {(c["model"], c["load"]): c for c in results["cells"]}
@@ -72,6 +73,12 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     for cell in cells.values():
         [row] = cell["rows"]
         assert row["concurrency"] == 1 and row["throughput"] > 0 and row["fraction_of_peak"] > 0 and not cell["dropped"]
+        stages = {t["model"]: t for t in row["stages"]}  # Triton's statistics for the models that served the cell
+        expected = {"stca": {"stca_history_encoder", "stca_candidate_scorer"}, "stca_fused": {"stca_fused"},
+                    "stca_naive": {"stca_naive", "stca_fused"}}[cell["model"]]
+        assert set(stages) == expected and all(t["compute_infer_ms"] > 0 for t in stages.values())
+    naive = {t["model"]: t for t in cells[("stca_naive", "L=16 N=4")]["rows"][0]["stages"]}
+    assert naive["stca_fused"]["requests"] == 4 * naive["stca_naive"]["requests"]  # N=4 calls of the fused model each
     assert cells[("stca_naive", "L=16 N=4")]["flops_per_request"] > cells[("stca", "L=16 N=4")]["flops_per_request"]
     assert cells[("stca", "L=16 N=4")]["flops_per_request"] == cells[("stca_fused", "L=16 N=4")]["flops_per_request"]
     assert (results["response_cache"]["hits"], results["response_cache"]["misses"]) == (2, 2)
@@ -79,5 +86,6 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     assert all(r["predicted"] in ("kv", "reordered") and r["kv_ms"] > 0 for r in results["attention_check"])
     table = (out / "results.md").read_text()
     assert "| L=16 N=4 | stca |" in table and "| fp32 | L=16 N=4 |" in table  # the per-cell and speedup tables
-    for plot in ("throughput_vs_concurrency.png", "latency_vs_history.png", "speedup.png"):
+    assert "| fp32 | L=16 N=4 | 1 |" in table  # the breakdown table: a row per load at concurrency 1
+    for plot in ("throughput_vs_concurrency.png", "latency_vs_history.png", "speedup.png", "breakdown.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,60 @@
+"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots.
+
+Triton's statistics extension (GET /v2/models/stats) keeps, per model, cumulative counts and nanoseconds
+for each stage of a request: waiting in the scheduler queue, copying inputs in (compute_input), running
+(compute_infer) and copying outputs out (compute_output). For an ensemble, each composing model keeps its
+own, so a snapshot before and after a load says how long each half of the split spent in each stage, per
+request, under exactly that load.
+"""
+
+import json
+import urllib.request
+from dataclasses import dataclass
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """One model's mean milliseconds per successful request in each stage, over `requests` requests."""
+
+    model: str
+    requests: int
+    queue_ms: float
+    compute_input_ms: float
+    compute_infer_ms: float
+    compute_output_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.queue_ms + self.compute_input_ms + self.compute_infer_ms + self.compute_output_ms
+
+
+def snapshot(http_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, int]]:
+    """model -> {"success": requests, stage: cumulative ns} for every model the server has run."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=timeout_s) as r:
+        stats = json.loads(r.read())
+    counts = {}
+    for model in stats["model_stats"]:
+        inference = model["inference_stats"]
+        entry = {"success": int(inference["success"]["count"])}
+        entry.update({stage: int(inference[stage]["ns"]) for stage in STAGES})
+        # several versions of one model add up; this project emits version 1 only
+        counts[model["name"]] = {k: counts.get(model["name"], {}).get(k, 0) + v for k, v in entry.items()}
+    return counts
+
+
+def between(before: dict, after: dict, models: list[str]) -> list[StageTimes]:
+    """Each named model's stage times per request over the requests it answered between two snapshots
+    (a model that answered none is left out)."""
+    times = []
+    for model in models:
+        new, old = after.get(model), before.get(model, {})
+        if new is None:
+            continue
+        requests = new["success"] - old.get("success", 0)
+        if requests <= 0:
+            continue
+        ms = {stage: (new[stage] - old.get(stage, 0)) / requests / 1e6 for stage in STAGES}
+        times.append(StageTimes(model, requests, *(ms[s] for s in STAGES)))
+    return times

@@ -1,0 +1,89 @@
+"""Where the time goes (Triton's statistics), the measured thread budget, and the request validator that
+guards C++-backend models: each on a real tritonserver."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from compiler import server_stats
+from compiler.artifacts import hash_tree
+from compiler.build import BuildConfig, build
+from compiler.client import ScoringClient
+from compiler.data import sample_requests
+from compiler.emit import EmitConfig, read_config
+from compiler.load import load_config
+from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
+from compiler.serve import ServerConfig, TritonServer
+from compiler.tune import TuneConfig, tune
+from tests.e2e.conftest import QUICK_VERIFY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def test_stage_times_count_each_composing_model_once_per_request(triton, tiny_checkpoint):
+    config = load_config(tiny_checkpoint)
+    url = triton.cfg.http_url
+    client = ScoringClient(url)
+    before = server_stats.snapshot(url)
+    for request in sample_requests(config, [30, 90, 200], seed=4, n_candidates=5):
+        client.score(request.inputs)
+    client.close()
+    times = {t.model: t for t in server_stats.between(before, server_stats.snapshot(url), [ENSEMBLE, ENCODER, SCORER, FUSED])}
+    assert set(times) == {ENSEMBLE, ENCODER, SCORER}  # the fused model answered nothing in between
+    assert times[ENCODER].requests == times[SCORER].requests == times[ENSEMBLE].requests == 3
+    for half in (times[ENCODER], times[SCORER]):
+        assert half.compute_infer_ms > 0 and half.total_ms >= half.compute_infer_ms
+    # the ensemble's time is its steps' time: it cannot be shorter than the two halves' compute together
+    assert times[ENSEMBLE].total_ms >= times[ENCODER].compute_infer_ms + times[SCORER].compute_infer_ms
+
+
+def test_tune_measures_each_candidate_and_writes_the_fastest_into_the_repository(served_repo, tiny_checkpoint, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repo, repo)
+    result = tune(TuneConfig(repo=repo, history=20, candidates=4, requests=2, concurrency=(1,), window_requests=4))
+    manifest = json.loads((repo / "manifest.json").read_text())
+    budget = manifest["thread_budget"]
+    assert budget["chosen_by"] == "tune" and len(budget["tuning"]["sweep"]) == len(result.sweep) == 4
+    for model in (ENSEMBLE, FUSED):
+        measured = [entry["throughput"][model] for entry in result.sweep]
+        assert all(t > 0 for t in measured)
+        assert budget["tuning"]["choice"][model]["throughput"] == max(measured)
+    for model in (ENCODER, SCORER, FUSED):
+        config, chosen = read_config(repo / model / "config.pbtxt"), result.chosen[model]
+        assert config.instance_group[0].count == chosen.instances == budget["placements"][model]["instances"]
+        assert config.parameters["intra_op_threads"].string_value == str(chosen.threads)
+        assert config.parameters["allow_spinning"].string_value == ("1" if chosen.spinning else "0")
+    assert manifest["files"] == {k: v for k, v in hash_tree(repo).items() if k != "manifest.json"}
+    with TritonServer(ServerConfig.on_free_ports(repo)) as server:  # the tuned repository still serves
+        scores = ScoringClient(server.cfg.http_url).score(next(sample_requests(load_config(tiny_checkpoint), [25], seed=1, n_candidates=3)).inputs)
+    assert scores.shape == (3, 3)
+
+
+def test_the_validator_refuses_a_bad_request_by_name_and_passes_a_good_one_unchanged(tiny_checkpoint, tmp_path):
+    built = tmp_path / "ort"
+    build(BuildConfig(out=built, checkpoint=tiny_checkpoint, emit=EmitConfig(target="onnxruntime", device="cpu"), verify=QUICK_VERIFY))
+    repo = tmp_path / "validator-only"  # the onnxruntime backend is not in the embedded server; the validator runs alone
+    shutil.copytree(built / VALIDATOR, repo / VALIDATOR)
+    request = next(sample_requests(load_config(tiny_checkpoint), [40], seed=2, n_candidates=6)).inputs
+    with TritonServer(ServerConfig.on_free_ports(repo)) as server:
+        client = httpclient.InferenceServerClient(server.cfg.http_url)
+        result = client.infer(VALIDATOR, _tensors(request))
+        for name, value in request.items():
+            np.testing.assert_array_equal(result.as_numpy(f"checked_{name}"), value)
+        bad = {**request, "candidate_item_ids": -request["candidate_item_ids"]}
+        with pytest.raises(InferenceServerException, match=r"stca_request_validator: candidate_item_ids: value -\d+ is negative"):
+            client.infer(VALIDATOR, _tensors(bad))
+        client.close()
+
+
+def _tensors(request: dict) -> list:
+    tensors = []
+    for name, value in request.items():
+        tensor = httpclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    return tensors
