@@ -49,6 +49,10 @@ def _markdown(r: dict, stamp: str) -> list[str]:
              "(each request scores all N candidates); latencies are perf_analyzer's client-side percentiles; "
              "\"% of peak\" is achieved FLOP/s (throughput x FLOPs per request, compiler/costmodel.py) over the peak above.", ""]
     for precision in r["config"]["precisions"]:
+        gate = r.get("gates", {}).get(precision)
+        if gate and not gate["passed"]:
+            lines += [f"**The {precision} build missed its accuracy gate** ({'; '.join(gate['failures'][:3])}); its speed is "
+                      "measured all the same.", ""]
         lines += [f"## {precision}: best throughput over concurrency {r['config']['concurrency']}", "",
                   "| load | model | req/s | at conc. | p50 ms | p99 ms | GFLOP/request | % of peak |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for cell in (c for c in r["cells"] if c["precision"] == precision):

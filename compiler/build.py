@@ -25,7 +25,7 @@ from compiler.errors import CompilerError
 from compiler.export import export
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
 from compiler.log import log, stage
-from compiler.costmodel import best_attention, crossover_candidates, split_cost
+from compiler.costmodel import best_attention, crossover_candidates, served_cost, split_cost
 from compiler.cut_dtype import narrow_cut
 from compiler.model import PAD_ITEM_ID, REQUEST_INPUTS, STCA, preset, with_attention
 from compiler.names import ENCODER, FUSED, SCORER
@@ -194,11 +194,15 @@ def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
     if cfg.attention == "auto":
         c = model.config
         L, N = cfg.expected_history or c.max_history, cfg.expected_candidates
-        form = best_attention(c, L, N)
+        target, cut = resolve_target(cfg.emit.target), cfg.precision.cut_precision
+        form = best_attention(c, L, N, target, cut)
         flops = {f: split_cost(c, L, N, f).flops for f in ("kv", "reordered")}
-        log.info("attention auto: %s (at L=%d, N=%d: kv %.3g FLOPs, reordered %.3g; kv wins above N=%.0f)",
-                 form, L, N, flops["kv"], flops["reordered"], crossover_candidates(c, L))
-        source["attention_choice"] = {"chosen": form, "history": L, "candidates": N, "flops": flops}
+        cost = {f: served_cost(c, L, N, f, target, cut) for f in ("kv", "reordered")}
+        log.info("attention auto: %s (at L=%d, N=%d on target %s: kv %.3g FLOPs, reordered %.3g; with the %s cut priced: "
+                 "kv %.3g, reordered %.3g; kv wins above N=%.0f)", form, L, N, target, flops["kv"], flops["reordered"], cut,
+                 cost["kv"], cost["reordered"], crossover_candidates(c, L, target, cut))
+        source["attention_choice"] = {"chosen": form, "history": L, "candidates": N, "target": target, "cut_precision": cut,
+                                      "flops": flops, "flops_with_cut_priced": cost}
         model = with_attention(model, form)
     return model, source
 

@@ -18,8 +18,14 @@ D = h*d_h, hidden H = swiglu_mult*D, M layers, T = 1 + K + F RankMixer tokens:
   The kv form moves 4*L*D^2 per layer into the encoder and saves 2*(h-1)*L*D per candidate and layer, so it
   is cheaper once N > D / (h - 1 + D/L) (about D/(h-1): 68 for the paper preset, 21 for the demo model).
 
-Bytes per request: the cut (what crosses from encoder to scorer), the request's inputs and outputs, and the
-weights each half reads once (fp32 unless a precision is given; embedding tables count only the rows read).
+Bytes per request: the cut (what crosses from encoder to scorer, in the cut's dtype), the request's inputs
+and outputs, and the weights each half reads once (fp32 unless a precision is given; embedding tables
+count only the rows read).
+
+Picking the attention form for a target also prices the cut: where it crosses process boundaries (the
+python target: out of the encoder's Python-backend stub, through the server, into the scorer's), each
+byte costs about as much time as CUT_BYTE_FLOPS[target] FLOPs of GEMM. The kv form ships twice the
+reordered form's bytes (K_i and V_i against Xt_i), so this moves the crossover up on that target.
 tests/test_costmodel.py checks the FLOPs against PyTorch's own FlopCounterMode on the model's forward.
 """
 
@@ -28,6 +34,11 @@ from dataclasses import dataclass
 from compiler.model import STCAConfig
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+# FLOP-equivalents of one byte crossing the cut. python: the encoder's compute_output plus the scorer's
+# compute_input in Triton's statistics, 4.5 ms for the 20.5 MB cut at L=10,000 (demo model, fp32) on a
+# machine whose GEMM peak is ~180 GFLOP/s: 0.22 ns/byte, ~40 FLOPs. In one process (the onnxruntime
+# backend's ensemble on a CPU, TensorRT on a GPU) the scorer reads the encoder's buffer: no copy to price.
+CUT_BYTE_FLOPS = {"python": 40.0, "onnxruntime": 0.0, "tensorrt": 0.0, "in-process": 0.0}
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,9 @@ class Cost:
         return self.flops / self.bytes
 
 
-def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32") -> Cost:
-    """One request through the split ensemble (the fused graph does the same work without the cut)."""
+def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32", cut_precision: str = "fp32") -> Cost:
+    """One request through the split ensemble (the fused graph does the same work without the cut). The
+    cut's float tensors cross in `cut_precision`, but for the key bias (padding's -1e9 stays fp32)."""
     form = attention or c.attention
     D, H, M, h = c.d_model, c.swiglu_mult * c.d_model, c.n_layers, c.n_heads
     swiglu = lambda d_in: 2 * (2 * d_in * H + H * D)  # noqa: E731  (per token: W_1 and W_3 from d_in, W_2 back to D)
@@ -69,8 +81,9 @@ def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, prec
     heads = 2 * D * len(c.tasks)
     scorer = N * (queries + M * attention_per_candidate + z + mixer + heads)
     width = BYTES[precision]
-    per_layer_cut = (2 if form == "kv" else 1) * L * D * 4  # cut tensors stay fp32 between the halves
-    cut = M * per_layer_cut + L * 4 + c.n_user_fields * D * 4
+    cut_width = BYTES[cut_precision]
+    per_layer_cut = (2 if form == "kv" else 1) * L * D * cut_width
+    cut = M * per_layer_cut + L * 4 + c.n_user_fields * D * cut_width
     dense = (M * 3 * D * H + 4 * M * D * D + sum(2 * i * D * H + H * D for i in range(1, M + 1))
              + 2 * (M + 1) * D * H + H * D + c.mixer_layers * c.n_tokens * 2 * D * H + D * len(c.tasks))
     rows_read = (L + N) * D + c.n_user_fields * D + N * c.n_candidate_fields * D  # embedding rows gathered, fp32
@@ -85,14 +98,22 @@ def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, prec
     return Cost(N * one.encoder_flops, N * one.scorer_flops, N * one.cut_bytes, N * one.weight_bytes, N * one.io_bytes)
 
 
-def best_attention(c: STCAConfig, L: int, N: int) -> str:
-    """The attention form with fewer FLOPs for requests of L history items and N candidates."""
-    return min(("kv", "reordered"), key=lambda form: split_cost(c, L, N, form).flops)
+def served_cost(c: STCAConfig, L: int, N: int, attention: str, target: str = "in-process", cut_precision: str = "fp32") -> float:
+    """FLOPs plus the cut's bytes priced for the target (CUT_BYTE_FLOPS): what the attention pick minimises."""
+    cost = split_cost(c, L, N, attention, cut_precision=cut_precision)
+    return cost.flops + CUT_BYTE_FLOPS[target] * cost.cut_bytes
 
 
-def crossover_candidates(c: STCAConfig, L: int) -> float:
-    """N above which the kv form is cheaper: D / (h - 1 + D/L)."""
-    return c.d_model / (c.n_heads - 1 + c.d_model / L)
+def best_attention(c: STCAConfig, L: int, N: int, target: str = "in-process", cut_precision: str = "fp32") -> str:
+    """The attention form that costs less for requests of L history items and N candidates on `target`."""
+    return min(("kv", "reordered"), key=lambda form: served_cost(c, L, N, form, target, cut_precision))
+
+
+def crossover_candidates(c: STCAConfig, L: int, target: str = "in-process", cut_precision: str = "fp32") -> float:
+    """N above which the kv form is cheaper: (D + b) / (h - 1 + D/L), where b = CUT_BYTE_FLOPS * width / 4 prices
+    the extra L*D values per layer the kv form ships (b = 0 in one process: D / (h - 1 + D/L))."""
+    b = CUT_BYTE_FLOPS[target] * BYTES[cut_precision] / 4
+    return (c.d_model + b) / (c.n_heads - 1 + c.d_model / L)
 
 
 def gemm_peak_flops(size: int = 2_048, repeats: int = 5) -> float:

@@ -28,11 +28,27 @@ def test_kv_moves_work_into_the_encoder():
 
 
 @pytest.mark.parametrize("name", ["small", "paper"])
-def test_the_pick_switches_to_kv_at_the_crossover(name):
+@pytest.mark.parametrize("target,cut", [("in-process", "fp32"), ("python", "fp32"), ("python", "fp16")])
+def test_the_pick_switches_to_kv_at_the_crossover(name, target, cut):
     c, L = preset(name), 2_000
-    n_star = crossover_candidates(c, L)
-    assert best_attention(c, L, int(n_star)) == "reordered"
-    assert best_attention(c, L, int(n_star) + 1) == "kv"
+    n_star = crossover_candidates(c, L, target, cut)
+    assert best_attention(c, L, int(n_star), target, cut) == "reordered"
+    assert best_attention(c, L, int(n_star) + 1, target, cut) == "kv"
+
+
+def test_pricing_the_cut_moves_the_crossover_where_the_cut_is_copied_between_processes():
+    c, L = preset("small"), 2_000
+    in_process, copied, copied_half = (crossover_candidates(c, L, t, p) for t, p in
+                                       (("in-process", "fp32"), ("python", "fp32"), ("python", "fp16")))
+    assert in_process < copied_half < copied  # the kv form's extra bytes cost most when they cross in fp32
+    assert best_attention(c, L, round((in_process + copied) / 2), "in-process") == "kv"
+    assert best_attention(c, L, round((in_process + copied) / 2), "python") == "reordered"
+
+
+def test_an_fp16_cut_halves_the_bytes_but_the_key_bias():
+    c, L = preset("small"), 2_000
+    fp32, fp16 = split_cost(c, L, 64, cut_precision="fp32"), split_cost(c, L, 64, cut_precision="fp16")
+    assert fp32.cut_bytes - L * 4 == 2 * (fp16.cut_bytes - L * 4)
 
 
 def test_the_point_wise_baseline_encodes_the_history_per_candidate():
