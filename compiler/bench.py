@@ -30,7 +30,7 @@ from compiler.data import kuairand_lengths, sample_requests
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
 from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
-from compiler.model import STCAConfig
+from compiler.model import REQUEST_INPUTS, STCAConfig
 from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
@@ -198,7 +198,7 @@ def cache_experiment(cached_url: str, plain_url: str, metrics_url: str, config: 
     throughput under perf_analyzer, which cycles through the requests, so its cache is warm."""
     requests = []
     for user in sample_requests(config, [config.max_history] * cfg.cache_users, seed=5, n_candidates=cfg.mixed_candidates):
-        history = {k: v for k, v in user.inputs.items() if k.startswith("history_") or k == "user_features"}
+        history = {k: v for k, v in user.inputs.items() if k in REQUEST_INPUTS}
         for repeat in sample_requests(config, [1] * cfg.cache_repeats, seed=len(requests) + 1, n_candidates=cfg.mixed_candidates):
             requests.append({**repeat.inputs, **history})
     before = _cache_counts(metrics_url)
@@ -228,7 +228,7 @@ def _cache_counts(metrics_url: str) -> tuple[float, float]:
     counts = {"nv_cache_num_hits_per_model": 0.0, "nv_cache_num_misses_per_model": 0.0}
     for line in text.splitlines():
         for name in counts:
-            if line.startswith(name) and 'model="stca_history_encoder"' in line:
+            if line.startswith(name) and f'model="{ENCODER}"' in line:
                 counts[name] += float(line.rsplit(" ", 1)[1])
     return counts["nv_cache_num_hits_per_model"], counts["nv_cache_num_misses_per_model"]
 
@@ -247,7 +247,7 @@ def attention_check(base, config: STCAConfig, history: int, candidates: tuple[in
     """Time both attention forms of the same weights (`base`, an STCA model; split graphs in ONNX Runtime) and
     compare the faster one with the cost model's pick, at each N."""
     from compiler.export import export
-    from compiler.model import REQUEST_INPUTS, with_attention
+    from compiler.model import with_attention
     from compiler.partition import split
     from compiler.runtime import OrtGraph, SplitRunner
 

@@ -37,7 +37,8 @@ def speedups(results: dict) -> list[dict]:
 
 def _stamp(r: dict) -> str:
     m, v, c = r["machine"], r["versions"], r["model_config"]
-    return (f"{m['processor']} x{m['cpus']} CPUs, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32; "
+    cpu = f"{m.get('cpu_model', m['processor'])} ({m['processor']}; {' '.join(m.get('isa', [])) or 'ISA flags not recorded'})"
+    return (f"{cpu} x{m['cpus']} CPUs, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32; "
             f"tritonserver {v.get('tritonserver', '?').split(' ')[0]}, onnxruntime {v['onnxruntime']}, torch {v['torch']}; "
             f"model D={c['n_heads'] * c['head_dim']} h={c['n_heads']} M={c['n_layers']} attention={c['attention']}, "
             f"L<={c['max_history']}; {r['config']['protocol']}")

@@ -34,11 +34,13 @@ from dataclasses import dataclass
 from compiler.model import STCAConfig
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-# FLOP-equivalents of one byte crossing the cut. python: the encoder's compute_output plus the scorer's
-# compute_input in Triton's statistics, 4.5 ms for the 20.5 MB cut at L=10,000 (demo model, fp32) on a
-# machine whose GEMM peak is ~180 GFLOP/s: 0.22 ns/byte, ~40 FLOPs. In one process (the onnxruntime
+# FLOP-equivalents of one byte crossing the cut. python: in the recorded benchmark (demo model, fp32, 2 cores,
+# GEMM peak 181 GFLOP/s, benchmarks/results/demo-cpu), one request at L=10,000, N=32 spent 9.9 ms more in the
+# two stubs and the server's copies than the same graphs take in one process (encoder 40.9 ms infer + 3.1 ms
+# output against 37.6 ms; scorer 1.9 ms input + 13.5 ms infer against 12.0 ms), 1.1 ms of it fixed (the same
+# difference at L=512): 8.8 ms for 19.5 MB more cut, 0.45 ns/byte, ~80 FLOPs. In one process (the onnxruntime
 # backend's ensemble on a CPU, TensorRT on a GPU) the scorer reads the encoder's buffer: no copy to price.
-CUT_BYTE_FLOPS = {"python": 40.0, "onnxruntime": 0.0, "tensorrt": 0.0, "in-process": 0.0}
+CUT_BYTE_FLOPS = {"python": 80.0, "onnxruntime": 0.0, "tensorrt": 0.0, "in-process": 0.0}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptio
     (0.90, 24_418),
     (1.0, 60_000),
 )
-ACTIONS = ("skip", "finish", "like", "share")  # history action ids 0..3
 GENERATOR_VERSION = 3  # bump when the requests a seed produces change: cached demo checkpoints key on it
 
 

@@ -9,16 +9,15 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import onnx
 import torch
 
 from compiler.errors import CompilerError
+from compiler.lint import OPSETS
 from compiler.log import log
 from compiler.model import INPUT_NAMES, OUTPUT_NAMES, STCA
 
-OPSETS = range(17, 21)  # opset >= 23 turns attention into one Attention op that TensorRT's parser may not take
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger weights go beside it
 
 
@@ -84,8 +83,3 @@ def export(model: STCA, opset: int = 18) -> Exported:
     onnx.checker.check_model(proto, full_check=True)
     return Exported(proto, opset)
 
-
-def save(model: onnx.ModelProto, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path

@@ -12,8 +12,8 @@ import onnx
 from onnx import numpy_helper
 
 from compiler.errors import CompilerError
-from compiler.export import OPSETS
 
+OPSETS = range(17, 21)  # opset >= 23 turns attention into one Attention op that TensorRT's parser may not take
 # Operators the TensorRT ONNX parser supports ("Y" in the onnx-tensorrt support matrix, TensorRT 10.15).
 TENSORRT_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization

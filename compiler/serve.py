@@ -27,12 +27,13 @@ from compiler.errors import CompilerError
 from compiler.log import log
 
 
-# glibc malloc settings for the server and its Python-backend stubs (they inherit the environment). The cut
+# The environment of the server and its Python-backend stubs (they inherit it); the caller's own settings win.
+# glibc malloc: the cut
 # tensors are megabytes per request (20 MB at L=10,000 for the demo model); by default glibc serves each such
 # buffer with a fresh mmap and returns it on free, so every request faults its pages in again. Keeping them
 # in the heap (threshold at glibc's 32 MiB maximum, no trimming) removed that: the history encoder's
 # compute, timed inside its stub at L=10,000 N=128, went from 37-48 ms (4 runs) to 37-38 ms (docs/benchmarks.md).
-SERVER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
+SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class TritonServer:
             f"--log-verbose={cfg.log_verbose}",
             f"--cache-config=local,size={cfg.response_cache_bytes}",
         ]
-        env = {**SERVER_MALLOC, **os.environ}  # the caller's own settings win
+        env = {**SERVER_ENV, **os.environ}
         if install.backends is not None:
             command += [f"--backend-directory={self._backends(install)}"]
             if install.caches is not None:
@@ -214,7 +215,8 @@ class TritonServer:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("serve: tritonserver did not stop within %.0fs; killing it", timeout_s)
-        self.process.wait()
+                os.killpg(pgid, signal.SIGKILL)  # before waiting: a server that ignored SIGTERM must not hang its caller
+        self.process.wait()  # reaped first: a zombie leader would keep its group alive for _kill_group
         _kill_group(pgid)
         self.process = None
         if self._workdir is not None:

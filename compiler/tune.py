@@ -24,7 +24,7 @@ from pathlib import Path
 from compiler import budget
 from compiler.artifacts import hash_tree
 from compiler.errors import CompilerError
-from compiler.log import Progress, log, stage
+from compiler.log import Progress, stage
 from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
 
 # each tuned model and the models whose placements it runs on

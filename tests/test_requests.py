@@ -63,3 +63,14 @@ def test_json_with_unknown_input_or_bad_values(tmp_path):
     (tmp_path / "b.json").write_text('{"history_item_ids": ["x"]}')
     with pytest.raises(RequestError, match="history_item_ids is not a int64 array"):
         load_request(tmp_path / "b.json")
+
+
+def test_the_client_imports_neither_torch_nor_onnx():
+    """A scoring client needs numpy and tritonclient only: the model names come from compiler.names."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, compiler.client; print(sorted(m for m in ('torch', 'onnx', "
+                             "'onnxruntime', 'tritonclient.grpc.model_config_pb2') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -23,7 +23,7 @@ class TritonPythonModel(StcaModel):
         # they take the time the other model needs (the build's thread budget turns it off).
         options.add_session_config_entry("session.intra_op.allow_spinning", self.params.get("allow_spinning", "1"))
         options.log_severity_level = 3
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), self.params.get("onnx_file", "model.onnx"))
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

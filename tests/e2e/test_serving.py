@@ -51,3 +51,4 @@ def test_rank_orders_candidates_by_score(triton, model):
     top = ranking.top("finish", 20)
     assert [score for _, _, score in top] == sorted((score for _, _, score in top), reverse=True)
     assert {item for _, item, _ in top} == set(request["candidate_item_ids"].tolist())
+
