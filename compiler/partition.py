@@ -22,6 +22,7 @@ The contract: scorer(encoder(request inputs), candidate inputs) == model(all inp
 """
 
 import copy
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -291,18 +292,29 @@ def _walk_back(a: _Analysis, core: list[onnx.NodeProto], request_side: bool):
 
 
 def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """Kahn's algorithm over the given nodes; values outside them count as available."""
+    """Kahn's algorithm over the given nodes, linear in nodes and edges; values no given node makes (or that
+    are `available`) count as present. Nodes that become ready together keep their given order."""
     nodes = list({id(n): n for n in nodes}.values())
-    made = {o for n in nodes for o in n.output}
-    have, ordered, rest = set(available), [], nodes
-    while rest:
-        ready = [n for n in rest if all(not i or i in have or i not in made for i in _node_inputs(n))]
-        if not ready:
-            raise RuntimeError(f"partition: cycle between nodes {[n.name or n.output[0] for n in rest][:5]}")
-        for n in ready:
-            have.update(n.output)
-        ordered.extend(ready)
-        rest = [n for n in rest if n not in ready]
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    waiting = [0] * len(nodes)  # inputs each node still waits for
+    readers: dict[int, list[int]] = {}
+    for k, node in enumerate(nodes):
+        for value in set(_node_inputs(node)):
+            if value and value not in available and value in producer:
+                waiting[k] += 1
+                readers.setdefault(producer[value], []).append(k)
+    ready = deque(k for k, w in enumerate(waiting) if w == 0)
+    ordered = []
+    while ready:
+        k = ready.popleft()
+        ordered.append(nodes[k])
+        for reader in readers.get(k, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if len(ordered) < len(nodes):
+        stuck = [n.name or n.output[0] for k, n in enumerate(nodes) if waiting[k]]
+        raise RuntimeError(f"partition: cycle between nodes {stuck[:5]}")
     return ordered
 
 

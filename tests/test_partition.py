@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+from onnx import helper
 import pytest
 
 from compiler.data import sample_requests
@@ -114,3 +115,17 @@ def test_bad_request_inputs_are_named():
         split(graph, {"history_ids"})
     with pytest.raises(CompilerError, match="every input is request-level"):
         split(graph, {i.name for i in graph.graph.input})
+
+
+def test_toposort_orders_a_long_shuffled_chain_and_refuses_a_cycle():
+    import random
+
+    from compiler.partition import _toposort
+
+    chain = [helper.make_node("Relu", [f"v{k}"], [f"v{k + 1}"], name=f"n{k}") for k in range(3_000)]
+    shuffled = chain[:]
+    random.Random(0).shuffle(shuffled)
+    assert [n.name for n in _toposort(shuffled, {"v0"})] == [n.name for n in chain]
+    loop = [helper.make_node("Relu", ["b"], ["a"], name="x"), helper.make_node("Relu", ["a"], ["b"], name="y")]
+    with pytest.raises(RuntimeError, match="cycle between nodes"):
+        _toposort(loop, set())
