@@ -93,6 +93,11 @@ def split(model: onnx.ModelProto, request_inputs: Iterable[str], names: Mapping[
     """
     model = onnx.shape_inference.infer_shapes(copy.deepcopy(model))
     graph = model.graph
+    # An input with an initializer of its name is a weight with an overridable default (IR < 4 exporters list
+    # every weight so): served, it is a weight, never something a client sends.
+    weights = {init.name for init in graph.initializer}
+    for weight_input in [i for i in graph.input if i.name in weights]:
+        graph.input.remove(weight_input)
     request_inputs = set(request_inputs)
     graph_inputs = [i.name for i in graph.input]
     unknown = sorted(request_inputs - set(graph_inputs))
@@ -236,6 +241,11 @@ def _build(model: onnx.ModelProto, a: _Analysis, moved: set[int], names: Mapping
     scorer_nodes = _toposort(rebuilt + scorer_helpers + scorer_core, set(crossing + candidate_graph_inputs))
     _, encoder_helpers, _ = _walk_back(a, encoder_core + shipped, request_side=True)
     encoder_nodes = _toposort(encoder_helpers + encoder_core + shipped, set(request_graph_inputs))
+    if not encoder_nodes:
+        raise CompilerError(
+            f"partition: nothing computes from the request-level inputs {request_graph_inputs} alone (every use of them "
+            "also reads a candidate input), so there is no per-request work to encode once; serve the model unsplit"
+        )
 
     renamed = _cut_names(a, crossing, names)
     encoder_inputs = [i for i in request_graph_inputs if any(i in _node_inputs(n) for n in encoder_nodes)]

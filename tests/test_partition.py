@@ -129,3 +129,28 @@ def test_toposort_orders_a_long_shuffled_chain_and_refuses_a_cycle():
     loop = [helper.make_node("Relu", ["b"], ["a"], name="x"), helper.make_node("Relu", ["a"], ["b"], name="y")]
     with pytest.raises(RuntimeError, match="cycle between nodes"):
         _toposort(loop, set())
+
+
+def test_a_weight_also_listed_as_a_graph_input_stays_a_weight():
+    model, request = shape_read_model(scorer_sees_length=False)
+    model.graph.input.append(helper.make_tensor_value_info("w_row", onnx.TensorProto.FLOAT, [1, 4]))  # IR<4 style
+    parts = split(model, request)
+    assert "w_row" not in {i.name for i in parts.encoder.graph.input} | {i.name for i in parts.scorer.graph.input}
+    assert len(parts.encoder.graph.node) > 0 and parts.cut.candidate_inputs == ("cand",)
+    feeds = {"history": np.arange(1, 6, dtype=np.int64), "cand": np.array([0.5, 2.0], np.float32)}
+    split_scores = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer)).score(feeds)
+    whole, _ = shape_read_model(scorer_sees_length=False)
+    np.testing.assert_allclose(split_scores, OrtGraph(whole).run(feeds)["scores"], rtol=1e-6)
+
+
+def test_a_model_with_no_request_only_work_is_refused_by_name():
+    nodes = [helper.make_node("Mul", ["history", "cand"], ["prod"]), helper.make_node("Unsqueeze", ["prod", "axis"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "no_request_work",
+        [helper.make_tensor_value_info("history", onnx.TensorProto.FLOAT, ["N"]),
+         helper.make_tensor_value_info("cand", onnx.TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 1])],
+        initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(CompilerError, match=r"nothing computes from the request-level inputs \['history'\] alone"):
+        split(model, {"history"})
