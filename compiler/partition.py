@@ -145,8 +145,12 @@ class _Analysis:
 
     def _node_level(self, node: onnx.NodeProto) -> tuple[str, frozenset[str]]:
         ins = [name for name in _node_inputs(node) if name]
-        depends = frozenset().union(*(self.depends.get(name, frozenset()) for name in ins))
-        levels = {self.level.get(name, CONSTANT) for name in ins}
+        undefined = [name for name in ins if name not in self.level]
+        if undefined:
+            raise CompilerError(f"partition: node {node.name or node.output[0]!r} reads {undefined}, which no node, input or "
+                                "initializer before it defines")
+        depends = frozenset().union(*(self.depends[name] for name in ins))
+        levels = {self.level[name] for name in ins}
         if CANDIDATE in levels:
             return CANDIDATE, depends
         if node.op_type in SHAPE_OPS:
@@ -228,7 +232,7 @@ def _build(model: onnx.ModelProto, a: _Analysis, moved: set[int], names: Mapping
         if x in available:
             scorer_helpers.append(node)
             continue
-        replacement = _rebuild_shape(node, a.shape(x), available)
+        replacement = _rebuild_shape(node, a.shape(x), available, taken=set(a.level))
         if replacement is None:  # no scorer-side tensor carries these dims: ship the shape itself (a few bytes)
             shipped.append(node)
             crossing.append(node.output[0])
@@ -328,8 +332,9 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return ordered
 
 
-def _rebuild_shape(node: onnx.NodeProto, dims: tuple | None, available: Mapping[str, tuple]) -> list | None:
-    """Nodes computing node's output (Shape or Size of a value with `dims`) from tensors in `available`."""
+def _rebuild_shape(node: onnx.NodeProto, dims: tuple | None, available: Mapping[str, tuple], taken: set[str]) -> list | None:
+    """Nodes computing node's output (Shape or Size of a value with `dims`) from tensors in `available`; the values
+    they add get names not in `taken` (every value name of the graph), which is updated."""
     if dims is None:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -339,7 +344,7 @@ def _rebuild_shape(node: onnx.NodeProto, dims: tuple | None, available: Mapping[
     wanted = dims[max(start, 0) : min(end, rank)] if node.op_type == "Shape" else dims
     out, pieces, nodes = node.output[0], [], []
     for k, d in enumerate(wanted):
-        piece = f"{out}__dim{k}"
+        piece = _fresh(f"{out}__dim{k}", taken)
         if isinstance(d, int):
             nodes.append(helper.make_node("Constant", [], [piece], value=numpy_helper.from_array(np.array([d], np.int64))))
         else:
@@ -354,11 +359,21 @@ def _rebuild_shape(node: onnx.NodeProto, dims: tuple | None, available: Mapping[
         else:
             nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.zeros([0], np.int64))))
     else:  # Size: the product of the dims, as a scalar
-        nodes.append(helper.make_node("Concat", pieces, [f"{out}__shape"], axis=0))
-        nodes.append(helper.make_node("ReduceProd", [f"{out}__shape"], [out], keepdims=0))
+        shape = _fresh(f"{out}__shape", taken)
+        nodes.append(helper.make_node("Concat", pieces, [shape], axis=0))
+        nodes.append(helper.make_node("ReduceProd", [shape], [out], keepdims=0))
     for i, n in enumerate(nodes):
         n.name = f"{node.name or out}__rebuilt{i}"
     return nodes
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """`name`, or `name` with the first free numeric suffix; recorded as taken."""
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}_{k}", k + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _cut_names(a: _Analysis, crossing: list[str], names: Mapping[str, str]) -> dict[str, str]:
@@ -417,7 +432,7 @@ def _extract(
     half = helper.make_model(
         new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version, producer_name="stca-compiler"
     )
-    half.functions.extend(f for f in model.functions if any(n.op_type == f.name for n in nodes))
+    half.functions.extend(f for f in model.functions if any((n.domain, n.op_type) == (f.domain, f.name) for n in nodes))
     return half
 
 

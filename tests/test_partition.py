@@ -154,3 +154,43 @@ def test_a_model_with_no_request_only_work_is_refused_by_name():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(CompilerError, match=r"nothing computes from the request-level inputs \['history'\] alone"):
         split(model, {"history"})
+
+
+def test_rebuilt_shape_values_never_take_a_name_the_graph_already_uses():
+    model, request = shape_read_model(scorer_sees_length=True)
+    for node in model.graph.node:  # the graph already holds a value called what the rebuilt dim would be
+        node.input[:] = ["length__dim0" if v == "hist_f" else v for v in node.input]
+        node.output[:] = ["length__dim0" if v == "hist_f" else v for v in node.output]
+    del model.graph.value_info[:]
+    parts = split(model, request)
+    feeds = {"history": np.arange(1, 8, dtype=np.int64), "cand": np.array([0.5, 2.0, -1.0], np.float32)}
+    np.testing.assert_allclose(SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer)).score(feeds),
+                               OrtGraph(model).run(feeds)["scores"], rtol=1e-6)
+
+
+def test_a_node_reading_an_undefined_value_is_refused_by_name():
+    model, request = shape_read_model(scorer_sees_length=False)
+    model.graph.node[0].input[0] = "histroy"  # a typo: defined nowhere
+    with pytest.raises(CompilerError, match=r"reads \['histroy'\], which no node, input or initializer"):
+        split(model, request)
+
+
+def test_a_half_carries_the_model_functions_it_calls_matched_by_domain_and_name():
+    double = lambda domain: helper.make_function(domain, "Double", ["x"], ["y"], [helper.make_node("Add", ["x", "x"], ["y"])],  # noqa: E731
+                                                 [helper.make_opsetid("", 18)])
+    nodes = [helper.make_node("Cast", ["history"], ["hist_f"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["hist_f"], ["total"], keepdims=0),
+             helper.make_node("Double", ["cand"], ["cand2"], domain="ours"),
+             helper.make_node("Mul", ["cand2", "total"], ["prod"]),
+             helper.make_node("Unsqueeze", ["prod", "axis"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "functions",
+        [helper.make_tensor_value_info("history", onnx.TensorProto.INT64, ["L"]),
+         helper.make_tensor_value_info("cand", onnx.TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 1])],
+        initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    model = helper.make_model(graph, functions=[double("ours"), double("theirs")],
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ours", 1), helper.make_opsetid("theirs", 1)])
+    parts = split(model, {"history"})
+    assert [(f.domain, f.name) for f in parts.scorer.functions] == [("ours", "Double")]
+    assert not parts.encoder.functions
