@@ -26,7 +26,7 @@ NOT_INSTALLED = ("TensorRT is not installed here (pip install tensorrt on a GPU 
 def tensorrt_version() -> str | None:
     try:
         import tensorrt as trt
-    except (ImportError, OSError):  # OSError: the bindings without the libraries (see TOOLCHAIN.md)
+    except (ImportError, OSError):  # OSError: the Python bindings installed without TensorRT's libraries
         return None
     return trt.__version__
 

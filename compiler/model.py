@@ -213,7 +213,7 @@ class PaddingBias(nn.Module):
 
 
 class STCA(nn.Module):
-    """One request in, one score per (candidate, task) out; inputs are named as in DESIGN.md."""
+    """One request in, one score per (candidate, task) out; inputs are named as in compiler/requests.py."""
 
     def __init__(self, config: STCAConfig):
         super().__init__()

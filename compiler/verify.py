@@ -2,7 +2,7 @@
 
 For every (L, N) case, several held-out requests: max and mean abs error of the scores, per-request
 Kendall tau and top-10 overlap (per task); on labelled requests at served lengths, the AUC delta per
-task. Thresholds are per precision (DESIGN.md "What good looks like"); a mixed build is held to the
+task. Thresholds are per precision (docs/precision.md, Gates); a mixed build is held to the
 thresholds of its least precise half.
 """
 

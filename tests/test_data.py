@@ -12,7 +12,7 @@ def test_lengths_follow_the_kuairand_quantiles_and_the_cap():
     for q, expected in ((0.10, 1_998), (0.25, 4_370), (0.50, 8_327)):
         assert abs(np.quantile(lengths, q) / expected - 1) < 0.03, q
     at_cap = (lengths == 10_000).mean()
-    assert 0.38 < at_cap < 0.46  # DESIGN.md: about 40% of users sit at the cap
+    assert 0.38 < at_cap < 0.46  # KuaiRand-1K: about 40% of users sit at the cap
     assert lengths.min() >= 1
 
 

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from compiler.engines import Profile, gpu_info, resolve_target, tensorrt_version
+from compiler.engines import Profile, gpu_info, resolve_target
 from compiler.errors import CompilerError
 
 
@@ -30,16 +30,20 @@ def test_a_dim_the_profile_does_not_give_is_named():
         Profile.parse("L=1:2:3").shapes(value("x", ["N"]))
 
 
-def test_auto_picks_python_without_tensorrt_or_a_gpu():
-    if tensorrt_version() and gpu_info():
-        assert resolve_target("auto") == "tensorrt"
-    else:
-        assert resolve_target("auto") == "python"
+@pytest.mark.parametrize("trt, gpu, chosen", [(None, None, "python"), ("10.5.0", None, "python"),
+                                              (None, {"name": "H200"}, "python"), ("10.5.0", {"name": "H200"}, "tensorrt")])
+def test_auto_picks_tensorrt_only_with_both_tensorrt_and_a_gpu(monkeypatch, trt, gpu, chosen):
+    from compiler import engines
+
+    monkeypatch.setattr(engines, "tensorrt_version", lambda: trt)
+    monkeypatch.setattr(engines, "gpu_info", lambda: gpu)
+    assert resolve_target("auto") == chosen
+    assert resolve_target("onnxruntime") == "onnxruntime"  # an explicit target is never second-guessed
 
 
 @pytest.fixture(scope="module")
 def tensorrt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed (see TOOLCHAIN.md): engines build on GPU hosts only")
+    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed: engines build on GPU hosts only (docs/precision.md)")
     if gpu_info() is None:
         pytest.skip("no GPU visible: TensorRT engines need one")
     return trt

@@ -37,10 +37,16 @@ def test_padding_is_masked_not_merely_small():
     assert np.abs(model.score(padded) - model.score(request)).max() > 1e-3
 
 
-def test_scores_are_probabilities_per_task():
+def test_a_candidates_scores_do_not_depend_on_the_other_candidates():
+    """What makes request-level batching exact: scored alone (the point-wise baseline) or among others."""
     model = seeded_model(preset("tiny"))
-    out = model.score(next(sample_requests(model.config, [20], seed=1, n_candidates=9)).inputs)
-    assert out.shape == (9, 3) and (out > 0).all() and (out < 1).all()
+    request = next(sample_requests(model.config, [20], seed=1, n_candidates=9)).inputs
+    together = model.score(request)
+    for j in (0, 4, 8):
+        alone = model.score({**request, "candidate_item_ids": request["candidate_item_ids"][j : j + 1],
+                             "candidate_features": request["candidate_features"][j : j + 1]})
+        np.testing.assert_allclose(alone[0], together[j], rtol=0, atol=1e-6)
+    assert together.shape == (9, 3) and len(np.unique(together[:, 0])) > 1  # and the candidates differ
 
 
 def test_paper_preset_matches_the_paper():

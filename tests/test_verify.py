@@ -6,7 +6,7 @@ import pytest
 from compiler.model import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.runtime import OrtGraph, SplitRunner
-from compiler.verify import THRESHOLDS, VerifyConfig, least_precise, verify
+from compiler.verify import VerifyConfig, least_precise, verify
 from tests.models import stca
 
 QUICK = VerifyConfig(lengths=(1, 300), candidates=(3, 40), requests_per_case=2, auc_requests=6)
@@ -57,4 +57,3 @@ def test_cases_are_clipped_to_the_built_limits():
 
 def test_a_mixed_build_is_held_to_its_least_precise_half():
     assert least_precise("fp32", "int8") == "int8" and least_precise("fp16", "fp32") == "fp16"
-    assert THRESHOLDS["fp32"].max_abs_error == 1e-4 and THRESHOLDS["int8"].auc_delta == 0.002
