@@ -32,7 +32,7 @@ from compiler.names import ENCODER, FUSED, SCORER
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
 from compiler.requests import RequestLimits
-from compiler.runtime import OrtGraph, SplitRunner
+from compiler.runtime import OrtGraph, SplitRunner, with_cut
 from compiler.verify import VerifyConfig, least_precise, verify
 
 BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
@@ -95,8 +95,8 @@ def build(cfg: BuildConfig) -> BuildResult:
         )
     plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
     limits = RequestLimits.of(c)
-    warmup = next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
-                                  n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs
+    warmup = with_cut(runner.encoder, next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
+                                                         n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs)
     emit_cfg = replace(cfg.emit, target=target, tensorrt_profiles=len(plans.details["profiles"]) if plans else 1)
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:

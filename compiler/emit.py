@@ -31,7 +31,6 @@ from compiler import budget
 from compiler.errors import CompilerError
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
 from compiler.requests import RequestLimits
-from compiler.runtime import OrtGraph
 
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 DEVICES = ("cpu", "gpu")
@@ -92,16 +91,21 @@ class Graphs:
     checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
-def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup_inputs: dict, cfg: EmitConfig) -> list[Path]:
-    """Write every model directory of the repository into `repo` (which the caller owns); return the files."""
+def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup: dict, cfg: EmitConfig) -> list[Path]:
+    """Write every model directory of the repository into `repo` (which the caller owns); return the files.
+    `warmup`: a real request's inputs and the encoder's outputs on it (compiler.runtime.with_cut), by name;
+    each composing model warms up on the ones it reads."""
     if cfg.target not in TARGETS:
         raise CompilerError(f"emit: target {cfg.target!r} must be resolved first (compiler.engines.resolve_target)")
     if cfg.target == "tensorrt" and not graphs.plans:
         raise CompilerError("target tensorrt: no TensorRT plans were built (see compiler.engines)")
+    missing = sorted(set(_io(graphs.scorer.graph.input)) - set(warmup))
+    if missing:
+        raise CompilerError(f"emit: the warmup values lack {missing}; give the request with the encoder's outputs on it")
     written: list[Path] = []
-    encoder_warmup = {name: warmup_inputs[name] for name in _io(graphs.encoder.graph.input)}
-    cut_values = OrtGraph(graphs.encoder).run(encoder_warmup)
-    scorer_warmup = {name: {**warmup_inputs, **cut_values}[name] for name in _io(graphs.scorer.graph.input)}
+    encoder_warmup = {name: warmup[name] for name in _io(graphs.encoder.graph.input)}
+    scorer_warmup = {name: warmup[name] for name in _io(graphs.scorer.graph.input)}
+    request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
 
     placements = cfg.placements()
     written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.response_cache)
@@ -114,7 +118,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
     if cfg.baselines:
-        written += _composing_model(repo, FUSED, graphs.whole, limits, warmup_inputs, cfg, placements, graphs.plans)
+        written += _composing_model(repo, FUSED, graphs.whole, limits, request, cfg, placements, graphs.plans)
         written += _naive_model(repo, graphs.whole, limits, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
             written += _torch_model(repo, graphs.whole, graphs.checkpoint, limits, placements[TORCH])

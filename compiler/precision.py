@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 from compiler.errors import CompilerError
 from compiler.log import log
 from compiler.partition import Split
-from compiler.runtime import OrtGraph
+from compiler.runtime import OrtGraph, with_cut
 
 PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
 FP32_OP_TYPES = ("LayerNormalization", "Softmax")
@@ -256,9 +256,9 @@ def _request_feeds(graph: onnx.ModelProto, calibration):
 
 
 def _scorer_feeds(served_encoder: onnx.ModelProto, scorer: onnx.ModelProto, calibration):
-    runner = OrtGraph(served_encoder)
-    names = [i.name for i in scorer.graph.input]
-    return ({name: {**request, **runner.run(request)}[name] for name in names} for request in calibration.requests())
+    """The calibration requests as the scorer sees them: with the served encoder's cut."""
+    encoder, names = OrtGraph(served_encoder), [i.name for i in scorer.graph.input]
+    return ({name: values[name] for name in names} for values in (with_cut(encoder, r) for r in calibration.requests()))
 
 
 def _node_precisions(model: onnx.ModelProto) -> dict:

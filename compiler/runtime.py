@@ -25,6 +25,11 @@ class OrtGraph:
         return dict(zip(self.output_names, outputs))
 
 
+def with_cut(encoder: OrtGraph, inputs: dict) -> dict:
+    """A request's inputs and the encoder's outputs on it: every value the scorer can read, by name."""
+    return {**inputs, **encoder.run(inputs)}
+
+
 @dataclass
 class SplitRunner:
     """encoder once per request, then the scorer over all candidates: what the Triton ensemble runs."""
@@ -32,8 +37,5 @@ class SplitRunner:
     encoder: OrtGraph
     scorer: OrtGraph
 
-    def encode(self, inputs: dict) -> dict:
-        return self.encoder.run(inputs)
-
     def score(self, inputs: dict) -> np.ndarray:
-        return self.scorer.run({**inputs, **self.encode(inputs)})["scores"]
+        return self.scorer.run(with_cut(self.encoder, inputs))["scores"]

@@ -11,6 +11,7 @@ from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, VALIDATOR
 from compiler.model import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.requests import RequestLimits
+from compiler.runtime import OrtGraph, with_cut
 from tests.models import stca
 
 
@@ -20,7 +21,7 @@ def graphs():
     parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
     c = model.config
     limits = RequestLimits.of(c)
-    warmup = next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs
+    warmup = with_cut(OrtGraph(parts.encoder), next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs)
     return Graphs(parts.encoder, parts.scorer, whole), limits, warmup, parts.cut
 
 
@@ -137,3 +138,12 @@ def test_impossible_device_and_thread_choices_are_refused(cfg, message):
 
     with pytest.raises(CompilerError, match=message):
         EmitConfig(**cfg)
+
+
+def test_warmup_values_without_the_cut_are_refused(tmp_path, graphs):
+    from compiler.errors import CompilerError
+
+    g, limits, warmup, cut = graphs
+    request_only = {k: v for k, v in warmup.items() if k not in {t.name for t in cut.tensors}}
+    with pytest.raises(CompilerError, match="the warmup values lack"):
+        emit(tmp_path, g, limits, ("finish", "skip", "like"), request_only, EmitConfig())
