@@ -193,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--target", default="python", help="python (embedded CPU default) | onnxruntime | tensorrt | auto")
     b.add_argument("--profile", action="append", default=[], help="tensorrt: L=MIN:OPT:MAX,N=MIN:OPT:MAX (repeat for several)")
     b.add_argument("--timing-cache", type=Path, help="tensorrt: timing cache file (default under ~/.cache/stca-compiler)")
-    b.add_argument("--instances", type=int, default=1, help="instances per composing model (default 1)")
+    b.add_argument("--instances", type=int, help="instances per composing model (default: 1 on a GPU, the thread budget's on a CPU)")
     b.add_argument("--device", choices=["cpu", "gpu"],
                    help="where the models run (default: cpu for the python target, gpu for onnxruntime and tensorrt)")
     b.add_argument("--cpu-threads", type=int, default=0,

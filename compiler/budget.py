@@ -6,10 +6,13 @@ encoder's and the candidate scorer's Python-backend stubs then each spin a threa
 the time the other needs. Measured on 2 cores at L=10,000, N=128, one request at a time: encoder 53.9 ms +
 scorer 40.8 ms with the default, 24-30 ms each with spinning off (docs/benchmarks.md has the breakdown).
 
-`plan` is the budget a build writes without measuring: spinning off, the encoder and the scorer each get
-half the cores with one instance, so under concurrent load the encoder of one request runs while the
-scorer of another does; a baseline (one model doing the whole request) gets every core. `candidates` are
-the budgets `compiler.tune` measures to replace that guess with the best measured one.
+`plan` is the budget a build writes without measuring: spinning off; the encoder and the scorer each run
+several single-threaded (or few-threaded) instances over all the cores, so under concurrent load requests
+interleave between the halves instead of waiting for one multi-threaded run; a baseline (one model doing
+the whole request) gets every core in one instance. On 2 cores that is what `tune` chose for both the demo
+and the medium model (two 1-thread instances per half: 33.6 and 5.2 req/s on the mixed load, against 26.5
+and 3.2 with one 1-thread instance per half, 29.3 and 4.6 with one 2-thread instance). `candidates` are the
+budgets `compiler.tune` measures to replace the plan with the best measured one on the serving machine.
 """
 
 import os
@@ -45,24 +48,27 @@ def machine_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def plan(cpu_threads: int, instances: int = 1) -> dict[str, Placement]:
+MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of the graph's weights
+
+
+def plan(cpu_threads: int, instances: int | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
-    --instances) copies of each composing model split their share of the cores between them."""
+    --instances) fixes the copies of each model, which split the cores between them."""
     if cpu_threads < 1:
         raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
-    half = max(1, cpu_threads // 2)
-    composing = Placement(instances, max(1, half // instances))
-    whole = Placement(instances, max(1, cpu_threads // instances))
+    copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
+    composing = Placement(copies, max(1, cpu_threads // copies))
+    whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
     return {ENCODER: composing, SCORER: composing, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
 
 
 def candidates(cpu_threads: int) -> list[dict[str, Placement]]:
-    """The budgets tune measures, one server start each: for the ensemble, pipelined halves (half the cores
-    each), shared cores (all of them each), one single-threaded instance per core, and ONNX Runtime's
+    """The budgets tune measures, one server start each: for the ensemble, the plan's, pipelined halves (one
+    instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
     default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's."""
     t, half = cpu_threads, max(1, cpu_threads // 2)
-    split = [Placement(1, half), Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True)]
+    split = [plan(t)[ENCODER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
     fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
     base = plan(cpu_threads)
     return [{**base, ENCODER: s, SCORER: s, FUSED: f} for s, f in zip(split, fused)]

@@ -47,7 +47,7 @@ TRITON_TYPES = {
 @dataclass(frozen=True)
 class EmitConfig:
     target: str = "python"
-    instances: int = 1  # per composing model
+    instances: int | None = None  # per composing model; None: 1 on a GPU, the thread budget's on a CPU
     device: str | None = None  # "cpu" or "gpu"; None: cpu for the python target, gpu for onnxruntime and tensorrt
     cpu_threads: int = 0  # the cores the served repository may use (compiler.budget); 0: this machine's
     tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
@@ -60,7 +60,7 @@ class EmitConfig:
     def __post_init__(self):
         if self.target not in (*TARGETS, "auto"):
             raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
-        if self.instances < 1:
+        if self.instances is not None and self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
         if self.cpu_threads < 0:
             raise CompilerError(f"cpu threads: {self.cpu_threads} must be at least 1 (or 0: this machine's)")
@@ -141,7 +141,7 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placeme
         written += [_save_onnx(graph, version / "model.onnx")]
     elif cfg.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
-        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
         if cfg.ort_trt_accelerator:
             accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             accel.parameters["precision_mode"] = "FP16" if _has_fp16(graph) else "FP32"
@@ -149,7 +149,7 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placeme
         written += [_save_onnx(graph, version / "model.onnx")]
     else:
         config.platform = "tensorrt_plan"
-        group = config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+        group = config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
         group.profile.extend(str(i) for i in range(cfg.tensorrt_profiles))  # the backend picks one per request
         plan = version / "model.plan"
         plan.write_bytes(plans[name])
@@ -169,7 +169,7 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg:
     if cfg.resolved_device == "cpu":
         budget.configure(config, placement, "none")
     else:
-        config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "naive_model.py") + write_config(repo, config)
 
 
@@ -190,7 +190,7 @@ def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, 
     del config.output[:]
     for name, (dtype, dims) in _io(whole.graph.input).items():
         config.output.add(name=VALIDATED_PREFIX + name, data_type=TRITON_TYPES[dtype], dims=dims)
-    config.instance_group.add(count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 

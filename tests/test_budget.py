@@ -8,22 +8,24 @@ from compiler.errors import CompilerError
 from compiler.names import ENCODER, FUSED, NAIVE, SCORER, TORCH
 
 
-def test_the_plan_pipelines_the_halves_on_disjoint_cores_and_gives_a_baseline_all_of_them():
-    plan = budget.plan(8)
-    assert plan[ENCODER] == plan[SCORER] == budget.Placement(instances=1, threads=4, spinning=False)
-    assert plan[FUSED] == budget.Placement(1, 8) and plan[TORCH].threads == 8 and plan[NAIVE].instances == 1
-    assert budget.plan(1)[ENCODER].threads == 1  # never zero threads, on any machine
+def test_the_plan_interleaves_instances_of_each_half_and_gives_a_baseline_every_core():
+    assert budget.plan(2)[ENCODER] == budget.plan(2)[SCORER] == budget.Placement(instances=2, threads=1, spinning=False)
+    plan = budget.plan(16)  # at most four instances (each holds the weights); their threads share the cores
+    assert plan[ENCODER] == budget.Placement(4, 4) and plan[FUSED] == budget.Placement(1, 16)
+    assert plan[TORCH].threads == 16 and plan[NAIVE].instances == 1
+    assert budget.plan(1)[ENCODER] == budget.Placement(1, 1)  # never zero threads, on any machine
 
 
-def test_instances_share_their_models_cores():
+def test_instances_given_share_their_models_cores():
     plan = budget.plan(8, instances=2)
-    assert (plan[ENCODER].instances, plan[ENCODER].threads) == (2, 2)
+    assert (plan[ENCODER].instances, plan[ENCODER].threads) == (2, 4)
     assert (plan[FUSED].instances, plan[FUSED].threads) == (2, 4)
 
 
 def test_candidates_differ_and_each_keeps_the_baselines_plan():
     found = budget.candidates(2)
     assert len({(c[ENCODER], c[FUSED]) for c in found}) == len(found) == 4
+    assert found[0][ENCODER] == budget.plan(2)[ENCODER]  # the plan is measured too
     assert all(c[TORCH] == budget.plan(2)[TORCH] for c in found)
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 

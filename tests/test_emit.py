@@ -97,11 +97,11 @@ def test_a_misspelled_field_does_not_parse(tmp_path):
         read_config(tmp_path / "config.pbtxt")
 
 
-def test_a_cpu_thread_budget_gives_each_half_half_the_cores_without_spinning(tmp_path, graphs):
+def test_a_cpu_thread_budget_interleaves_single_thread_halves_without_spinning(tmp_path, graphs):
     configs = emitted(tmp_path, graphs, baselines=True, cpu_threads=4)
-    for name, threads in ((ENCODER, "2"), (SCORER, "2"), (FUSED, "4")):
+    for name, count, threads in ((ENCODER, 4, "1"), (SCORER, 4, "1"), (FUSED, 1, "4")):
         config = configs[name]
-        assert [(g.count, g.kind) for g in config.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+        assert [(g.count, g.kind) for g in config.instance_group] == [(count, mc.ModelInstanceGroup.KIND_CPU)]
         assert config.parameters["intra_op_threads"].string_value == threads
         assert config.parameters["allow_spinning"].string_value == "0"
 
