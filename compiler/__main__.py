@@ -58,14 +58,14 @@ def cmd_tune(args) -> int:
 
 def _sweep_table(result) -> list[str]:
     from compiler.budget import Placement
-    from compiler.tune import TUNED
+    from compiler.names import COMPOSING
 
     models = list(result.sweep[0]["throughput"])
     lines = ["| budget (instances x threads) | " + " | ".join(f"{m} req/s" for m in models) + " |", "|---|" + "---:|" * len(models)]
     for entry in result.sweep:
         label = "; ".join(f"{m} {Placement(**p).label()}" for m, p in entry["placements"].items())
         lines.append(f"| {label} | " + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
-    lines.append("chosen: " + "; ".join(f"{m} -> {result.chosen[TUNED[m][0]].label()}" for m in models))
+    lines.append("chosen: " + "; ".join(f"{m} -> {result.chosen[COMPOSING[m][0]].label()}" for m in models))
     return lines
 
 

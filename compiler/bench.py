@@ -27,7 +27,7 @@ from compiler import server_stats
 from compiler.client import ScoringClient
 from compiler.costmodel import best_attention, gemm_peak_flops, naive_cost, split_cost
 from compiler.data import kuairand_lengths, sample_requests
-from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
+from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, NAIVE, TORCH
 from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
 from compiler.model import REQUEST_INPUTS, STCAConfig
@@ -35,8 +35,6 @@ from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
 BASELINES = (FUSED, NAIVE, TORCH)
-# the models whose per-stage times (Triton's statistics) explain each benchmarked model's
-COMPOSING = {ENSEMBLE: (ENCODER, SCORER), FUSED: (FUSED,), NAIVE: (NAIVE, FUSED), TORCH: (TORCH,)}
 
 
 @dataclass(frozen=True)

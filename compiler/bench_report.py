@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from compiler.budget import Placement
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
 
 NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
@@ -157,8 +158,8 @@ def _budget_markdown(r: dict) -> list[str]:
                       "| encoder | scorer | fused | " + " | ".join(f"{m} req/s" for m in models) + " |",
                       "|---|---|---|" + "---:|" * len(models)]
             for entry in tuning["sweep"]:
-                label = lambda m: "{instances}x{threads}".format(**entry["placements"][m]) + (" spin" if entry["placements"][m]["spinning"] else "")  # noqa: E731
-                lines.append(f"| {label(ENCODER)} | {label(SCORER)} | {label(FUSED)} | "
+                label = {m: Placement(**p).label() for m, p in entry["placements"].items()}
+                lines.append(f"| {label[ENCODER]} | {label[SCORER]} | {label[FUSED]} | "
                              + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
             lines.append("")
     return lines

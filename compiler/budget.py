@@ -67,10 +67,9 @@ def candidates(cpu_threads: int) -> list[dict[str, Placement]]:
     instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
     default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's."""
-    t, half = cpu_threads, max(1, cpu_threads // 2)
-    split = [plan(t)[ENCODER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
+    t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads)
+    split = [base[ENCODER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
     fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
-    base = plan(cpu_threads)
     return [{**base, ENCODER: s, SCORER: s, FUSED: f} for s, f in zip(split, fused)]
 
 

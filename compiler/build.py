@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-from compiler import budget, calibrate, lint, report
+from compiler import calibrate, lint, report
 from compiler import emit as emit_stage
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import sample_requests
@@ -106,7 +106,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
         manifest = _manifest(cfg, model, source, exported.opset, cut, halves, verification, limits, target, started)
         if emit_cfg.resolved_device == "cpu":
-            manifest["thread_budget"] = thread_budget(emit_cfg.cpu_threads or budget.machine_threads(), emit_cfg.placements(), "plan")
+            manifest["thread_budget"] = thread_budget(emit_cfg.resolved_cpu_threads, emit_cfg.placements(), "plan")
         manifest["lint"] = [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in lint_reports]
         if plans:
             manifest["engines"] = plans.details

@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from compiler.errors import CompilerError
+from compiler.partition import rename_node
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -81,14 +82,12 @@ def _narrow_output(graph: onnx.GraphProto, name: str) -> None:
         graph.node.remove(producer)
         _forget_types(graph, source, name)
         for node in graph.node:  # the fp16 value takes the output's name; readers of either now read it
-            _rename_inputs(node, source, name)
-            _rename_outputs(node, source, name)
+            rename_node(node, {source: name})
         return
     inner = f"{name}__fp32"
     _forget_types(graph, name)
     for node in graph.node:
-        _rename_outputs(node, name, inner)
-        _rename_inputs(node, name, inner)
+        rename_node(node, {name: inner})
     graph.node.append(helper.make_node("Cast", [inner], [name], to=TensorProto.FLOAT16, name=f"{name}__to_fp16"))
 
 
@@ -100,7 +99,7 @@ def _widen_input(graph: onnx.GraphProto, name: str) -> None:
     for cast in to_fp16:
         graph.node.remove(cast)
         for node in graph.node:
-            _rename_inputs(node, cast.output[0], name)
+            rename_node(node, {cast.output[0]: name})
         for out in graph.output:
             if out.name == cast.output[0]:
                 raise CutDtypeError(f"cut dtype: {name}'s cast {cast.name} is a graph output")
@@ -108,7 +107,7 @@ def _widen_input(graph: onnx.GraphProto, name: str) -> None:
     if others:
         wide = f"{name}__fp32"
         for node in others:
-            _rename_inputs(node, name, wide)
+            rename_node(node, {name: wide})
         graph.node.insert(0, helper.make_node("Cast", [name], [wide], to=TensorProto.FLOAT, name=f"{name}__to_fp32"))
 
 
@@ -130,18 +129,3 @@ def _is_fp16(graph: onnx.GraphProto, value: str) -> bool:
     info = next((v for v in graph.value_info if v.name == value), None)
     return info is not None and info.type.tensor_type.elem_type == TensorProto.FLOAT16
 
-
-def _rename_inputs(node: onnx.NodeProto, old: str, new: str) -> None:
-    for i, value in enumerate(node.input):
-        if value == old:
-            node.input[i] = new
-    for attr in node.attribute:  # a subgraph (If/Loop body) may read it too
-        if attr.type == onnx.AttributeProto.GRAPH:
-            for inner in attr.g.node:
-                _rename_inputs(inner, old, new)
-
-
-def _rename_outputs(node: onnx.NodeProto, old: str, new: str) -> None:
-    for i, value in enumerate(node.output):
-        if value == old:
-            node.output[i] = new

@@ -75,9 +75,13 @@ class EmitConfig:
     def resolved_device(self) -> str:
         return self.device or ("cpu" if self.target == "python" else "gpu")
 
+    @property
+    def resolved_cpu_threads(self) -> int:
+        return self.cpu_threads or budget.machine_threads()
+
     def placements(self) -> dict[str, budget.Placement]:
-        """Instances and threads per model on a CPU (compiler.budget.plan for cpu_threads cores)."""
-        return budget.plan(self.cpu_threads or budget.machine_threads(), self.instances)
+        """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores)."""
+        return budget.plan(self.resolved_cpu_threads, self.instances)
 
 
 @dataclass(frozen=True)

@@ -82,4 +82,3 @@ def export(model: STCA, opset: int = 18) -> Exported:
         )
     onnx.checker.check_model(proto, full_check=True)
     return Exported(proto, opset)
-

@@ -10,3 +10,6 @@ VALIDATOR = "stca_request_validator"  # first step where the composing models ca
 FUSED = "stca_fused"  # baseline: the unsplit graph
 NAIVE = "stca_naive"  # baseline: point-wise, the history re-encoded for every candidate
 TORCH = "stca_torch"  # baseline: the PyTorch model, eager
+
+# Each model a client can call, and the models that do its work (whose instances, threads and statistics count)
+COMPOSING = {ENSEMBLE: (ENCODER, SCORER), FUSED: (FUSED,), NAIVE: (NAIVE, FUSED), TORCH: (TORCH,)}

@@ -414,7 +414,7 @@ def _extract(
     made = {o for n in nodes for o in n.output}
     new_nodes = [copy.deepcopy(n) for n in nodes]
     for n in new_nodes:
-        _rename_node(n, renamed)
+        rename_node(n, renamed)
 
     def value_info(name: str) -> onnx.ValueInfoProto:
         if name not in a.types:
@@ -436,14 +436,15 @@ def _extract(
     return half
 
 
-def _rename_node(node: onnx.NodeProto, renamed: Mapping[str, str]) -> None:
+def rename_node(node: onnx.NodeProto, renamed: Mapping[str, str]) -> None:
+    """Rename the values a node (and any subgraph in it) reads and writes, by `renamed` (old -> new)."""
     for i, name in enumerate(node.input):
         node.input[i] = renamed.get(name, name)
     for i, name in enumerate(node.output):
         node.output[i] = renamed.get(name, name)
     for g in _subgraphs(node):
         for sub in g.node:
-            _rename_node(sub, renamed)
+            rename_node(sub, renamed)
 
 
 def _node_inputs(node: onnx.NodeProto) -> list[str]:

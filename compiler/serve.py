@@ -28,11 +28,11 @@ from compiler.log import log
 
 
 # The environment of the server and its Python-backend stubs (they inherit it); the caller's own settings win.
-# glibc malloc: the cut
-# tensors are megabytes per request (20 MB at L=10,000 for the demo model); by default glibc serves each such
-# buffer with a fresh mmap and returns it on free, so every request faults its pages in again. Keeping them
-# in the heap (threshold at glibc's 32 MiB maximum, no trimming) removed that: the history encoder's
-# compute, timed inside its stub at L=10,000 N=128, went from 37-48 ms (4 runs) to 37-38 ms (docs/benchmarks.md).
+# glibc malloc: the cut tensors are megabytes per request (20 MB at L=10,000 for the demo model), and by
+# default glibc serves each such buffer with a fresh mmap and returns it on free, so every request faults its
+# pages in again. Keeping them in the heap (threshold at glibc's 32 MiB maximum, no trimming) removed that:
+# the history encoder's compute, timed inside its stub at L=10,000 N=128, went from 37-48 ms (4 runs) to
+# 37-38 ms (2 runs; docs/serving.md).
 SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
 
 

@@ -25,10 +25,10 @@ from compiler import budget
 from compiler.artifacts import hash_tree
 from compiler.errors import CompilerError
 from compiler.log import Progress, stage
-from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
+from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
 
-# each tuned model and the models whose placements it runs on
-TUNED = {ENSEMBLE: (ENCODER, SCORER), FUSED: (FUSED,)}
+TUNED = (ENSEMBLE, FUSED)  # each keeps its own best budget
+PLACED = tuple(m for tuned in TUNED for m in COMPOSING[tuned])  # the models whose configs tune rewrites
 MANIFEST = "manifest.json"
 
 
@@ -83,14 +83,14 @@ def tune(cfg: TuneConfig) -> TuneResult:
                     top = max(rows, key=lambda r: r["throughput"])
                     entry["throughput"][model], entry["at_concurrency"][model] = top["throughput"], top["concurrency"]
             sweep.append(entry)
-            progress.advance(note=", ".join(f"{m} {placements[TUNED[m][0]].label()}: {entry['throughput'][m]:.1f} req/s" for m in tuned))
+            progress.advance(note=", ".join(f"{m} {placements[COMPOSING[m][0]].label()}: {entry['throughput'][m]:.1f} req/s" for m in tuned))
         chosen = dict(budget.plan(cpu_threads))
         choice = {}
         for model in tuned:
             best = max(range(len(sweep)), key=lambda i: sweep[i]["throughput"][model])
-            chosen.update({m: candidates[best][m] for m in TUNED[model]})
+            chosen.update({m: candidates[best][m] for m in COMPOSING[model]})
             choice[model] = {"candidate": best, "throughput": sweep[best]["throughput"][model]}
-        s.summary = "; ".join(f"{m}: {chosen[TUNED[m][0]].label()} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
+        s.summary = "; ".join(f"{m}: {chosen[COMPOSING[m][0]].label()} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
     _write_configs(repo, chosen, _kind(repo))
     from compiler.build import thread_budget
 
@@ -115,7 +115,7 @@ def _kind(repo: Path) -> str:
 
 def _copy_with(repo: Path, copy: Path, placements: dict, kind: str) -> Path:
     """The models tune serves, hard-linked (the graphs are large) with fresh config files."""
-    for model in (ENSEMBLE, VALIDATOR, *[m for models in TUNED.values() for m in models]):
+    for model in (ENSEMBLE, VALIDATOR, *PLACED):
         if (repo / model).is_dir():
             shutil.copytree(repo / model, copy / model, copy_function=os.link)
     _write_configs(copy, placements, kind)
@@ -126,7 +126,7 @@ def _write_configs(repo: Path, placements: dict, kind: str) -> None:
     """Replace (never edit in place: a copy's files are hard links) each tuned model's config with its placement."""
     from compiler.emit import read_config, write_config
 
-    for model in (m for models in TUNED.values() for m in models):
+    for model in PLACED:
         path = repo / model / "config.pbtxt"
         if path.is_file():
             config = read_config(path)

@@ -143,15 +143,21 @@ def test_a_weight_also_listed_as_a_graph_input_stays_a_weight():
     np.testing.assert_allclose(split_scores, OrtGraph(whole).run(feeds)["scores"], rtol=1e-6)
 
 
-def test_a_model_with_no_request_only_work_is_refused_by_name():
-    nodes = [helper.make_node("Mul", ["history", "cand"], ["prod"]), helper.make_node("Unsqueeze", ["prod", "axis"], ["scores"])]
+def history_and_candidate_model(nodes, history: tuple, **model_fields) -> onnx.ModelProto:
+    """A hand-made graph of inputs history (dtype, dim) and cand FLOAT [N], output scores [N, 1], and an
+    int64 `axis` initializer [1] for the final Unsqueeze."""
     graph = helper.make_graph(
-        nodes, "no_request_work",
-        [helper.make_tensor_value_info("history", onnx.TensorProto.FLOAT, ["N"]),
+        nodes, "hand_made",
+        [helper.make_tensor_value_info("history", history[0], [history[1]]),
          helper.make_tensor_value_info("cand", onnx.TensorProto.FLOAT, ["N"])],
         [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 1])],
         initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axis")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, **{"opset_imports": [helper.make_opsetid("", 18)], **model_fields})
+
+
+def test_a_model_with_no_request_only_work_is_refused_by_name():
+    nodes = [helper.make_node("Mul", ["history", "cand"], ["prod"]), helper.make_node("Unsqueeze", ["prod", "axis"], ["scores"])]
+    model = history_and_candidate_model(nodes, (onnx.TensorProto.FLOAT, "N"))
     with pytest.raises(CompilerError, match=r"nothing computes from the request-level inputs \['history'\] alone"):
         split(model, {"history"})
 
@@ -183,14 +189,8 @@ def test_a_half_carries_the_model_functions_it_calls_matched_by_domain_and_name(
              helper.make_node("Double", ["cand"], ["cand2"], domain="ours"),
              helper.make_node("Mul", ["cand2", "total"], ["prod"]),
              helper.make_node("Unsqueeze", ["prod", "axis"], ["scores"])]
-    graph = helper.make_graph(
-        nodes, "functions",
-        [helper.make_tensor_value_info("history", onnx.TensorProto.INT64, ["L"]),
-         helper.make_tensor_value_info("cand", onnx.TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 1])],
-        initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axis")])
-    model = helper.make_model(graph, functions=[double("ours"), double("theirs")],
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ours", 1), helper.make_opsetid("theirs", 1)])
+    model = history_and_candidate_model(nodes, (onnx.TensorProto.INT64, "L"), functions=[double("ours"), double("theirs")],
+                                        opset_imports=[helper.make_opsetid(d, v) for d, v in (("", 18), ("ours", 1), ("theirs", 1))])
     parts = split(model, {"history"})
     assert [(f.domain, f.name) for f in parts.scorer.functions] == [("ours", "Double")]
     assert not parts.encoder.functions
