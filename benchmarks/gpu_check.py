@@ -22,7 +22,8 @@ from compiler.export import export
 from compiler.load import seeded_model
 from compiler.log import configure, log
 from compiler.metrics import kendall_tau
-from compiler.model import INPUT_NAMES, REQUEST_INPUTS, preset
+from compiler.contract import INPUT_NAMES, REQUEST_INPUTS
+from compiler.model import preset
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
 

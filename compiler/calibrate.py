@@ -3,7 +3,7 @@
 A calibration set is a directory:
 
     calibration.json          {"format": "stca-calibration", "count", "lengths", "candidates", "source", "sha256"}
-    request-00000.npz ...     one request each: the six model inputs, named as in compiler.requests
+    request-00000.npz ...     one request each: the six model inputs, named as in compiler.contract
 
 `python -m compiler calibrate` makes one from the synthetic generator (history lengths drawn from
 KuaiRand-1K, clipped at the served maximum) or from your own requests: a JSON-lines file with one
@@ -25,7 +25,7 @@ from compiler.data import kuairand_lengths, sample_requests
 from compiler.errors import CompilerError
 from compiler.log import Progress, stage
 from compiler.model import STCAConfig
-from compiler.requests import INPUTS, RequestError, RequestLimits
+from compiler.contract import INPUT_NAMES, SPECS, RequestError, RequestLimits
 
 CALIBRATION_FORMAT = "stca-calibration"
 INDEX = "calibration.json"
@@ -42,7 +42,7 @@ class CalibrationSet:
         """The requests in order, loaded one at a time."""
         for i in range(self.count):
             with np.load(self.path / _name(i)) as shard:
-                yield {name: shard[name] for name in INPUTS}
+                yield {name: shard[name] for name in INPUT_NAMES}
 
 
 def generate(out: Path, config: STCAConfig, count: int = 32, n_candidates: int = 128, seed: int = 1_234) -> CalibrationSet:
@@ -66,7 +66,7 @@ def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
             for number, line in enumerate((line for line in f if line.strip()), start=1):
                 try:
                     raw = json.loads(line)
-                    yield {name: np.asarray(raw[name], dtype=INPUTS[name][0]) for name in INPUTS}
+                    yield {name: np.asarray(raw[name], dtype=SPECS[name].dtype) for name in INPUT_NAMES}
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise CompilerError(f"calibrate: {source} line {number}: not a request ({type(e).__name__}: {e})") from e
 

@@ -1,7 +1,7 @@
 """Client: score one request on the served `stca` ensemble (HTTP or gRPC) and rank its candidates.
 
     client = ScoringClient("127.0.0.1:8000")            # reads limits and task names from the server
-    ranking = client.rank(inputs)                        # inputs: {name: numpy array}, as compiler.requests
+    ranking = client.rank(inputs)                        # inputs: {name: numpy array}, as compiler.contract
     print(ranking.table(k=10))
 
 The request is validated here, before anything is sent, with the limits the server's models were
@@ -15,7 +15,7 @@ import numpy as np
 
 from compiler.errors import CompilerError
 from compiler.names import ENSEMBLE
-from compiler.requests import RequestError, RequestLimits
+from compiler.contract import RequestError, RequestLimits
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import torch
 from compiler.errors import CompilerError
 from compiler.lint import OPSETS
 from compiler.log import log
-from compiler.model import INPUT_NAMES, OUTPUT_NAMES, STCA
+from compiler.contract import INPUT_NAMES, OUTPUT_NAMES, SPECS
+from compiler.model import STCA
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger weights go beside it
 
@@ -47,14 +48,8 @@ def export(model: STCA, opset: int = 18) -> Exported:
     c = model.config
     L = torch.export.Dim("L", min=1, max=c.max_history)
     N = torch.export.Dim("N", min=1, max=c.max_candidates)
-    dynamic = {
-        "history_item_ids": {0: L},
-        "history_actions": {0: L},
-        "history_age_s": {0: L},
-        "user_features": None,
-        "candidate_item_ids": {0: N},
-        "candidate_features": {0: N},
-    }
+    symbolic = {"L": L, "N": N}  # K and F are the model's fixed field counts
+    dynamic = {name: {axis: symbolic[d] for axis, d in enumerate(spec.dims) if d in symbolic} or None for name, spec in SPECS.items()}
     chatter = io.StringIO()
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level

@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compiler.contract import INPUT_NAMES, PAD_ITEM_ID
 from compiler.errors import CompilerError
 
 ATTENTION_FORMS = ("kv", "reordered")
-PAD_ITEM_ID = 0  # history item id 0 is padding: masked out of attention
 MASKED_LOGIT = -1e9  # finite, so exp() underflows to exactly 0 without inf - inf = NaN
 
 
@@ -213,7 +213,7 @@ class PaddingBias(nn.Module):
 
 
 class STCA(nn.Module):
-    """One request in, one score per (candidate, task) out; inputs are named as in compiler/requests.py."""
+    """One request in, one score per (candidate, task) out; inputs are named as in compiler/contract.py."""
 
     def __init__(self, config: STCAConfig):
         super().__init__()
@@ -283,7 +283,7 @@ class STCA(nn.Module):
 
     @torch.no_grad()
     def score(self, request: dict) -> np.ndarray:
-        """Scores (N, T) of one request given as numpy arrays keyed by input name (compiler.requests)."""
+        """Scores (N, T) of one request given as numpy arrays keyed by input name (compiler.contract)."""
         return self(*[torch.from_numpy(request[name]) for name in INPUT_NAMES]).numpy()
 
     # Paper names for the tensors that cross the history/candidate cut, keyed by the module that makes them.
@@ -303,14 +303,3 @@ def with_attention(model: STCA, form: str) -> STCA:
     other.load_state_dict(model.state_dict())
     return other
 
-
-INPUT_NAMES = (
-    "history_item_ids",
-    "history_actions",
-    "history_age_s",
-    "user_features",
-    "candidate_item_ids",
-    "candidate_features",
-)
-REQUEST_INPUTS = frozenset(INPUT_NAMES[:4])  # per request: encoded once, shared by every candidate
-OUTPUT_NAMES = ("scores",)

@@ -9,7 +9,7 @@ from compiler import calibrate
 from compiler.data import sample_requests
 from compiler.errors import CompilerError
 from compiler.model import preset
-from compiler.requests import INPUTS
+from compiler.contract import INPUT_NAMES
 
 
 def test_generated_sets_follow_kuairand_lengths_and_are_reproducible(tmp_path):
@@ -20,7 +20,7 @@ def test_generated_sets_follow_kuairand_lengths_and_are_reproducible(tmp_path):
     assert max(a.lengths) == config.max_history and sum(L == config.max_history for L in a.lengths) >= 8  # ~40% at the cap
     assert len(list((tmp_path / "a").glob("request-*.npz"))) == 40  # one request per file: read one at a time
     first = next(a.requests())
-    assert set(first) == set(INPUTS) and first["history_item_ids"].shape == (a.lengths[0],)
+    assert set(first) == set(INPUT_NAMES) and first["history_item_ids"].shape == (a.lengths[0],)
     assert calibrate.generate(tmp_path / "c", config, count=40, n_candidates=16, seed=4).sha256 != a.sha256
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from compiler.cut_dtype import narrow_cut
 from compiler.data import sample_requests
-from compiler.model import PAD_ITEM_ID, REQUEST_INPUTS
+from compiler.contract import PAD_ITEM_ID, REQUEST_INPUTS
 from compiler.partition import split
 from compiler.precision import to_fp16
 from compiler.runtime import OrtGraph, SplitRunner

@@ -51,7 +51,7 @@ def tensorrt():
 
 def test_plans_of_the_split_halves_match_onnx_runtime(tensorrt, tmp_path):
     from compiler.engines import EngineConfig, TrtGraph, build_plans, scores_with_plans
-    from compiler.model import REQUEST_INPUTS
+    from compiler.contract import REQUEST_INPUTS
     from compiler.partition import split
     from compiler.runtime import OrtGraph, SplitRunner
     from compiler.data import sample_requests

@@ -7,7 +7,7 @@ import pytest
 
 from compiler.data import sample_requests
 from compiler.errors import CompilerError
-from compiler.model import REQUEST_INPUTS
+from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.runtime import OrtGraph, SplitRunner
 from tests.models import din_model, shape_read_model, stca, two_tower_model

@@ -6,7 +6,7 @@ import pytest
 
 from compiler import calibrate
 from compiler.data import sample_requests
-from compiler.model import REQUEST_INPUTS
+from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, attention_matmuls, convert, discretization_inputs, length_reductions, to_fp16
 from compiler.runtime import OrtGraph, SplitRunner

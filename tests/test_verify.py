@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from compiler.model import REQUEST_INPUTS
+from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.runtime import OrtGraph, SplitRunner
 from compiler.verify import VerifyConfig, least_precise, verify

@@ -1,6 +1,6 @@
 """What every stca-compiler Python-backend model shares: parameters, request limits, one answer per request.
 
-Copied beside each emitted model.py as stca_base_model.py (with stca_requests.py); numpy and Triton's
+Copied beside each emitted model.py as stca_base_model.py (with stca_contract.py); numpy and Triton's
 Python-backend utilities only. A subclass sets `input_names` and `validated` in setup() and computes in
 compute(); a request that breaks the contract gets an error naming the input and the limit, and one that
 fails later gets the failure, while the other requests of the batch are answered as usual.
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from stca_requests import RequestError, RequestLimits
+from stca_contract import RequestError, RequestLimits
 
 
 class StcaModel:

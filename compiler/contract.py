@@ -1,8 +1,11 @@
-"""The request contract: input names, dtypes, ranks and limits, and one validator for every side.
+"""The request contract, declared once: every input's name, dtype, dims and level, the limits a model is built
+for, one validator, and the request file format.
 
-The same checks run in the client (before anything is sent), in the Triton history encoder and scorer
-(so a bad request gets a named error and the server keeps serving), and in verify. Only numpy here:
-the file is copied next to the Python-backend models, which must not need torch.
+The model's forward signature, the export's dynamic axes, the partition's request-level inputs, the synthetic
+requests, the Triton configs, the client and the benchmark all derive from INPUTS here. The same checks run
+in the client (before anything is sent), in the Triton models (so a bad request gets a named error and the
+server keeps serving), and on calibration sets. Only numpy: the file is copied next to the Python-backend
+models as stca_contract.py, which must not need torch or onnx.
 """
 
 import json
@@ -11,17 +14,40 @@ from pathlib import Path
 
 import numpy as np
 
-# name -> (dtype, dims); "L" and "N" are the request's history length and candidate count,
-# "K" and "F" the model's user and candidate field counts.
-INPUTS = {
-    "history_item_ids": ("int64", ("L",)),
-    "history_actions": ("int64", ("L",)),
-    "history_age_s": ("float32", ("L",)),
-    "user_features": ("int64", ("K",)),
-    "candidate_item_ids": ("int64", ("N",)),
-    "candidate_features": ("int64", ("N", "F")),
-}
-NON_NEGATIVE = ("history_item_ids", "history_actions", "history_age_s", "user_features", "candidate_item_ids", "candidate_features")
+REQUEST, CANDIDATE = "request", "candidate"  # encoded once per request | one row per candidate
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    dtype: str  # numpy dtype name
+    dims: tuple[str, ...]  # "L" history length, "N" candidates (both per request); "K", "F" the model's field counts
+    level: str  # REQUEST or CANDIDATE: which half of the split reads it
+    meaning: str
+
+    @property
+    def per_history_item(self) -> bool:
+        """One row per history item (axis 0 is L): padding extends it, and a history cache keys on its rows."""
+        return self.dims[:1] == ("L",)
+
+
+INPUTS = (
+    Input("history_item_ids", "int64", ("L",), REQUEST, "raw item ids, most recent last; 0 = padding"),
+    Input("history_actions", "int64", ("L",), REQUEST, "what the user did with each item"),
+    Input("history_age_s", "float32", ("L",), REQUEST, "seconds since each interaction"),
+    Input("user_features", "int64", ("K",), REQUEST, "user profile ids, one per field"),
+    Input("candidate_item_ids", "int64", ("N",), CANDIDATE, "raw item ids to score"),
+    Input("candidate_features", "int64", ("N", "F"), CANDIDATE, "candidate ids, one per field"),
+)
+SPECS = {i.name: i for i in INPUTS}
+INPUT_NAMES = tuple(SPECS)  # the model's forward order
+REQUEST_INPUTS = frozenset(i.name for i in INPUTS if i.level == REQUEST)
+CANDIDATE_INPUTS = tuple(i.name for i in INPUTS if i.level == CANDIDATE)
+HISTORY_INPUTS = tuple(i.name for i in INPUTS if i.per_history_item)
+OUTPUT_NAMES = ("scores",)  # (N, T) float32: one probability per candidate and task
+PAD_ITEM_ID = 0  # a history item with this id is padding: it gets no attention
+# Every input is an id, an action or an age, so no value is ever negative (ids are hashed in-graph, not bounded).
+MIN_VALUE = 0
 
 
 class RequestError(ValueError):
@@ -45,15 +71,15 @@ class RequestLimits:
 
     def validate(self, inputs: dict, names=None) -> tuple[int, int]:
         """Check the named inputs (all of them by default); return (L, N) where known (else 0)."""
-        names = list(INPUTS) if names is None else list(names)
+        names = list(INPUT_NAMES) if names is None else list(names)
         missing = [n for n in names if n not in inputs]
         if missing:
-            raise RequestError(f"missing input(s) {missing}; a request has {list(INPUTS)}")
+            raise RequestError(f"missing input(s) {missing}; a request has {list(INPUT_NAMES)}")
         fixed = {"K": self.n_user_fields, "F": self.n_candidate_fields}
         sizes: dict[str, tuple[int, str]] = {}
         for name in names:
             value = inputs[name]
-            dtype, dims = INPUTS[name]
+            dtype, dims = SPECS[name].dtype, SPECS[name].dims
             if not isinstance(value, np.ndarray):
                 raise RequestError(f"{name}: expected a numpy array, got {type(value).__name__}")
             if value.dtype != np.dtype(dtype):
@@ -76,10 +102,10 @@ class RequestLimits:
             value = inputs[name]
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise RequestError(f"{name}: {int((~np.isfinite(value)).sum())} value(s) are NaN or infinite")
-            if name in NON_NEGATIVE and value.size and value.min() < 0:
-                raise RequestError(f"{name}: value {value.min()} is negative; ids, actions and ages must be >= 0")
-        if "history_item_ids" in names and not inputs["history_item_ids"].any():
-            raise RequestError("history_item_ids: every item is padding (id 0); send at least one real item")
+            if value.size and value.min() < MIN_VALUE:
+                raise RequestError(f"{name}: value {value.min()} is negative; ids, actions and ages must be >= {MIN_VALUE}")
+        if "history_item_ids" in names and (inputs["history_item_ids"] == PAD_ITEM_ID).all():
+            raise RequestError(f"history_item_ids: every item is padding (id {PAD_ITEM_ID}); send at least one real item")
         return L, N
 
 
@@ -93,13 +119,13 @@ def load_request(path: Path) -> dict:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RequestError(f"request file {path}: cannot read it as JSON ({e})") from e
-    unknown = sorted(set(raw) - set(INPUTS))
+    unknown = sorted(set(raw) - set(SPECS))
     if unknown:
-        raise RequestError(f"request file {path}: unknown input(s) {unknown}; expected {list(INPUTS)}")
+        raise RequestError(f"request file {path}: unknown input(s) {unknown}; expected {list(INPUT_NAMES)}")
     inputs = {}
     for name, value in raw.items():
         try:
-            inputs[name] = np.asarray(value, dtype=INPUTS[name][0])
+            inputs[name] = np.asarray(value, dtype=SPECS[name].dtype)
         except (TypeError, ValueError) as e:
-            raise RequestError(f"request file {path}: {name} is not a {INPUTS[name][0]} array ({e})") from e
+            raise RequestError(f"request file {path}: {name} is not a {SPECS[name].dtype} array ({e})") from e
     return inputs

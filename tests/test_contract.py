@@ -5,7 +5,7 @@ import pytest
 
 from compiler.data import sample_requests
 from compiler.model import preset
-from compiler.requests import RequestError, RequestLimits, load_request, save_request
+from compiler.contract import RequestError, RequestLimits, load_request, save_request
 
 LIMITS = RequestLimits(max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3)
 
@@ -74,3 +74,26 @@ def test_the_client_imports_neither_torch_nor_onnx():
                              "'onnxruntime', 'tritonclient.grpc.model_config_pb2') if m in sys.modules))"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_model_and_the_exported_graph_follow_the_declared_contract():
+    """The forward signature is the contract's input order; the export's inputs have its dtypes and dims."""
+    import inspect
+
+    import onnx
+
+    from compiler.contract import INPUT_NAMES, SPECS
+    from compiler.export import export
+    from compiler.load import seeded_model
+    from compiler.model import STCA
+
+    assert tuple(inspect.signature(STCA.forward).parameters)[1:] == INPUT_NAMES
+    config = preset("tiny")
+    fixed = {"K": config.n_user_fields, "F": config.n_candidate_fields}
+    graph = export(seeded_model(config)).model.graph
+    for value in graph.input:
+        spec = SPECS[value.name]
+        assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) == np.dtype(spec.dtype)
+        dims = [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
+        assert [fixed.get(d, "symbolic") for d in spec.dims] == [d if isinstance(d, int) else "symbolic" for d in dims], value.name
+    assert [v.name for v in graph.input] == list(INPUT_NAMES)
