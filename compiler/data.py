@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.contract import HISTORY_INPUTS, PAD_ITEM_ID
+from compiler.errors import CompilerError
 from compiler.model import STCAConfig
 
 KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptions, the rest measured
@@ -25,7 +27,7 @@ KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptio
     (0.90, 24_418),
     (1.0, 60_000),
 )
-GENERATOR_VERSION = 3  # bump when the requests a seed produces change: cached demo checkpoints key on it
+GENERATOR_VERSION = 3  # bump when the training impressions a seed produces change: cached demo checkpoints key on it
 
 
 def kuairand_lengths(n: int, max_history: int, seed: int) -> np.ndarray:
@@ -40,7 +42,9 @@ class World:
     """The generative world behind the requests: a catalog of clustered items and the label rule."""
 
     n_clusters: int = 16
-    n_items: int = 256  # small enough that a model learns every item's cluster in a few CPU minutes
+    n_items: int = 1_024  # the catalog: the default max_candidates, so every served N can be distinct
+    n_head_items: int = 256  # the popular head that histories and training impressions come from: small enough that
+    # a model learns each one's cluster in a few CPU minutes
     interest_concentration: float = 0.3  # Dirichlet alpha: small = few clusters per user
     seed: int = 1234
     item_ids: np.ndarray = field(init=False, repr=False)  # raw ids, hashed in-graph
@@ -49,13 +53,18 @@ class World:
     item_duration: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
-        rng = np.random.default_rng(self.seed)
-        ids = 1 + rng.choice(10**9 - 1, size=self.n_items, replace=False)  # raw ids, never 0 (padding)
-        cluster = rng.integers(0, self.n_clusters, self.n_items)
-        object.__setattr__(self, "item_ids", ids.astype(np.int64))
-        object.__setattr__(self, "item_cluster", cluster)
-        object.__setattr__(self, "item_author", cluster * 8 + rng.integers(0, 8, self.n_items))  # authors stay in a cluster
-        object.__setattr__(self, "item_duration", rng.integers(0, 16, self.n_items))
+        # The head and the tail come from separate generators, so the head does not depend on the catalog's size.
+        head, tail = self._items(np.random.default_rng(self.seed), self.n_head_items), self._items(
+            np.random.default_rng(self.seed + 1), self.n_items - self.n_head_items)
+        fresh = ~np.isin(tail[0], head[0])  # a tail id that repeats a head id (about 1 in 4 million) is dropped
+        for name, h, t in zip(("item_ids", "item_cluster", "item_author", "item_duration"), head, tail):
+            object.__setattr__(self, name, np.concatenate([h, t[fresh]]))
+
+    def _items(self, rng: np.random.Generator, n: int) -> tuple:
+        ids = 1 + rng.choice(10**9 - 1, size=n, replace=False)  # raw ids, never 0 (padding)
+        cluster = rng.integers(0, self.n_clusters, n)
+        author = cluster * 8 + rng.integers(0, 8, n)  # authors stay in a cluster
+        return ids.astype(np.int64), cluster, author, rng.integers(0, 16, n)
 
     def affinity(self, interest: np.ndarray, items: np.ndarray) -> np.ndarray:
         """How much a user likes items, scaled so a user with uniform interest has affinity 1."""
@@ -86,11 +95,11 @@ class Request:
 
 
 def sample_request(
-    world: World, config: STCAConfig, rng: np.random.Generator, history_length: int, n_candidates: int
+    world: World, config: STCAConfig, rng: np.random.Generator, history_length: int, n_candidates: int, impressions: bool = False
 ) -> Request:
     interest = rng.dirichlet(np.full(world.n_clusters, world.interest_concentration))
     cluster_p = 0.8 * interest + 0.2 / world.n_clusters
-    history = _items_from_clusters(world, rng, rng.choice(world.n_clusters, history_length, p=cluster_p))
+    history = _head_items(world, rng, rng.choice(world.n_clusters, history_length, p=cluster_p))
     a = world.affinity(interest, history)
     action_logits = np.stack([-a, a - 0.5, 0.7 * a - 2.0, np.full_like(a, -3.0)], axis=1)
     action_p = np.exp(action_logits) / np.exp(action_logits).sum(axis=1, keepdims=True)
@@ -99,12 +108,23 @@ def sample_request(
     age_s = np.cumsum(gaps[::-1])[::-1]  # most recent last, so ages fall towards the end
 
     # Half the candidates come from the user's interests (what retrieval would return), half at random.
-    # A cluster's quota is filled with distinct items while it has enough of them.
     n_targeted = n_candidates // 2
-    targeted = _items_from_clusters(world, rng, rng.choice(world.n_clusters, n_targeted, p=interest), distinct=True)
-    rest = np.setdiff1d(np.arange(world.n_items), targeted)
-    fill = n_candidates - n_targeted
-    candidates = np.concatenate([targeted, rng.choice(rest, fill, replace=fill > len(rest))])
+    if impressions:
+        # Training: a stream of impressions, where an item the user likes comes back (the repeats are what a small
+        # model learns its clusters from in minutes); no item twice until its cluster in the head runs out.
+        targeted = _head_items(world, rng, rng.choice(world.n_clusters, n_targeted, p=interest), distinct=True)
+        rest = np.setdiff1d(np.arange(world.n_head_items), targeted)
+        fill = n_candidates - n_targeted
+        candidates = np.concatenate([targeted, rng.choice(rest, fill, replace=fill > len(rest))])
+    else:
+        # A ranking request: distinct candidates, from the head while it has enough of them.
+        pool = world.n_head_items if n_candidates <= world.n_head_items else len(world.item_ids)
+        if n_candidates > pool:
+            raise CompilerError(f"data: {n_candidates} distinct candidates asked of a catalog of {pool} items")
+        weight = interest[world.item_cluster[:pool]] + 1e-9  # every item reachable: a quota larger than a cluster fills
+        targeted = rng.choice(pool, n_targeted, replace=False, p=weight / weight.sum())
+        rest = np.setdiff1d(np.arange(pool), targeted)
+        candidates = np.concatenate([targeted, rng.choice(rest, n_candidates - n_targeted, replace=False)])
     rng.shuffle(candidates)
     F = config.n_candidate_fields
     features = np.stack(
@@ -126,11 +146,13 @@ def sample_request(
     return Request(inputs, labels)
 
 
-def _items_from_clusters(world: World, rng: np.random.Generator, clusters: np.ndarray, distinct: bool = False) -> np.ndarray:
-    """One random item of each given cluster; with distinct, no item twice until its cluster runs out."""
-    order = np.argsort(world.item_cluster, kind="stable")
-    starts = np.searchsorted(world.item_cluster[order], np.arange(world.n_clusters))
-    counts = np.bincount(world.item_cluster, minlength=world.n_clusters)
+def _head_items(world: World, rng: np.random.Generator, clusters: np.ndarray, distinct: bool = False) -> np.ndarray:
+    """One random item of the catalog's head from each given cluster; with distinct, no item twice until its
+    cluster runs out."""
+    head = world.item_cluster[: world.n_head_items]
+    order = np.argsort(head, kind="stable")
+    starts = np.searchsorted(head[order], np.arange(world.n_clusters))
+    counts = np.bincount(head, minlength=world.n_clusters)
     if not distinct:
         return order[starts[clusters] + (rng.random(len(clusters)) * counts[clusters]).astype(np.int64)]
     items = np.empty(len(clusters), np.int64)
@@ -141,18 +163,19 @@ def _items_from_clusters(world: World, rng: np.random.Generator, clusters: np.nd
     return items
 
 
-def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 64, world: World | None = None):
-    """One request per history length in `lengths`, reproducible from `seed`."""
+def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 64, world: World | None = None,
+                    impressions: bool = False):
+    """One request per history length in `lengths`, reproducible from `seed` (training impressions with `impressions`)."""
     world = world or World()
     rng = np.random.default_rng(seed)
     for L in lengths:
-        yield sample_request(world, config, rng, int(L), n_candidates)
+        yield sample_request(world, config, rng, int(L), n_candidates, impressions)
 
 
 def left_pad(inputs: dict, n: int) -> dict:
-    """The same request with n padding items (id 0) before its oldest history item."""
+    """The same request with n padding items before its oldest history item."""
     padded = dict(inputs)
-    for name in ("history_item_ids", "history_actions", "history_age_s"):
+    for name in HISTORY_INPUTS:
         value = inputs[name]
-        padded[name] = np.concatenate([np.zeros(n, value.dtype), value])
+        padded[name] = np.concatenate([np.full(n, PAD_ITEM_ID if name == "history_item_ids" else 0, value.dtype), value])
     return padded

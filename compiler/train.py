@@ -20,7 +20,8 @@ from compiler.errors import CompilerError
 from compiler.load import save_checkpoint, seeded_model
 from compiler.log import Progress, log, stage
 from compiler.metrics import auc
-from compiler.model import INPUT_NAMES, STCA, preset
+from compiler.contract import INPUT_NAMES
+from compiler.model import STCA, preset
 
 DEMO_PRESET = "small"
 
@@ -65,7 +66,8 @@ def train(cfg: TrainConfig, out: Path) -> TrainResult:
     losses = []
     with stage(f"train: {cfg.preset} model (D={config.d_model}, {cfg.steps} steps, windows {cfg.min_window}..{cfg.train_window})") as s:
         progress = Progress("step", cfg.steps, every_s=15.0)
-        for request in sample_requests(config, windows, seed=cfg.seed, n_candidates=cfg.n_candidates, world=world):
+        for request in sample_requests(config, windows, seed=cfg.seed, n_candidates=cfg.n_candidates, world=world,
+                                       impressions=True):
             scores = model(*_tensors(request.inputs))
             loss = F.binary_cross_entropy(scores, torch.from_numpy(request.labels))
             optimizer.zero_grad()

@@ -1,7 +1,9 @@
 """Synthetic requests: KuaiRand-1K lengths, the planted signal, determinism."""
 
 import numpy as np
+import pytest
 
+from compiler.errors import CompilerError
 from compiler.data import World, kuairand_lengths, sample_requests
 from compiler.metrics import auc
 from compiler.model import preset
@@ -45,13 +47,21 @@ def test_requests_are_reproducible_and_well_formed():
     assert np.all(np.diff(r.inputs["history_age_s"]) < 0)  # most recent last: ages fall
 
 
-def test_candidates_repeat_only_when_a_cluster_runs_out_of_items():
-    world = World()
+def test_candidates_are_distinct_and_lean_towards_the_users_interests():
+    """A request's candidates never repeat, up to the served maximum; half follow the user's interest, so its
+    most frequent cluster holds more of them than in a uniform draw of as many distinct items."""
+    world, rng = World(), np.random.default_rng(0)
     index = {item_id: i for i, item_id in enumerate(world.item_ids)}
+    largest, uniform = [], []
     for r in sample_requests(preset("tiny"), [50] * 20, seed=5, n_candidates=64, world=world):
-        ids, counts = np.unique(r.inputs["candidate_item_ids"], return_counts=True)
-        per_cluster = np.bincount(world.item_cluster[[index[i] for i in r.inputs["candidate_item_ids"]]], minlength=world.n_clusters)
-        cluster_size = np.bincount(world.item_cluster, minlength=world.n_clusters)
-        for item_id in ids[counts > 1]:
-            k = world.item_cluster[index[item_id]]
-            assert per_cluster[k] > cluster_size[k], "an item repeated while its cluster had unused items"
+        assert len(np.unique(r.inputs["candidate_item_ids"])) == r.n_candidates
+        largest.append(np.bincount(world.item_cluster[[index[i] for i in r.inputs["candidate_item_ids"]]]).max())
+        uniform.append(np.bincount(world.item_cluster[rng.choice(world.n_items, 64, replace=False)]).max())
+    assert np.median(largest) > 1.3 * np.median(uniform)
+    widest = next(sample_requests(preset("small"), [5], seed=6, n_candidates=preset("small").max_candidates, world=world))
+    assert len(np.unique(widest.inputs["candidate_item_ids"])) == preset("small").max_candidates
+
+
+def test_more_candidates_than_the_world_has_items_is_refused():
+    with pytest.raises(CompilerError, match="1025 distinct candidates asked of a catalog of 1024 items"):
+        next(sample_requests(preset("small"), [5], seed=0, n_candidates=1025))
