@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from compiler.errors import CompilerError
-from compiler.partition import rename_node
+from compiler.graph_index import rename_node
 
 FP16_MAX = float(np.finfo(np.float16).max)
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from compiler.errors import CompilerError
+from compiler.graph_index import GraphIndex
 
 OPSETS = range(17, 21)  # opset >= 23 turns attention into one Attention op that TensorRT's parser may not take
 # Operators the TensorRT ONNX parser supports ("Y" in the onnx-tensorrt support matrix, TensorRT 10.15).
@@ -53,19 +53,17 @@ def lint(model: onnx.ModelProto, name: str) -> LintReport:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset not in OPSETS:
         problems.append(f"opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1}")
-    constants = {init.name: init for init in graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
-    elem_types = _elem_types(model)
+    index = GraphIndex(graph)
     for node in graph.node:
         where = f"{node.op_type} {node.name or node.output[0]}"
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
         elif node.op_type not in TENSORRT_OPS:
             problems.append(f"{where}: TensorRT's ONNX parser does not support {node.op_type}")
-        if node.op_type in CONSTANT_AXES_OPS and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+        if node.op_type in CONSTANT_AXES_OPS and len(node.input) > 1 and node.input[1] and not index.is_constant(node.input[1]):
             problems.append(f"{where}: axes input {node.input[1]!r} must be a constant for TensorRT")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            problems += _qdq_problems(node, where, constants, elem_types)
+            problems += _qdq_problems(node, where, index)
     qdq = sum(1 for n in graph.node if n.op_type == "QuantizeLinear")
     return LintReport(name, len(graph.node), qdq, tuple(problems))
 
@@ -80,28 +78,23 @@ def check(models: dict[str, onnx.ModelProto]) -> list[LintReport]:
     return reports
 
 
-def _qdq_problems(node, where, constants, elem_types) -> list[str]:
+def _qdq_problems(node, where, index: GraphIndex) -> list[str]:
     problems = []
-    scale = constants.get(node.input[1]) if len(node.input) > 1 else None
-    zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    scale = index.constant(node.input[1]) if len(node.input) > 1 else None
+    has_zero_point = len(node.input) > 2 and node.input[2]
+    zero_point = index.constant(node.input[2]) if has_zero_point else None
     quantized = node.input[0] if node.op_type == "DequantizeLinear" else node.output[0]
-    qtype = zero_point.data_type if zero_point is not None else elem_types.get(quantized)
-    if node.op_type == "DequantizeLinear" and elem_types.get(node.input[0]) == onnx.TensorProto.INT32:
+    qtype = index.elem_type(node.input[2]) if has_zero_point else index.elem_type(quantized)
+    if node.op_type == "DequantizeLinear" and index.elem_type(node.input[0]) == onnx.TensorProto.INT32:
         problems.append(f"{where}: int32 DequantizeLinear (TensorRT dequantizes int8, not int32 biases)")
     elif qtype is not None and qtype != onnx.TensorProto.INT8:
         problems.append(f"{where}: quantized type {onnx.TensorProto.DataType.Name(qtype)} is not INT8")
-    if zero_point is not None and np.any(numpy_helper.to_array(zero_point) != 0):
+    if zero_point is not None and np.any(zero_point != 0):
         problems.append(f"{where}: zero point is not 0 (TensorRT quantization is symmetric)")
-    if scale is not None and numpy_helper.to_array(scale).size > 1:
+    if scale is not None and scale.size > 1:
         if not any(a.name == "axis" for a in node.attribute):
             problems.append(f"{where}: per-channel scale without an explicit axis")
     return problems
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    types.update({init.name: init.data_type for init in model.graph.initializer})
-    return types
 
 
 def summary(reports: list[LintReport]) -> str:

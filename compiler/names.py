@@ -11,5 +11,8 @@ FUSED = "stca_fused"  # baseline: the unsplit graph
 NAIVE = "stca_naive"  # baseline: point-wise, the history re-encoded for every candidate
 TORCH = "stca_torch"  # baseline: the PyTorch model, eager
 
+# Each model's short name: the key of its graph in the manifest and report, and its label in benchmark tables
+SHORT_NAMES = {ENCODER: "encoder", SCORER: "scorer", FUSED: "fused", NAIVE: "point-wise", TORCH: "torch"}
+
 # Each model a client can call, and the models that do its work (whose instances, threads and statistics count)
 COMPOSING = {ENSEMBLE: (ENCODER, SCORER), FUSED: (FUSED,), NAIVE: (NAIVE, FUSED), TORCH: (TORCH,)}

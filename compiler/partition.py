@@ -31,11 +31,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.errors import CompilerError
+from compiler.graph_index import LAYOUT_OPS, GraphIndex, node_inputs, rename_node
 
 CONSTANT, SHAPE_ONLY, REQUEST, CANDIDATE = "constant", "shape-only", "request-level", "candidate"
 SHAPE_OPS = frozenset({"Shape", "Size"})  # read the shape of their input, never its values
-# Ops that only re-lay out (or re-type) one data input; their other inputs are shapes or constants.
-LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
 
 
 @dataclass(frozen=True)
@@ -117,20 +116,11 @@ def split(model: onnx.ModelProto, request_inputs: Iterable[str], names: Mapping[
     return _build(model, analysis, scorer_nodes, names or {})
 
 
-class _Analysis:
-    """Levels, types and placement reasons of every value of the (copied) graph."""
+class _Analysis(GraphIndex):
+    """Levels and placement reasons of every value of the (copied) graph, over its index."""
 
     def __init__(self, graph: onnx.GraphProto, request_inputs: set[str]):
-        self.graph = graph
-        self.nodes = list(graph.node)
-        self.producer = {out: n for n in self.nodes for out in n.output if out}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.nodes:
-            for name in _node_inputs(n):
-                self.consumers.setdefault(name, []).append(n)
-        self.types = {vi.name: vi.type for vi in [*graph.value_info, *graph.input, *graph.output]}
-        for init in graph.initializer:
-            self.types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
+        super().__init__(graph)
         self.level: dict[str, str] = {init.name: CONSTANT for init in graph.initializer}
         self.depends: dict[str, frozenset[str]] = {init.name: frozenset() for init in graph.initializer}
         for i in graph.input:
@@ -144,7 +134,7 @@ class _Analysis:
         self.reason: dict[int, str] = {}
 
     def _node_level(self, node: onnx.NodeProto) -> tuple[str, frozenset[str]]:
-        ins = [name for name in _node_inputs(node) if name]
+        ins = [name for name in node_inputs(node) if name]
         undefined = [name for name in ins if name not in self.level]
         if undefined:
             raise CompilerError(f"partition: node {node.name or node.output[0]!r} reads {undefined}, which no node, input or "
@@ -194,18 +184,6 @@ class _Analysis:
             CONSTANT: "constant: from weights only, copied where needed",
         }[level]
 
-    def shape(self, name: str) -> tuple | None:
-        t = self.types.get(name)
-        if t is None or not t.tensor_type.HasField("shape"):
-            return None
-        return tuple(
-            d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
-            for d in t.tensor_type.shape.dim
-        )
-
-    def dtype(self, name: str) -> str:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(self.types[name].tensor_type.elem_type)).name
-
     def nbytes(self, name: str, symbol_size: int = 10_000) -> float:
         """Bytes of a value with every symbolic dim taken as `symbol_size`: only used to compare two values."""
         shape = self.shape(name)
@@ -252,8 +230,8 @@ def _build(model: onnx.ModelProto, a: _Analysis, moved: set[int], names: Mapping
         )
 
     renamed = _cut_names(a, crossing, names)
-    encoder_inputs = [i for i in request_graph_inputs if any(i in _node_inputs(n) for n in encoder_nodes)]
-    candidate_inputs = [i for i in candidate_graph_inputs if any(i in _node_inputs(n) for n in scorer_nodes)]
+    encoder_inputs = [i for i in request_graph_inputs if any(i in node_inputs(n) for n in encoder_nodes)]
+    candidate_inputs = [i for i in candidate_graph_inputs if any(i in node_inputs(n) for n in scorer_nodes)]
     encoder = _extract(a, model, encoder_nodes, encoder_inputs, [t for t in crossing if t not in request_graph_inputs], renamed, "history_encoder")
     scorer = _extract(a, model, scorer_nodes, crossing + candidate_inputs, [o.name for o in graph.output], renamed, "candidate_scorer")
     for half, role in ((encoder, "encoder"), (scorer, "scorer")):
@@ -285,7 +263,7 @@ def _walk_back(a: _Analysis, core: list[onnx.NodeProto], request_side: bool):
     """
     made = {o for n in core for o in n.output}
     reads, helpers, shape_reads, seen = [], [], [], set()
-    pending = [name for n in core for name in _node_inputs(n)]
+    pending = [name for n in core for name in node_inputs(n)]
     while pending:
         name = pending.pop()
         if not name or name in seen or name in made:
@@ -301,7 +279,7 @@ def _walk_back(a: _Analysis, core: list[onnx.NodeProto], request_side: bool):
             shape_reads.append(node)
             continue
         helpers.append(node)
-        pending.extend(_node_inputs(node))
+        pending.extend(node_inputs(node))
     return reads, helpers, shape_reads
 
 
@@ -313,7 +291,7 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     waiting = [0] * len(nodes)  # inputs each node still waits for
     readers: dict[int, list[int]] = {}
     for k, node in enumerate(nodes):
-        for value in set(_node_inputs(node)):
+        for value in set(node_inputs(node)):
             if value and value not in available and value in producer:
                 waiting[k] += 1
                 readers.setdefault(producer[value], []).append(k)
@@ -410,7 +388,7 @@ def _extract(
     graph_name: str,
 ) -> onnx.ModelProto:
     """A standalone model of `nodes`, with the cut tensors renamed and only the weights it reads."""
-    used = {name for n in nodes for name in _node_inputs(n)}
+    used = {name for n in nodes for name in node_inputs(n)}
     made = {o for n in nodes for o in n.output}
     new_nodes = [copy.deepcopy(n) for n in nodes]
     for n in new_nodes:
@@ -434,32 +412,6 @@ def _extract(
     )
     half.functions.extend(f for f in model.functions if any((n.domain, n.op_type) == (f.domain, f.name) for n in nodes))
     return half
-
-
-def rename_node(node: onnx.NodeProto, renamed: Mapping[str, str]) -> None:
-    """Rename the values a node (and any subgraph in it) reads and writes, by `renamed` (old -> new)."""
-    for i, name in enumerate(node.input):
-        node.input[i] = renamed.get(name, name)
-    for i, name in enumerate(node.output):
-        node.output[i] = renamed.get(name, name)
-    for g in _subgraphs(node):
-        for sub in g.node:
-            rename_node(sub, renamed)
-
-
-def _node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Explicit inputs plus the outer-scope values its subgraphs (If, Loop, Scan) read."""
-    names = list(node.input)
-    for g in _subgraphs(node):
-        local = {i.name for i in g.input} | {init.name for init in g.initializer}
-        for sub in g.node:
-            names.extend(i for i in _node_inputs(sub) if i and i not in local)
-            local.update(sub.output)
-    return names
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
 def _ordered(a: _Analysis, names: list[str]) -> list[str]:

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from compiler.errors import CompilerError
+from compiler.graph_index import GraphIndex
 from compiler.log import log
+from compiler.names import ENCODER, FUSED, SCORER, SHORT_NAMES
 from compiler.partition import Split
 from compiler.runtime import OrtGraph, with_cut
 
@@ -90,7 +92,8 @@ class Halves:
     whole: onnx.ModelProto | None = None  # the unsplit graph at --precision, when the baselines are built
 
     def graphs(self) -> dict[str, onnx.ModelProto]:
-        return {"encoder": self.encoder, "scorer": self.scorer, **({"fused": self.whole} if self.whole is not None else {})}
+        graphs = {ENCODER: self.encoder, SCORER: self.scorer, **({FUSED: self.whole} if self.whole is not None else {})}
+        return {SHORT_NAMES[name]: graph for name, graph in graphs.items()}
 
 
 def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None) -> Halves:
@@ -99,10 +102,10 @@ def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.Mo
     if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
         raise CompilerError("precision int8: no calibration set given")
     details = {}
-    encoder, details["encoder"] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration))
-    scorer, details["scorer"] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration))
+    encoder, details[SHORT_NAMES[ENCODER]] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration))
+    scorer, details[SHORT_NAMES[SCORER]] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration))
     if whole is not None:
-        whole, details["fused"] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration))
+        whole, details[SHORT_NAMES[FUSED]] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration))
     if calibration is not None:
         details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
                                   "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
@@ -120,15 +123,10 @@ def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds)
 
 def length_reductions(model: onnx.ModelProto, dim: str = "L") -> dict[str, str]:
     """Nodes that sum, average or normalise over the symbolic dim `dim`: node name -> why."""
-    shapes = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    index = GraphIndex(model.graph)
     found = {}
     for node in model.graph.node:
-        shape = shapes.get(node.input[0]) if node.input else None
+        shape = index.shape(node.input[0]) if node.input else None
         if not shape:
             continue
         if node.op_type in ("MatMul", "Gemm"):
@@ -140,8 +138,8 @@ def length_reductions(model: onnx.ModelProto, dim: str = "L") -> dict[str, str]:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if node.op_type in ("Softmax", "LogSoftmax"):
                 axes = [attrs.get("axis", -1)]
-            elif len(node.input) > 1 and node.input[1] in consts:
-                axes = list(consts[node.input[1]].reshape(-1))
+            elif len(node.input) > 1 and index.constant(node.input[1]) is not None:
+                axes = list(index.constant(node.input[1]).reshape(-1))
             else:
                 axes = attrs.get("axes", range(len(shape)))  # no axes: a reduction over everything
             if any(shape[int(a)] == dim for a in axes):
@@ -151,7 +149,7 @@ def length_reductions(model: onnx.ModelProto, dim: str = "L") -> dict[str, str]:
 
 def discretization_inputs(model: onnx.ModelProto) -> dict[str, str]:
     """Float nodes upstream of a discontinuous op (a bucketing, a threshold): node name -> why."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = GraphIndex(model.graph).producer
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
     int_casts = [n for n in model.graph.node if n.op_type == "Cast" and
                  any(a.name == "to" and a.i not in float_types | {onnx.TensorProto.BOOL} for a in n.attribute)]
@@ -210,7 +208,8 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
         )
         quantized = onnx.load(str(target))
     q = Counter(n.op_type for n in quantized.graph.node)
-    quantized_ops = Counter(_consumer_op(quantized, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
+    index = GraphIndex(quantized.graph)
+    quantized_ops = Counter(_consumer_op(index, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
     details = {"precision": "int8", "tool": "modelopt.onnx.quantization", "qdq_pairs": q["QuantizeLinear"],
                "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
                "high_precision": cfg.int8_high_precision, "calibration_method": cfg.calibration_method}
@@ -221,15 +220,8 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
 
 def attention_matmuls(model: onnx.ModelProto) -> list[str]:
     """MatMuls whose two inputs are both activations (QK^T, alpha V), not activation x weight."""
-    weights = {init.name for init in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    producer = {o: n for n in model.graph.node for o in n.output}
-
-    def from_weights(name: str) -> bool:  # a weight seen through Transpose/Reshape/Cast is still a weight
-        while name not in weights and name in producer and producer[name].op_type in ("Transpose", "Reshape", "Cast", "Unsqueeze"):
-            name = producer[name].input[0]
-        return name in weights
-
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(from_weights(i) for i in n.input)]
+    index = GraphIndex(model.graph)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(index.is_weight(i) for i in n.input)]
 
 
 class _Reader:
@@ -262,18 +254,17 @@ def _scorer_feeds(served_encoder: onnx.ModelProto, scorer: onnx.ModelProto, cali
 
 
 def _node_precisions(model: onnx.ModelProto) -> dict:
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
-    counts = Counter()
+    index, counts = GraphIndex(model.graph), Counter()
     for node in model.graph.node:
         if node.op_type == "Cast":
             continue
-        elem = types.get(node.output[0])
+        elem = index.elem_type(node.output[0])
         counts["fp16" if elem == onnx.TensorProto.FLOAT16 else "fp32" if elem == onnx.TensorProto.FLOAT else "other"] += 1
     return dict(counts)
 
 
-def _consumer_op(model: onnx.ModelProto, dq: onnx.NodeProto) -> str:
-    return next((n.op_type for n in model.graph.node if dq.output[0] in n.input), "graph output")
+def _consumer_op(index: GraphIndex, dq: onnx.NodeProto) -> str:
+    return next((n.op_type for n in index.consumers.get(dq.output[0], [])), "graph output")
 
 
 @contextlib.contextmanager
