@@ -39,9 +39,9 @@ def cmd_build(args) -> int:
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
     result = build(cfg)
-    v = result.manifest["verification"]
-    log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.manifest["precision"],
-             v["max_abs_error"], "gates passed" if v["passed"] else "GATES MISSED (accepted)", result.out / "report.md")
+    v = result.verification
+    log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.precision,
+             v.max_abs_error, "gates passed" if v.passed else "GATES MISSED (accepted)", result.out / "report.md")
     return 0
 
 
@@ -71,13 +71,12 @@ def _sweep_table(result) -> list[str]:
 
 def cmd_cut(args) -> int:
     """Export and split a model, and print what crosses the cut (no verification, no output files)."""
-    from compiler.build import BuildConfig, cut_entries, plan_cut
+    from compiler.build import BuildConfig, plan_cut
     from compiler.report import cut_table
 
     cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history)
     model, _, _, parts = plan_cut(cfg)
-    entries = cut_entries(parts.cut, model.config.max_history)
-    print("\n".join(cut_table(entries["cut"], entries["shared_weights"], model.config.max_history)))
+    print("\n".join(cut_table(parts.cut, model.config.max_history)))
     return 0
 
 
@@ -119,7 +118,7 @@ def cmd_serve(args) -> int:
 def cmd_score(args) -> int:
     """Score one request (a JSON file, or a generated one) on a served repository and print the ranking."""
     from compiler.client import ScoringClient
-    from compiler.requests import RequestError, load_request, save_request
+    from compiler.contract import RequestError, load_request, save_request
 
     client = ScoringClient(args.url, args.protocol)
     if args.request is not None:

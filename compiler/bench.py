@@ -30,7 +30,8 @@ from compiler.data import kuairand_lengths, sample_requests
 from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, NAIVE, TORCH
 from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
-from compiler.model import REQUEST_INPUTS, STCAConfig
+from compiler.contract import REQUEST_INPUTS
+from compiler.model import STCAConfig
 from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
@@ -61,12 +62,17 @@ class BenchConfig:
     out: Path = Path("benchmarks/results")
     work: Path | None = None  # where repositories are built; None: a temporary directory
 
+    def perf_settings(self) -> dict:
+        """perf()'s measurement settings under this config."""
+        return {"window_requests": self.window_requests, "protocol": self.protocol,
+                "stability_percentage": self.stability_percentage, "timeout_s": max(600.0, self.cell_budget_s * 4)}
+
 
 @dataclass
 class Cell:
     precision: str
     model: str
-    load: str  # "L=2000 N=128" or "mixed N=128"
+    load: str  # load_label(L, N), or "mixed N=128"
     history: float  # L, or the mean L of the mixed load
     candidates: int
     flops_per_request: float
@@ -105,22 +111,28 @@ class UnstableMeasurement(CompilerError):
     """perf_analyzer's windows never agreed within the stability percentage."""
 
 
-def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig, csv_path: Path) -> dict:
+def load_label(history: int, candidates: int) -> str:
+    """The name of a fixed-size load: every request with `history` items and `candidates` candidates."""
+    return f"L={history:.0f} N={candidates}"
+
+
+def perf(model: str, url: str, inputs: Path, concurrency: int, csv_path: Path, *, window_requests: int, protocol: str = "http",
+         stability_percentage: int = 50, timeout_s: float = 600.0) -> dict:
     """One perf_analyzer run at one concurrency; returns its CSV row (latencies in microseconds).
 
     Where the windows do not agree within the stability percentage, the window is doubled (more requests
     average out two shared cores' jitter), twice, before UnstableMeasurement."""
     binary, env = perf_analyzer_binary()
-    for window in (cfg.window_requests, 2 * cfg.window_requests, 4 * cfg.window_requests):
+    for window in (window_requests, 2 * window_requests, 4 * window_requests):
         command = [
-            binary, "-m", model, "-u", url, "-i", cfg.protocol, "--input-data", str(inputs),
+            binary, "-m", model, "-u", url, "-i", protocol, "--input-data", str(inputs),
             "--concurrency-range", f"{concurrency}:{concurrency}",
             # count windows, not time windows: a 2-core machine rarely holds 10% stability between short windows
             "--measurement-mode", "count_windows", "--measurement-request-count", str(window),
-            "--max-trials", "5", "--stability-percentage", str(cfg.stability_percentage), "-f", str(csv_path),
+            "--max-trials", "5", "--stability-percentage", str(stability_percentage), "-f", str(csv_path),
         ]
         csv_path.unlink(missing_ok=True)
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(600, cfg.cell_budget_s * 4),
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s,
                                 preexec_fn=die_with_parent)
         output = result.stdout + result.stderr
         if result.returncode == 0 and csv_path.is_file():
@@ -128,9 +140,9 @@ def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig,
         if "Failed to obtain stable measurement" not in output:
             raise CompilerError(f"bench: perf_analyzer failed on {model} (exit {result.returncode}): {output[-800:]}")
         log.info("bench: %s at concurrency %d not stable within %s%% over windows of %d requests", model, concurrency,
-                 cfg.stability_percentage, window)
+                 stability_percentage, window)
     else:
-        raise UnstableMeasurement(f"{model} at concurrency {concurrency}: no {cfg.stability_percentage}% stable measurement "
+        raise UnstableMeasurement(f"{model} at concurrency {concurrency}: no {stability_percentage}% stable measurement "
                                   f"in 5 windows of up to {window} requests")
     with csv_path.open() as f:
         row = next(csv.DictReader(f))
@@ -142,7 +154,7 @@ def perf(model: str, url: str, inputs: Path, concurrency: int, cfg: BenchConfig,
 def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
     """Every model x every load, on one server with the same input files; each perf_analyzer run also records
     where its requests' time went in each composing model (server_stats)."""
-    loads = [(f"L={L} N={N}", [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
+    loads = [(load_label(L, N), [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
     mixed = kuairand_lengths(4 * cfg.requests_per_input, config.max_history, seed=3)
     loads.append((f"mixed N={cfg.mixed_candidates}", list(mixed), cfg.mixed_candidates))
     cells = []
@@ -164,7 +176,7 @@ def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig,
                 for concurrency in cfg.concurrency:
                     before = server_stats.snapshot(url) if cfg.protocol == "http" else None
                     try:
-                        row = perf(model, url, inputs, concurrency, cfg, work / "last.csv")
+                        row = perf(model, url, inputs, concurrency, work / "last.csv", **cfg.perf_settings())
                     except UnstableMeasurement as e:
                         cell.unstable.append(str(e))
                         continue
@@ -206,8 +218,8 @@ def cache_experiment(cached_url: str, plain_url: str, metrics_url: str, config: 
     client.close()
     after = _cache_counts(metrics_url)
     inputs = write_input_file(work / "cache.json", requests)
-    cached = perf(ENSEMBLE, cached_url, inputs, 1, cfg, work / "cache.csv")
-    plain = perf(ENSEMBLE, plain_url, inputs, 1, cfg, work / "plain.csv")
+    cached = perf(ENSEMBLE, cached_url, inputs, 1, work / "cache.csv", **cfg.perf_settings())
+    plain = perf(ENSEMBLE, plain_url, inputs, 1, work / "plain.csv", **cfg.perf_settings())
     hits, misses = after[0] - before[0], after[1] - before[1]
     return {"users": cfg.cache_users, "requests_per_user": cfg.cache_repeats, "history": config.max_history,
             "candidates": cfg.mixed_candidates, "hits": hits, "misses": misses, "hit_rate": hits / max(hits + misses, 1),
@@ -231,28 +243,16 @@ def _cache_counts(metrics_url: str) -> tuple[float, float]:
     return counts["nv_cache_num_hits_per_model"], counts["nv_cache_num_misses_per_model"]
 
 
-def _source_model(source: dict, config: STCAConfig):
-    """The PyTorch model a build came from, as its manifest records it."""
-    from compiler.load import load_model, seeded_model
-    from compiler.model import preset
-
-    if source["kind"] == "seeded":
-        return seeded_model(preset(source["preset"], max_history=config.max_history))
-    return load_model(Path(source["path"]), max_history=config.max_history)
-
-
-def attention_check(base, config: STCAConfig, history: int, candidates: tuple[int, ...], repeats: int = 7) -> list[dict]:
+def attention_check(base, history: int, candidates: tuple[int, ...], repeats: int = 7) -> list[dict]:
     """Time both attention forms of the same weights (`base`, an STCA model; split graphs in ONNX Runtime) and
     compare the faster one with the cost model's pick, at each N."""
-    from compiler.export import export
+    from compiler.build import cut_model
     from compiler.model import with_attention
-    from compiler.partition import split
     from compiler.runtime import OrtGraph, SplitRunner
 
-    runners = {}
+    config, runners = base.config, {}
     for form in ("kv", "reordered"):
-        model = with_attention(base, form)
-        parts = split(export(model).model, REQUEST_INPUTS, model.cut_tensor_names())
+        _, parts = cut_model(with_attention(base, form))
         runners[form] = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
     rows = []
     for N in candidates:
@@ -291,47 +291,44 @@ def run(cfg: BenchConfig) -> Path:
             peak = gemm_peak_flops()
             s.summary = f"{peak / 1e9:.0f} GFLOP/s (fp32 matmul 2048^3, PyTorch)"
 
-        def repo(label: str, precision: str, tuned: bool = True, **emit) -> tuple[Path, dict]:
-            target = work / f"repo-{label}"
-            result = build(BuildConfig(out=target, checkpoint=cfg.checkpoint, preset=cfg.preset, max_history=cfg.max_history,
-                                       precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
+        def repo(label: str, precision: str, tuned: bool = True, **emit):
+            """A built (and tuned) repository, and its thread budget as measured."""
+            result = build(BuildConfig(out=work / f"repo-{label}", checkpoint=cfg.checkpoint, preset=cfg.preset,
+                                       max_history=cfg.max_history, precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
                                        verify=cfg.verify, accept_accuracy_loss=True))  # a missed gate is recorded, not a lost run
             if not (cfg.tune and tuned):
-                return target, result.manifest
+                return result, result.thread_budget
             # half-length windows: tune only ranks four budgets, and the benchmark then measures the chosen one in full
-            tune(TuneConfig(repo=target, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol))
-            return target, json.loads((target / "manifest.json").read_text())
+            tuning = tune(TuneConfig(repo=result.out, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2),
+                                     protocol=cfg.protocol))
+            return result, tuning.thread_budget
 
         def server(path: Path) -> TritonServer:
             return TritonServer(ServerConfig.on_free_ports(path))
 
-        cells, manifests = [], {}
+        cells, built, budgets = [], {}, {}
         for precision in cfg.precisions:
-            path, manifests[precision] = repo(precision, precision, baselines=True)
-            config = STCAConfig.from_dict(manifests[precision]["model_config"])
-            with server(path) as triton:
+            built[precision], budgets[precision] = repo(precision, precision, baselines=True)
+            with server(built[precision].out) as triton:
                 url = triton.cfg.http_url if cfg.protocol == "http" else triton.cfg.grpc_url
                 with stage(f"bench: {precision} repository, {len(cfg.models)} models") as s:
-                    cells += bench_server(url, config, precision, cfg, work, peak)
+                    cells += bench_server(url, built[precision].config, precision, cfg, work, peak)
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
-        config = STCAConfig.from_dict(manifests[cfg.precisions[0]]["model_config"])
-        plain_path = work / f"repo-{cfg.precisions[0]}"
-        cached_path, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True)
-        with stage("bench: response cache on the history encoder") as s, server(cached_path) as cached, server(plain_path) as plain:
-            cache = cache_experiment(cached.cfg.http_url, plain.cfg.http_url, cached.cfg.metrics_url, config, cfg, work)
+        first = built[cfg.precisions[0]]
+        cached, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True)
+        with stage("bench: response cache on the history encoder") as s, server(cached.out) as cache_server, server(first.out) as plain:
+            cache = cache_experiment(cache_server.cfg.http_url, plain.cfg.http_url, cache_server.cfg.metrics_url, first.config, cfg, work)
             s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
         with stage("bench: attention form, cost model against measurement") as s:
-            attention = attention_check(_source_model(manifests[cfg.precisions[0]]["source"], config), config,
-                                        min(2_000, config.max_history), (4, 8, 16, 32, 64, 128, 512))
+            attention = attention_check(first.model, min(2_000, first.config.max_history), (4, 8, 16, 32, 64, 128, 512))
             s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,
-        "model_config": manifests[cfg.precisions[0]]["model_config"],
+        "model_config": first.config.to_dict(),
         "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention,
-        "thread_budgets": {p: manifests[p].get("thread_budget") for p in cfg.precisions},
-        "gates": {p: {"passed": manifests[p]["verification"]["passed"], "failures": manifests[p]["verification"].get("failures", [])}
-                  for p in cfg.precisions},
+        "thread_budgets": budgets,
+        "gates": {p: {"passed": built[p].verification.passed, "failures": list(built[p].verification.failures)} for p in cfg.precisions},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from compiler.budget import Placement
-from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH
+from compiler.bench import load_label
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SHORT_NAMES, TORCH
 
 NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
 
@@ -106,7 +107,6 @@ def _markdown(r: dict, stamp: str) -> list[str]:
 
 STAGES = ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
 STAGE_NAMES = {"queue_ms": "queue", "compute_input_ms": "input", "compute_infer_ms": "infer", "compute_output_ms": "output"}
-SHORT = {ENCODER: "encoder", SCORER: "scorer", FUSED: "fused", NAIVE: "point-wise", TORCH: "torch"}
 
 
 def stage_rows(cell: dict) -> dict[int, dict]:
@@ -185,7 +185,7 @@ def _plot_breakdown(path: Path, r: dict, stamp: str) -> None:
                         if part not in stages:
                             continue
                         value = stages[part][stage]
-                        name = f"{SHORT[part]} {STAGE_NAMES[stage]}"
+                        name = f"{SHORT_NAMES[part]} {STAGE_NAMES[stage]}"
                         ax.bar(i + offset, value, 0.38, bottom=bottom, color=colors[part][k], label=None if name in labelled else name)
                         labelled.add(name)
                         bottom += value
@@ -209,7 +209,7 @@ def _figure(n: int, title: str, stamp: str):
     return plt, fig, axes[0]
 
 
-def _plot_throughput(path: Path, r: dict, stamp: str, load: str = "L=2000 N=128") -> None:
+def _plot_throughput(path: Path, r: dict, stamp: str, load: str = load_label(2_000, 128)) -> None:
     precisions = r["config"]["precisions"]
     plt, fig, axes = _figure(len(precisions), f"Throughput against concurrency, {load}", stamp)
     for ax, precision in zip(axes, precisions):
@@ -229,7 +229,7 @@ def _plot_latency(path: Path, r: dict, stamp: str, candidates: int = 128) -> Non
     for ax, precision in zip(axes, precisions):
         for model in r["config"]["models"]:
             cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model and c["candidates"] == candidates
-                            and c["load"].startswith("L=") and c["rows"] and c["rows"][0]["concurrency"] == 1), key=lambda c: c["history"])
+                            and c["load"] == load_label(c["history"], c["candidates"]) and c["rows"] and c["rows"][0]["concurrency"] == 1), key=lambda c: c["history"])
             if cells:
                 ax.plot([c["history"] for c in cells], [c["rows"][0]["p50_ms"] for c in cells], marker="o", label=NAMES[model])
         ax.set(title=precision, xlabel="history length L", ylabel="p50 latency (ms)", xscale="log", yscale="log")

@@ -27,13 +27,13 @@ from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_mode
 from compiler.log import log, stage
 from compiler.costmodel import best_attention, crossover_candidates, served_cost, split_cost
 from compiler.cut_dtype import narrow_cut
-from compiler.model import PAD_ITEM_ID, REQUEST_INPUTS, STCA, preset, with_attention
+from compiler.contract import PAD_ITEM_ID, REQUEST_INPUTS, RequestLimits
+from compiler.model import STCA, STCAConfig, preset, with_attention
 from compiler.names import ENCODER, FUSED, SCORER
-from compiler.partition import split
+from compiler.partition import Cut, split
 from compiler.precision import PrecisionConfig, convert
-from compiler.requests import RequestLimits
 from compiler.runtime import OrtGraph, SplitRunner, with_cut
-from compiler.verify import VerifyConfig, least_precise, verify
+from compiler.verify import Verification, VerifyConfig, least_precise, verify
 
 BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
 DEFAULT_CALIBRATION_REQUESTS = 32
@@ -64,8 +64,67 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What build() made. manifest.json is this, written once (manifest()); report, demo and bench read the fields."""
+
     out: Path
-    manifest: dict
+    model: STCA  # the PyTorch fp32 model the repository serves (the gates' reference)
+    source: dict  # where the weights came from: {"kind": "demo" | "checkpoint" | "seeded", ...}
+    target: str  # python | onnxruntime | tensorrt
+    opset: int
+    precision: str  # the less precise half's
+    half_precisions: tuple[str, str]  # (encoder, scorer)
+    precisions: dict  # per half and the cut: what the precision stage converted, kept and why
+    cut: Cut  # the tensors crossing the split, with the dtypes they are served in
+    placement: dict  # node -> why it is on its side of the cut
+    limits: RequestLimits
+    verification: Verification
+    lint: tuple[lint.LintReport, ...]
+    thread_budget: dict | None  # CPU targets: the placements the configs hold (compiler.budget)
+    engines: dict | None  # tensorrt: the plans' details and their own verification
+    accepted_accuracy_loss: bool
+    machine: dict
+    versions: dict
+    created: str
+    build_seconds: float
+    plots: dict = field(default_factory=dict)  # name -> file in out/
+    files: dict = field(default_factory=dict)  # path -> sha256 of every file of the build but manifest.json
+
+    @property
+    def config(self) -> STCAConfig:
+        return self.model.config
+
+    @property
+    def models(self) -> dict[str, Path]:
+        """Each served model's directory, by name."""
+        return {p.parent.name: p.parent for p in sorted(self.out.glob("*/config.pbtxt"))}
+
+    @property
+    def manifest(self) -> dict:
+        c = self.config
+        return {
+            "format": BUILD_FORMAT,
+            "version": BUILD_VERSION,
+            "created": self.created,
+            "build_seconds": self.build_seconds,
+            "precision": self.precision,
+            "precisions": self.precisions,
+            "target": self.target,
+            "model_config": c.to_dict(),
+            "source": self.source,
+            "versions": self.versions,
+            "machine": self.machine,
+            "export": {"opset": self.opset, "dynamic_dims": {"L": [1, c.max_history], "N": [1, c.max_candidates]}},
+            "request_limits": self.limits.to_dict(),
+            **cut_entries(self.cut, c.max_history),
+            "placement": self.placement,
+            "verification": self.verification.to_dict(),
+            "accepted_accuracy_loss": self.accepted_accuracy_loss,
+            **({"thread_budget": self.thread_budget} if self.thread_budget else {}),
+            "lint": [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in self.lint],
+            **({"engines": self.engines} if self.engines else {}),
+            "plots": self.plots,
+            "files": self.files,
+        }
 
 
 def build(cfg: BuildConfig) -> BuildResult:
@@ -97,24 +156,30 @@ def build(cfg: BuildConfig) -> BuildResult:
     limits = RequestLimits.of(c)
     warmup = with_cut(runner.encoder, next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                                          n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs)
-    emit_cfg = replace(cfg.emit, target=target, tensorrt_profiles=len(plans.details["profiles"]) if plans else 1)
+    deployment = emit_stage.deployment(cfg.emit, target, len(plans.details["profiles"]) if plans else 1)
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
             checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint") if cfg.emit.baselines else None
             graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None, checkpoint)
-            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, emit_cfg)
+            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, deployment)
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
-        manifest = _manifest(cfg, model, source, exported.opset, cut, halves, verification, limits, target, started)
-        if emit_cfg.resolved_device == "cpu":
-            manifest["thread_budget"] = thread_budget(emit_cfg.resolved_cpu_threads, emit_cfg.placements(), "plan")
-        manifest["lint"] = [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in lint_reports]
-        if plans:
-            manifest["engines"] = plans.details
-        manifest["plots"] = {"error_vs_length": report.plot_error_vs_length(tmp, verification).name}
-        report.write(tmp, manifest, verification)
-        manifest["files"] = hash_tree(tmp)  # every file written, report.md included
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return BuildResult(Path(cfg.out), manifest)
+        result = BuildResult(
+            out=Path(cfg.out), model=model, source=source, target=target, opset=exported.opset,
+            precision=least_precise(halves.encoder_precision, halves.scorer_precision),
+            half_precisions=(halves.encoder_precision, halves.scorer_precision),
+            precisions=dict(halves.details),
+            cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
+            thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(), "plan") if deployment.device == "cpu" else None,
+            engines=plans.details if plans else None,
+            accepted_accuracy_loss=bool(cfg.accept_accuracy_loss and not verification.passed),
+            machine=machine(), versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            build_seconds=round(time.time() - started, 1),
+            plots={"error_vs_length": report.plot_error_vs_length(tmp, verification).name},
+        )
+        report.write(tmp, result)
+        result = replace(result, files=hash_tree(tmp))  # every file written, report.md included
+        (tmp / MANIFEST).write_text(json.dumps(result.manifest, indent=2) + "\n")
+    return result
 
 
 def _narrow_cut(halves, cut, c):
@@ -171,9 +236,15 @@ def plan_cut(cfg: BuildConfig):
         model, source = _load(cfg)
         c = model.config
         s.summary = f"{source['kind']} model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
+    return (model, source, *cut_model(model, cfg.opset))
+
+
+def cut_model(model: STCA, opset: int = 18):
+    """The export and partition stages: (exported, split) of a loaded model."""
+    c = model.config
     with stage("export") as s:
-        exported = export(model, cfg.opset)
-        s.summary = f"{len(exported.model.graph.node)} nodes, opset {cfg.opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
+        exported = export(model, opset)
+        s.summary = f"{len(exported.model.graph.node)} nodes, opset {opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
     with stage("partition") as s:
         parts = split(exported.model, REQUEST_INPUTS, model.cut_tensor_names())
         mb = (parts.cut.bytes_per_request({"L": c.max_history}) or 0) / 1e6
@@ -181,7 +252,7 @@ def plan_cut(cfg: BuildConfig):
             f"{len(parts.encoder.graph.node)} nodes -> encoder, {len(parts.scorer.graph.node)} -> scorer; "
             f"{len(parts.cut.tensors)} tensors cross, {mb:.1f} MB/request at L={c.max_history}"
         )
-    return model, source, exported, parts
+    return exported, parts
 
 
 def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
@@ -235,29 +306,6 @@ def _is_build(directory: Path) -> bool:
         for p in directory.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts  # bytecode an older server wrote beside model.py
     )
-
-
-def _manifest(cfg, model, source, opset, cut, halves, verification, limits, target, started) -> dict:
-    c = model.config
-    return {
-        "format": BUILD_FORMAT,
-        "version": BUILD_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "build_seconds": round(time.time() - started, 1),
-        "precision": least_precise(halves.encoder_precision, halves.scorer_precision),
-        "precisions": {"encoder": halves.encoder_precision, "scorer": halves.scorer_precision, **halves.details},
-        "target": target,
-        "model_config": c.to_dict(),
-        "source": source,
-        "versions": versions(),
-        "machine": machine(),
-        "export": {"opset": opset, "dynamic_dims": {"L": [1, c.max_history], "N": [1, c.max_candidates]}},
-        "request_limits": limits.to_dict(),
-        **cut_entries(cut, c.max_history),
-        "placement": dict(cut.placement),
-        "verification": verification.to_dict(),
-        "accepted_accuracy_loss": bool(cfg.accept_accuracy_loss and not verification.passed),
-    }
 
 
 def cut_entries(cut, history_length: int) -> dict:

@@ -5,7 +5,6 @@ from pathlib import Path
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
-from compiler.load import load_config
 from compiler.log import log
 from compiler.serve import ServerConfig, TritonServer
 
@@ -14,8 +13,7 @@ def run_demo(out: Path = Path("triton_repo"), checkpoint: Path | None = None, hi
              n_candidates: int = 128, top: int = 10) -> str:
     """Returns the ranking table it printed. Without a checkpoint: the trained demo model."""
     result = build(BuildConfig(out=out, checkpoint=checkpoint))
-    config = load_config(Path(result.manifest["source"]["path"]))
-    request = next(sample_requests(config, [history_length], seed=2_026, n_candidates=n_candidates)).inputs
+    request = next(sample_requests(result.config, [history_length], seed=2_026, n_candidates=n_candidates)).inputs
     server_cfg = ServerConfig.on_free_ports(out)
     with TritonServer(server_cfg):
         client = ScoringClient(server_cfg.http_url)

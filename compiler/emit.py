@@ -30,7 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from compiler import budget
 from compiler.errors import CompilerError
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
-from compiler.requests import RequestLimits
+from compiler.contract import RequestLimits
 
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 DEVICES = ("cpu", "gpu")
@@ -50,7 +50,6 @@ class EmitConfig:
     instances: int | None = None  # per composing model; None: 1 on a GPU, the thread budget's on a CPU
     device: str | None = None  # "cpu" or "gpu"; None: cpu for the python target, gpu for onnxruntime and tensorrt
     cpu_threads: int = 0  # the cores the served repository may use (compiler.budget); 0: this machine's
-    tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
     baselines: bool = False
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
@@ -71,17 +70,30 @@ class EmitConfig:
         if self.device == "gpu" and self.target == "python":
             raise CompilerError("device gpu: the python target runs ONNX Runtime on the CPU (use --target onnxruntime or tensorrt)")
 
-    @property
-    def resolved_device(self) -> str:
-        return self.device or ("cpu" if self.target == "python" else "gpu")
 
-    @property
-    def resolved_cpu_threads(self) -> int:
-        return self.cpu_threads or budget.machine_threads()
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a repository is written for: the user's EmitConfig with the target, device and cores resolved
+    (the user's config is never rewritten)."""
+
+    options: EmitConfig
+    target: str  # one of TARGETS
+    device: str  # cpu | gpu
+    cpu_threads: int  # the cores the CPU thread budget shares
+    tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
 
     def placements(self) -> dict[str, budget.Placement]:
         """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores)."""
-        return budget.plan(self.resolved_cpu_threads, self.instances)
+        return budget.plan(self.cpu_threads, self.options.instances)
+
+
+def deployment(cfg: EmitConfig, target: str, tensorrt_profiles: int = 1) -> Deployment:
+    """cfg resolved for `target` (compiler.engines.resolve_target's answer) on this machine."""
+    if target not in TARGETS:
+        raise CompilerError(f"emit: target {target!r} must be resolved first (compiler.engines.resolve_target)")
+    device = cfg.device or ("cpu" if target == "python" else "gpu")
+    return Deployment(cfg, target, device, cfg.cpu_threads or budget.machine_threads(), tensorrt_profiles)
 
 
 @dataclass(frozen=True)
@@ -95,12 +107,10 @@ class Graphs:
     checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
-def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup: dict, cfg: EmitConfig) -> list[Path]:
+def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup: dict, cfg: Deployment) -> list[Path]:
     """Write every model directory of the repository into `repo` (which the caller owns); return the files.
     `warmup`: a real request's inputs and the encoder's outputs on it (compiler.runtime.with_cut), by name;
     each composing model warms up on the ones it reads."""
-    if cfg.target not in TARGETS:
-        raise CompilerError(f"emit: target {cfg.target!r} must be resolved first (compiler.engines.resolve_target)")
     if cfg.target == "tensorrt" and not graphs.plans:
         raise CompilerError("target tensorrt: no TensorRT plans were built (see compiler.engines)")
     missing = sorted(set(_io(graphs.scorer.graph.input)) - set(warmup))
@@ -112,7 +122,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
 
     placements = cfg.placements()
-    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.response_cache)
+    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
     written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, placements, graphs.plans)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
@@ -121,7 +131,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
-    if cfg.baselines:
+    if cfg.options.baselines:
         written += _composing_model(repo, FUSED, graphs.whole, limits, request, cfg, placements, graphs.plans)
         written += _naive_model(repo, graphs.whole, limits, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
@@ -129,7 +139,7 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     return written
 
 
-def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placements: dict, plans=None, cache: bool = False) -> list[Path]:
+def _composing_model(repo, name, graph, limits, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False) -> list[Path]:
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     config = _model_config(name, graph, limits)
@@ -139,21 +149,21 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placeme
         budget.configure(config, placements[name], "python")
         written += [_save_onnx(graph, version / "model.onnx")]
         written += _python_files(version, "onnx_model.py")
-    elif cfg.target == "onnxruntime" and cfg.resolved_device == "cpu":
+    elif cfg.target == "onnxruntime" and cfg.device == "cpu":
         config.platform = "onnxruntime_onnx"
         budget.configure(config, placements[name], "onnxruntime")
         written += [_save_onnx(graph, version / "model.onnx")]
     elif cfg.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
-        config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
-        if cfg.ort_trt_accelerator:
+        config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
+        if cfg.options.ort_trt_accelerator:
             accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             accel.parameters["precision_mode"] = "FP16" if _has_fp16(graph) else "FP32"
             accel.parameters["max_workspace_size_bytes"] = str(4 << 30)
         written += [_save_onnx(graph, version / "model.onnx")]
     else:
         config.platform = "tensorrt_plan"
-        group = config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
+        group = config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
         group.profile.extend(str(i) for i in range(cfg.tensorrt_profiles))  # the backend picks one per request
         plan = version / "model.plan"
         plan.write_bytes(plans[name])
@@ -165,15 +175,15 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: EmitConfig, placeme
     return written
 
 
-def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig, placement: budget.Placement) -> list[Path]:
+def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: Deployment, placement: budget.Placement) -> list[Path]:
     version = repo / NAIVE / "1"
     version.mkdir(parents=True, exist_ok=True)
     config = _model_config(NAIVE, whole, limits, backend="python")
     config.parameters["fused_model"].string_value = FUSED
-    if cfg.resolved_device == "cpu":
+    if cfg.device == "cpu":
         budget.configure(config, placement, "none")
     else:
-        config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "naive_model.py") + write_config(repo, config)
 
 
@@ -185,7 +195,7 @@ def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: R
     return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + write_config(repo, config)
 
 
-def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: EmitConfig) -> list[Path]:
+def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: Deployment) -> list[Path]:
     """A Python-backend model that checks a request against the contract and passes every input on, renamed
     VALIDATED_PREFIX + name, so the ensemble's C++-backend steps only ever see checked inputs."""
     version = repo / VALIDATOR / "1"
@@ -194,7 +204,7 @@ def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, 
     del config.output[:]
     for name, (dtype, dims) in _io(whole.graph.input).items():
         config.output.add(name=VALIDATED_PREFIX + name, data_type=TRITON_TYPES[dtype], dims=dims)
-    config.instance_group.add(count=cfg.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 
@@ -278,14 +288,21 @@ def write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
     return [path]
 
 
+# The Python-backend stub starts its interpreter with an isolated config (PYTHONDONTWRITEBYTECODE is ignored) and
+# imports model.py before any line of it runs, so Python would write __pycache__/ beside it and the served repository
+# would no longer match its manifest. A plain file of that name makes the write fail, which Python skips silently.
+PYCACHE_BLOCKER = "Not a directory on purpose: Python cannot write bytecode here, so this repository stays as built.\n"
+
+
 def _python_files(version: Path, template: str) -> list[Path]:
-    """model.py from a template, and the two modules it imports from beside itself."""
+    """model.py from a template, the two modules it imports from beside itself, and the bytecode blocker."""
     package = resources.files("compiler")
     files = {"model.py": package / "triton_python" / template, "stca_base_model.py": package / "triton_python" / "base_model.py",
-             "stca_requests.py": package / "requests.py"}
+             "stca_contract.py": package / "contract.py"}
     for name, source in files.items():
         (version / name).write_text(source.read_text())
-    return [version / name for name in files]
+    (version / "__pycache__").write_text(PYCACHE_BLOCKER)
+    return [version / name for name in (*files, "__pycache__")]
 
 
 def _save_onnx(graph: onnx.ModelProto, path: Path) -> Path:

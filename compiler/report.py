@@ -3,12 +3,14 @@
 from collections import Counter
 from pathlib import Path
 
+from compiler.partition import Cut
 from compiler.verify import TAU_MIN_CANDIDATES, Verification
 
 
-def write(directory: Path, manifest: dict, verification: Verification) -> Path:
+def write(directory: Path, result) -> Path:
+    """report.md of a compiler.build.BuildResult."""
     path = Path(directory) / "report.md"
-    path.write_text("\n".join(_lines(manifest, verification)) + "\n")
+    path.write_text("\n".join(_lines(result)) + "\n")
     return path
 
 
@@ -38,34 +40,33 @@ def plot_error_vs_length(directory: Path, verification: Verification) -> Path:
     return path
 
 
-def cut_table(tensors: list[dict], shared_weights: list[dict], history_length: int) -> list[str]:
-    """The cut as markdown table lines, from the manifest's "cut" and "shared_weights" entries."""
+def cut_table(cut: Cut, history_length: int) -> list[str]:
+    """The cut (compiler.partition.Cut) as markdown table lines, with bytes per request at history_length."""
+    dims = {"L": history_length}
     lines = [f"| tensor | dtype | shape | bytes/request at L={history_length} |", "|---|---|---|---:|"]
-    for t in tensors:
-        size = f"{t['bytes_per_request']:,}" if t["bytes_per_request"] is not None else "?"
-        lines.append(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {size} |")
-    sizes = [t["bytes_per_request"] for t in tensors]
-    lines.append(f"| **total** | | | **{sum(sizes):,}** |" if None not in sizes else "| **total** | | | ? |")
-    if shared_weights:
+    for t in cut.tensors:
+        size = t.bytes_per_request(dims)
+        lines.append(f"| `{t.name}` | {t.dtype} | {list(t.shape)} | {'?' if size is None else f'{size:,}'} |")
+    total = cut.bytes_per_request(dims)
+    lines.append("| **total** | | | ? |" if total is None else f"| **total** | | | **{total:,}** |")
+    if cut.shared_weights:
         lines += ["", "| weight both halves hold | bytes |", "|---|---:|"]
-        lines += [f"| `{w['name']}` | {w['bytes']:,} |" for w in shared_weights]
+        lines += [f"| `{w.name}` | {w.bytes:,} |" for w in cut.shared_weights]
     return lines
 
 
-def _lines(m: dict, v: Verification) -> list[str]:
-    c = m["model_config"]
-    L = m["cut_at_history_length"]
+def _lines(r) -> list[str]:
+    c, v, L = r.config, r.verification, r.config.max_history
+    origin = f"preset `{r.source['preset']}`" if r.source["kind"] == "seeded" else f"`{r.source['path']}`"
     lines = [
         "# stca-compiler build report",
         "",
-        f"- created {m['created']} in {m['build_seconds']} s on {m['machine']['platform']} ({m['machine']['cpus']} CPUs)",
-        f"- model: {m['source']['kind']} "
-        + (f"`{m['source'].get('path', m['source'].get('preset'))}`" if m["source"]["kind"] != "seeded" else f"preset `{m['source']['preset']}`")
-        + f"; D={c['n_heads'] * c['head_dim']} (h={c['n_heads']}, d_h={c['head_dim']}), M={c['n_layers']}, "
-        f"attention `{c['attention']}`, tasks {', '.join(c['tasks'])}",
-        f"- served limits: L <= {c['max_history']}, N <= {c['max_candidates']}; opset {m['export']['opset']}; target `{m['target']}`",
-        f"- precision: encoder {m['precisions']['encoder']}, scorer {m['precisions']['scorer']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- created {r.created} in {r.build_seconds} s on {r.machine['platform']} ({r.machine['cpus']} CPUs)",
+        f"- model: {r.source['kind']} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
+        f"attention `{c.attention}`, tasks {', '.join(c.tasks)}",
+        f"- served limits: L <= {c.max_history}, N <= {c.max_candidates}; opset {r.opset}; target `{r.target}`",
+        f"- precision: encoder {r.half_precisions[0]}, scorer {r.half_precisions[1]}",
+        "- versions: " + ", ".join(f"{k} {value}" for k, value in r.versions.items()),
         "",
         f"## Verification: {'PASSED' if v.passed else 'FAILED'} ({v.precision} thresholds)",
         "",
@@ -76,7 +77,7 @@ def _lines(m: dict, v: Verification) -> list[str]:
              f"|AUC delta| <= {th.auc_delta}" if th.auc_delta is not None else None]
     lines += [f"Gates: {'; '.join(g for g in gates if g)}. Scores of the compiled encoder + scorer (ONNX Runtime, CPU) "
               "against the PyTorch fp32 model on held-out synthetic requests.", ""]
-    if m.get("accepted_accuracy_loss"):
+    if r.accepted_accuracy_loss:
         lines += ["**Built with --accept-accuracy-loss: the gates below were missed.**", ""]
     lines += [
         "| L | N | requests | max abs error | mean abs error | Kendall tau (mean / min) | top-10 overlap | max abs AUC delta |",
@@ -91,15 +92,15 @@ def _lines(m: dict, v: Verification) -> list[str]:
     if v.auc:
         lines += ["", "AUC on labelled held-out requests (KuaiRand-1K lengths):", "",
                   "| task | PyTorch fp32 | compiled | delta |", "|---|---:|---:|---:|"]
-        lines += [f"| {task} | {r['reference']:.4f} | {r['compiled']:.4f} | {r['delta']:+.5f} |" for task, r in v.auc.items()]
+        lines += [f"| {task} | {row['reference']:.4f} | {row['compiled']:.4f} | {row['delta']:+.5f} |" for task, row in v.auc.items()]
     if v.failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in v.failures]
-    if (m.get("plots") or {}).get("error_vs_length"):
-        lines += ["", f"![score error against history length]({m['plots']['error_vs_length']})"]
+    if r.plots.get("error_vs_length"):
+        lines += ["", f"![score error against history length]({r.plots['error_vs_length']})"]
     lines += ["", f"## The cut (bytes per request at L={L})", "",
               "Tensors the history encoder computes once per request and every candidate's scoring reads.", ""]
-    lines += cut_table(m["cut"], m["shared_weights"], L)
-    placed = Counter(reason.split(":")[0] for reason in m["placement"].values())
+    lines += cut_table(r.cut, L)
+    placed = Counter(reason.split(":")[0] for reason in r.placement.values())
     lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
               "", "manifest.json lists the sha256 of every file of the build."]

@@ -48,10 +48,11 @@ class TuneConfig:
 class TuneResult:
     chosen: dict[str, budget.Placement]  # every placement the repository now holds
     sweep: list[dict]  # per candidate: its placements and each tuned model's best throughput
+    thread_budget: dict  # what the manifest now records (compiler.build.thread_budget)
 
 
 def tune(cfg: TuneConfig) -> TuneResult:
-    from compiler.bench import BenchConfig, perf, write_input_file
+    from compiler.bench import perf, write_input_file
     from compiler.data import kuairand_lengths, sample_requests
     from compiler.model import STCAConfig
     from compiler.serve import ServerConfig, TritonServer
@@ -67,7 +68,6 @@ def tune(cfg: TuneConfig) -> TuneResult:
     lengths = [cfg.history] * cfg.requests if cfg.history else kuairand_lengths(cfg.requests, config.max_history, seed=11)
     requests = [r.inputs for r in sample_requests(config, lengths, seed=12, n_candidates=cfg.candidates)]
     load = f"L={cfg.history}" if cfg.history else "KuaiRand-1K L"
-    bench_cfg = BenchConfig(window_requests=cfg.window_requests, protocol=cfg.protocol)
     sweep = []
     with tempfile.TemporaryDirectory(prefix="stca-tune-") as scratch, stage(f"tune: {cpu_threads} cores, {load}, N={cfg.candidates}") as s:
         inputs = write_input_file(Path(scratch) / "load.json", requests)
@@ -79,7 +79,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
             with TritonServer(ServerConfig.on_free_ports(copy)) as server:
                 url = server.cfg.http_url if cfg.protocol == "http" else server.cfg.grpc_url
                 for model in tuned:
-                    rows = [perf(model, url, inputs, c, bench_cfg, Path(scratch) / "perf.csv") for c in cfg.concurrency]
+                    rows = [perf(model, url, inputs, c, Path(scratch) / "perf.csv", window_requests=cfg.window_requests,
+                                 protocol=cfg.protocol) for c in cfg.concurrency]
                     top = max(rows, key=lambda r: r["throughput"])
                     entry["throughput"][model], entry["at_concurrency"][model] = top["throughput"], top["concurrency"]
             sweep.append(entry)
@@ -98,7 +99,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
         "load": load, "candidates_per_request": cfg.candidates, "requests": cfg.requests, "concurrency": list(cfg.concurrency),
         "choice": choice, "sweep": sweep})
     _write_manifest(repo, manifest)
-    return TuneResult(chosen, sweep)
+    return TuneResult(chosen, sweep, manifest["thread_budget"])
 
 
 def _read_manifest(repo: Path) -> dict:

@@ -6,11 +6,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.data import sample_requests
-from compiler.emit import EmitConfig, Graphs, emit, read_config
+from compiler.emit import EmitConfig, Graphs, deployment, emit, read_config
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, VALIDATOR
-from compiler.model import REQUEST_INPUTS
+from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
-from compiler.requests import RequestLimits
+from compiler.contract import RequestLimits
 from compiler.runtime import OrtGraph, with_cut
 from tests.models import stca
 
@@ -29,7 +29,8 @@ def emitted(tmp_path, graphs, **cfg):
     g, limits, warmup, _ = graphs
     if cfg.get("target") == "tensorrt":  # the configs are under test here, not the engines (tests/test_engines.py)
         g = Graphs(g.encoder, g.scorer, g.whole, plans={ENCODER: b"plan", SCORER: b"plan", FUSED: b"plan"})
-    emit(tmp_path, g, limits, ("finish", "skip", "like"), warmup, EmitConfig(**cfg))
+    options = EmitConfig(**cfg)
+    emit(tmp_path, g, limits, ("finish", "skip", "like"), warmup, deployment(options, options.target))
     return {p.parent.name: read_config(p) for p in tmp_path.glob("*/config.pbtxt")}
 
 
@@ -146,4 +147,4 @@ def test_warmup_values_without_the_cut_are_refused(tmp_path, graphs):
     g, limits, warmup, cut = graphs
     request_only = {k: v for k, v in warmup.items() if k not in {t.name for t in cut.tensors}}
     with pytest.raises(CompilerError, match="the warmup values lack"):
-        emit(tmp_path, g, limits, ("finish", "skip", "like"), request_only, EmitConfig())
+        emit(tmp_path, g, limits, ("finish", "skip", "like"), request_only, deployment(EmitConfig(), "python"))

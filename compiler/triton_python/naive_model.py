@@ -9,26 +9,23 @@ model has.
 import os
 import sys
 
-sys.dont_write_bytecode = True  # the repository may be read-only: never write into it
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
-from stca_requests import INPUTS  # noqa: E402
-
-PER_CANDIDATE = ("candidate_item_ids", "candidate_features")
+from stca_contract import CANDIDATE_INPUTS, INPUT_NAMES  # noqa: E402
 
 
 class TritonPythonModel(StcaModel):
     def setup(self, args):
         self.fused = self.params["fused_model"]
-        self.input_names = self.validated = list(INPUTS)
+        self.input_names = self.validated = list(INPUT_NAMES)
 
     def compute(self, inputs):
-        shared = [pb_utils.Tensor(name, inputs[name]) for name in INPUTS if name not in PER_CANDIDATE]
+        shared = [pb_utils.Tensor(name, inputs[name]) for name in INPUT_NAMES if name not in CANDIDATE_INPUTS]
         scores = []
         for j in range(len(inputs["candidate_item_ids"])):  # one candidate per call: the history is re-encoded every time
-            one = [pb_utils.Tensor(name, np.ascontiguousarray(inputs[name][j : j + 1])) for name in PER_CANDIDATE]
+            one = [pb_utils.Tensor(name, np.ascontiguousarray(inputs[name][j : j + 1])) for name in CANDIDATE_INPUTS]
             response = pb_utils.InferenceRequest(model_name=self.fused, requested_output_names=["scores"], inputs=shared + one).exec()
             if response.has_error():
                 raise RuntimeError(response.error().message())

@@ -1,17 +1,16 @@
 """Triton Python-backend model: one ONNX graph in an ONNX Runtime session, with request validation.
 
-Emitted by stca-compiler as <model>/1/model.py beside model.onnx, stca_base_model.py and stca_requests.py;
+Emitted by stca-compiler as <model>/1/model.py beside model.onnx, stca_base_model.py and stca_contract.py;
 needs numpy and onnxruntime in the server's Python.
 """
 
 import os
 import sys
 
-sys.dont_write_bytecode = True  # the repository may be read-only (object storage, a ConfigMap): never write into it
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnxruntime as ort  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
-from stca_requests import INPUTS  # noqa: E402
+from stca_contract import INPUT_NAMES  # noqa: E402
 
 
 class TritonPythonModel(StcaModel):
@@ -27,7 +26,7 @@ class TritonPythonModel(StcaModel):
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.validated = [name for name in self.input_names if name in INPUTS]
+        self.validated = [name for name in self.input_names if name in INPUT_NAMES]
 
     def compute(self, inputs):
         return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))

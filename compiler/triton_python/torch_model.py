@@ -8,13 +8,12 @@ virtualenv has both).
 import os
 import sys
 
-sys.dont_write_bytecode = True  # the repository may be read-only: never write into it
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
 
 from compiler.load import load_model  # noqa: E402
-from compiler.model import INPUT_NAMES  # noqa: E402
+from compiler.contract import INPUT_NAMES  # noqa: E402
 
 
 class TritonPythonModel(StcaModel):

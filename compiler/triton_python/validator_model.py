@@ -1,7 +1,7 @@
 """Triton Python-backend model: the ensemble's first step where the composing models run on a C++ backend.
 
 ONNX Runtime's and TensorRT's backends check only dtypes and ranks; this model checks a request against
-the whole contract (compiler.requests: dims within the built limits, ids in range, finite floats) and
+the whole contract (compiler.contract: dims within the built limits, ids in range, finite floats) and
 passes every input on unchanged under the name its config gives (the same order as the inputs), so a bad
 request gets an error naming the input instead of reaching the graphs. numpy only.
 """
@@ -10,7 +10,6 @@ import json
 import os
 import sys
 
-sys.dont_write_bytecode = True  # the repository may be read-only: never write into it
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
 

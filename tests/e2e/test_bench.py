@@ -1,7 +1,6 @@
 """perf_analyzer (the real binary) against the real server, and the response-cache experiment, in seconds."""
 
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -24,7 +23,7 @@ def test_perf_analyzer_runs_and_its_csv_is_parsed(triton, tiny_checkpoint, tmp_p
     requests = [r.inputs for r in sample_requests(config, [30, 80], seed=0, n_candidates=6)]
     inputs = write_input_file(tmp_path / "in.json", requests)
     assert len(json.loads(inputs.read_text())["data"]) == 2
-    row = perf(model, triton.cfg.http_url, inputs, 2, TINY, tmp_path / "out.csv")
+    row = perf(model, triton.cfg.http_url, inputs, 2, tmp_path / "out.csv", **TINY.perf_settings())
     assert row["concurrency"] == 2 and row["throughput"] > 0
     assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert row["server_compute_ms"] > 0
@@ -33,9 +32,9 @@ def test_perf_analyzer_runs_and_its_csv_is_parsed(triton, tiny_checkpoint, tmp_p
 def test_a_measurement_that_never_settles_is_retried_on_longer_windows_then_named(triton, tiny_checkpoint, tmp_path):
     config = load_config(tiny_checkpoint)
     inputs = write_input_file(tmp_path / "in.json", [next(sample_requests(config, [20], seed=0, n_candidates=4)).inputs])
-    never_stable = replace(TINY, stability_percentage=0, window_requests=2)  # three windows of equal throughput: never
+    never_stable = {**TINY.perf_settings(), "stability_percentage": 0, "window_requests": 2}  # three windows of equal throughput: never
     with pytest.raises(UnstableMeasurement, match="stca_fused at concurrency 1: no 0% stable measurement in 5 windows of up to 8 requests"):
-        perf("stca_fused", triton.cfg.http_url, inputs, 1, never_stable, tmp_path / "out.csv")
+        perf("stca_fused", triton.cfg.http_url, inputs, 1, tmp_path / "out.csv", **never_stable)
 
 
 def test_the_response_cache_answers_repeated_histories(tmp_path, tiny_checkpoint, served_repo):

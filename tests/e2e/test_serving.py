@@ -52,3 +52,16 @@ def test_rank_orders_candidates_by_score(triton, model):
     assert [score for _, _, score in top] == sorted((score for _, _, score in top), reverse=True)
     assert {item for _, item, _ in top} == set(request["candidate_item_ids"].tolist())
 
+
+
+def test_the_served_repository_stays_byte_identical_to_its_manifest(triton, served_repo, model):
+    """Every Python-backend model has imported and served (the stub would write __pycache__/ beside model.py):
+    the repository still holds exactly the files its manifest lists, with the same digests."""
+    import json
+
+    from compiler.artifacts import hash_tree
+
+    for name in ("stca", "stca_naive", "stca_torch"):  # naive calls fused: every model has served a request
+        ScoringClient(triton.cfg.http_url, model=name).score(next(sample_requests(model.config, [5], seed=9, n_candidates=2)).inputs)
+    manifest = json.loads((served_repo / "manifest.json").read_text())
+    assert {k: v for k, v in hash_tree(served_repo).items() if k != "manifest.json"} == manifest["files"]
