@@ -25,6 +25,7 @@ def built(tmp_path_factory, tiny_checkpoint) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_build_writes_the_two_graphs_manifest_and_report(built):
     assert (built / "stca_history_encoder" / "1" / "model.onnx").is_file()
     assert (built / "stca_candidate_scorer" / "1" / "model.onnx").is_file()
@@ -35,6 +36,7 @@ def test_build_writes_the_two_graphs_manifest_and_report(built):
     assert {"python", "torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
 
 
+@pytest.mark.slow
 def test_manifest_verification_covers_the_required_cases_within_1e_4(built):
     v = json.loads((built / "manifest.json").read_text())["verification"]
     cases = {(c["L"], c["N"]) for c in v["cases"]}
@@ -43,6 +45,7 @@ def test_manifest_verification_covers_the_required_cases_within_1e_4(built):
     assert max(c["max_abs_error"] for c in v["cases"]) == v["max_abs_error"]
 
 
+@pytest.mark.slow
 def test_manifest_cut_lists_each_crossing_tensor_with_its_bytes(built):
     manifest = json.loads((built / "manifest.json").read_text())
     cut = {t["name"]: t for t in manifest["cut"]}
@@ -53,6 +56,7 @@ def test_manifest_cut_lists_each_crossing_tensor_with_its_bytes(built):
     assert encoder_outputs == set(cut) - {"history_item_ids"}  # the same names reach the Triton configs
 
 
+@pytest.mark.slow
 def test_manifest_hashes_every_file_written(built):
     files = json.loads((built / "manifest.json").read_text())["files"]
     on_disk = {str(p.relative_to(built)) for p in built.rglob("*") if p.is_file()} - {"manifest.json"}
@@ -61,6 +65,7 @@ def test_manifest_hashes_every_file_written(built):
         assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest, name
 
 
+@pytest.mark.slow
 def test_rebuilding_over_an_earlier_build_replaces_it(built, tiny_checkpoint, tmp_path):
     out = tmp_path / "again"
     assert run_cli("build", "--checkpoint", tiny_checkpoint, "--out", out, "--attention", "reordered").returncode == 0
@@ -79,6 +84,21 @@ def assert_one_line_error(result, *fragments):
         assert fragment in last, last
 
 
+def run_cli_here(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI in this process: argument and input errors need no fresh interpreter (one costs seconds of imports).
+    An exception other than CompilerError propagates and fails the test, as a traceback would."""
+    from compiler.__main__ import main
+    from compiler.log import log
+
+    handlers, level, propagate = log.handlers[:], log.level, log.propagate
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        log.handlers[:], log.level, log.propagate = handlers, level, propagate
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["compiler", *map(str, args)], code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -89,33 +109,33 @@ def assert_one_line_error(result, *fragments):
         (["--opset", "23"], ["opset 23 is outside 17..20"]),
     ],
 )
-def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, args, fragments):
+def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, args, fragments):
     out = tmp_path / "out"
-    result = run_cli("build", *args, "--out", out)
+    result = run_cli_here(capsys, "build", *args, "--out", out)
     assert_one_line_error(result, *fragments)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_truncated_and_mismatched_checkpoints(tmp_path, tiny_checkpoint):
+def test_truncated_and_mismatched_checkpoints(tmp_path, capsys, tiny_checkpoint):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     data = (tiny_checkpoint / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[:1000])
-    assert_one_line_error(run_cli("build", "--checkpoint", bad, "--out", tmp_path / "o1"), "truncated")
+    assert_one_line_error(run_cli_here(capsys, "build", "--checkpoint", bad, "--out", tmp_path / "o1"), "truncated")
     meta = json.loads((tiny_checkpoint / "config.json").read_text())
     meta["model_config"]["n_layers"] = 3
     (bad / "config.json").write_text(json.dumps(meta))
     (bad / "model.safetensors").write_bytes(data)
-    assert_one_line_error(run_cli("build", "--checkpoint", bad, "--out", tmp_path / "o2"), "weights do not match its config")
+    assert_one_line_error(run_cli_here(capsys, "build", "--checkpoint", bad, "--out", tmp_path / "o2"), "weights do not match its config")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-def test_an_output_directory_that_is_not_a_build_is_left_alone(tmp_path, tiny_checkpoint):
+def test_an_output_directory_that_is_not_a_build_is_left_alone(tmp_path, capsys, tiny_checkpoint):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = run_cli("build", "--checkpoint", tiny_checkpoint, "--out", out)
+    result = run_cli_here(capsys, "build", "--checkpoint", tiny_checkpoint, "--out", out)
     assert_one_line_error(result, str(out), "exists and is not an earlier build")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -135,6 +155,7 @@ def tiny_calibration(tmp_path_factory, tiny_checkpoint) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fp16_build_passes_its_gate_and_reports_per_bucket(tmp_path, tiny_checkpoint):
     out = tmp_path / "fp16"
     result = run_cli("build", "--precision", "fp16", "--checkpoint", tiny_checkpoint, "--max-history", "4000", "--out", out)
@@ -149,6 +170,7 @@ def test_fp16_build_passes_its_gate_and_reports_per_bucket(tmp_path, tiny_checkp
     assert all(r["ok"] for r in manifest["lint"])
 
 
+@pytest.mark.slow
 def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, tiny_calibration):
     out = tmp_path / "int8"
     result = run_cli("build", "--precision", "int8", "--checkpoint", tiny_checkpoint, "--max-history", "2000",
@@ -161,6 +183,7 @@ def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, ti
     assert set(manifest["verification"]["auc"]) == {"finish", "skip", "like"}
 
 
+@pytest.mark.slow
 def test_a_missed_gate_writes_nothing_unless_accepted(tmp_path, tiny_checkpoint, monkeypatch):
     from compiler.build import BuildConfig, build
     from compiler.errors import CompilerError
@@ -177,6 +200,7 @@ def test_a_missed_gate_writes_nothing_unless_accepted(tmp_path, tiny_checkpoint,
     assert "Built with --accept-accuracy-loss" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_int8_without_a_calibration_set_makes_one_and_says_so(tmp_path, tiny_checkpoint):
     out = tmp_path / "int8"
     result = run_cli("build", "--precision", "int8", "--checkpoint", tiny_checkpoint, "--max-history", "1000",
@@ -187,6 +211,7 @@ def test_int8_without_a_calibration_set_makes_one_and_says_so(tmp_path, tiny_che
     assert calibration["count"] == 32 and len(calibration["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_tensorrt_target_without_tensorrt_stops_at_once_and_auto_falls_back(tmp_path, tiny_checkpoint):
     assert_one_line_error(run_cli("build", "--target", "tensorrt", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "t"),
                           "TensorRT is not installed here")

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from compiler.load import load_model
+
+pytestmark = pytest.mark.slow  # trains models
 
 
 def test_a_short_training_run_beats_chance(trained_checkpoint):
