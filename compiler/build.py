@@ -20,7 +20,7 @@ from compiler import emit as emit_stage
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import sample_requests
 from compiler.emit import EmitConfig, Graphs
-from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target, scores_with_plans
+from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
 from compiler.errors import CompilerError
 from compiler.export import export
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
@@ -207,8 +207,8 @@ def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):
         graphs = {ENCODER: halves.encoder, SCORER: halves.scorer, **({FUSED: halves.whole} if halves.whole else {})}
         plans = build_plans(graphs, profiles, cfg.engines)
         s.summary = f"TensorRT {plans.details['tensorrt']} on {plans.details['gpu']['name']}: {len(plans.plans)} plans"
-    encoder, scorer = TrtGraph(plans.plans[ENCODER]), TrtGraph(plans.plans[SCORER])
-    check = verify(model, lambda inputs: scores_with_plans(encoder, scorer, inputs), precision, cfg.verify)
+    runner = SplitRunner(TrtGraph(plans.plans[ENCODER], outputs_on_device=True), TrtGraph(plans.plans[SCORER]))
+    check = verify(model, runner.score, precision, cfg.verify)
     plans.details["verification"] = check.to_dict()
     if not check.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"engines: the TensorRT plans miss the {precision} gate ({'; '.join(check.failures[:3])})")

@@ -13,7 +13,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from compiler.errors import CompilerError
@@ -149,9 +148,11 @@ def _build_one(trt, name: str, model: onnx.ModelProto, profiles, cfg: EngineConf
 
 
 class TrtGraph:
-    """One plan in a TensorRT execution context, with run() like compiler.runtime.OrtGraph (torch CUDA buffers)."""
+    """One plan in a TensorRT execution context, with run() like compiler.runtime.OrtGraph (torch CUDA buffers).
+    With outputs_on_device, run() returns the CUDA tensors themselves: an encoder's cut stays on the GPU when
+    compiler.runtime.SplitRunner hands it to the scorer, as in the served ensemble."""
 
-    def __init__(self, plan: bytes):
+    def __init__(self, plan: bytes, outputs_on_device: bool = False):
         import torch
 
         trt = require_tensorrt()
@@ -163,6 +164,7 @@ class TrtGraph:
         self.output_names = [n for n in names if n not in self.input_names]
         self.dtypes = {n: _torch_dtype(torch, trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.stream = torch.cuda.Stream()
+        self.outputs_on_device = outputs_on_device
 
     def run_device(self, feeds: dict) -> dict:
         """feeds: name -> torch CUDA tensor (or numpy); returns torch CUDA tensors, without a host copy."""
@@ -180,15 +182,11 @@ class TrtGraph:
         return outputs
 
     def run(self, feeds: dict) -> dict:
-        return {n: t.cpu().numpy() for n, t in self.run_device(feeds).items()}
+        outputs = self.run_device(feeds)
+        return outputs if self.outputs_on_device else {n: t.cpu().numpy() for n, t in outputs.items()}
 
 
 def _torch_dtype(torch, trt, dtype):
     return {trt.float32: torch.float32, trt.float16: torch.float16, trt.int64: torch.int64, trt.int32: torch.int32,
             trt.bool: torch.bool}[dtype]
 
-
-def scores_with_plans(encoder: TrtGraph, scorer: TrtGraph, inputs: dict) -> np.ndarray:
-    """The ensemble's computation on the GPU: encoder once, scorer on its outputs (kept on the device)."""
-    cut = encoder.run_device(inputs)
-    return scorer.run({**inputs, **cut})["scores"]

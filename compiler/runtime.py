@@ -34,7 +34,7 @@ def with_cut(encoder: OrtGraph, inputs: dict) -> dict:
 class SplitRunner:
     """encoder once per request, then the scorer over all candidates: what the Triton ensemble runs."""
 
-    encoder: OrtGraph
+    encoder: OrtGraph  # or any runner with run(feeds) -> outputs by name (compiler.engines.TrtGraph)
     scorer: OrtGraph
 
     def score(self, inputs: dict) -> np.ndarray:

@@ -50,7 +50,7 @@ def tensorrt():
 
 
 def test_plans_of_the_split_halves_match_onnx_runtime(tensorrt, tmp_path):
-    from compiler.engines import EngineConfig, TrtGraph, build_plans, scores_with_plans
+    from compiler.engines import EngineConfig, TrtGraph, build_plans
     from compiler.contract import REQUEST_INPUTS
     from compiler.partition import split
     from compiler.runtime import OrtGraph, SplitRunner
@@ -62,7 +62,7 @@ def test_plans_of_the_split_halves_match_onnx_runtime(tensorrt, tmp_path):
     profiles = (Profile({"L": (1, 512, 2000), "N": (1, 64, 256)}),)
     plans = build_plans({"enc": parts.encoder, "sc": parts.scorer}, profiles, EngineConfig(timing_cache=tmp_path / "cache"))
     assert (tmp_path / "cache").stat().st_size > 0  # the timing cache persists for the next build
-    encoder, scorer = TrtGraph(plans.plans["enc"]), TrtGraph(plans.plans["sc"])
+    on_gpu = SplitRunner(TrtGraph(plans.plans["enc"], outputs_on_device=True), TrtGraph(plans.plans["sc"]))
     reference = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
     for request in sample_requests(model.config, [1, 700, 2000], seed=0, n_candidates=64):
-        np.testing.assert_allclose(scores_with_plans(encoder, scorer, request.inputs), reference.score(request.inputs), atol=1e-3)
+        np.testing.assert_allclose(on_gpu.score(request.inputs), reference.score(request.inputs), atol=1e-3)
