@@ -47,25 +47,14 @@ CUT_BYTE_FLOPS = {"python": 80.0, "onnxruntime": 0.0, "tensorrt": 0.0, "in-proce
 class Cost:
     encoder_flops: float
     scorer_flops: float  # for all N candidates
-    cut_bytes: float
-    weight_bytes: float
-    io_bytes: float
+    cut_bytes: float  # what crosses from the encoder to the scorer per request
 
     @property
     def flops(self) -> float:
         return self.encoder_flops + self.scorer_flops
 
-    @property
-    def bytes(self) -> float:
-        return self.cut_bytes + self.weight_bytes + self.io_bytes
 
-    @property
-    def intensity(self) -> float:
-        """FLOPs per byte: above the machine's peak FLOP/s / bandwidth ratio, compute-bound."""
-        return self.flops / self.bytes
-
-
-def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32", cut_precision: str = "fp32") -> Cost:
+def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, cut_precision: str = "fp32") -> Cost:
     """One request through the split ensemble (the fused graph does the same work without the cut). The
     cut's float tensors cross in `cut_precision`, but for the key bias (padding's -1e9 stays fp32)."""
     form = attention or c.attention
@@ -82,22 +71,16 @@ def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, prec
     mixer = c.mixer_layers * c.n_tokens * 2 * 2 * D * H
     heads = 2 * D * len(c.tasks)
     scorer = N * (queries + M * attention_per_candidate + z + mixer + heads)
-    width = BYTES[precision]
     cut_width = BYTES[cut_precision]
     per_layer_cut = (2 if form == "kv" else 1) * L * D * cut_width
     cut = M * per_layer_cut + L * 4 + c.n_user_fields * D * cut_width
-    dense = (M * 3 * D * H + 4 * M * D * D + sum(2 * i * D * H + H * D for i in range(1, M + 1))
-             + 2 * (M + 1) * D * H + H * D + c.mixer_layers * c.n_tokens * 2 * D * H + D * len(c.tasks))
-    rows_read = (L + N) * D + c.n_user_fields * D + N * c.n_candidate_fields * D  # embedding rows gathered, fp32
-    weights = dense * width + rows_read * 4
-    io = L * (8 + 8 + 4) + c.n_user_fields * 8 + N * (8 + 8 * c.n_candidate_fields) + N * len(c.tasks) * 4
-    return Cost(float(encoder), float(scorer), float(cut), float(weights), float(io))
+    return Cost(float(encoder), float(scorer), float(cut))
 
 
-def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, precision: str = "fp32") -> Cost:
+def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None) -> Cost:
     """The point-wise baseline: N separate one-candidate requests, each encoding the whole history."""
-    one = split_cost(c, L, 1, attention, precision)
-    return Cost(N * one.encoder_flops, N * one.scorer_flops, N * one.cut_bytes, N * one.weight_bytes, N * one.io_bytes)
+    one = split_cost(c, L, 1, attention)
+    return Cost(N * one.encoder_flops, N * one.scorer_flops, N * one.cut_bytes)
 
 
 def served_cost(c: STCAConfig, L: int, N: int, attention: str, target: str = "in-process", cut_precision: str = "fp32") -> float:

@@ -19,7 +19,7 @@ from compiler.log import log
 from compiler.contract import INPUT_NAMES, OUTPUT_NAMES, SPECS
 from compiler.model import STCA
 
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger weights go beside it
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; a bigger model is refused (no external data)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from compiler.errors import CompilerError
 from compiler.graph_index import GraphIndex
 
 OPSETS = range(17, 21)  # opset >= 23 turns attention into one Attention op that TensorRT's parser may not take
-# Operators the TensorRT ONNX parser supports ("Y" in the onnx-tensorrt support matrix, TensorRT 10.15).
+# Operators the TensorRT ONNX parser supports ("Y" in the onnx-tensorrt support matrix as published for TensorRT
+# 10.15, the newest this list was checked against; the engines stage builds with TensorRT 10 or 11).
 TENSORRT_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
 BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
