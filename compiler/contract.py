@@ -60,11 +60,12 @@ class RequestLimits:
     max_candidates: int
     n_user_fields: int
     n_candidate_fields: int
+    n_actions: int | None = None  # history_actions < n_actions (None: a repository built before the check)
 
     @classmethod
     def of(cls, config) -> "RequestLimits":
         """The limits a model config (compiler.model.STCAConfig) is built for."""
-        return cls(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields)
+        return cls(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields, config.n_actions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +105,10 @@ class RequestLimits:
                 raise RequestError(f"{name}: {int((~np.isfinite(value)).sum())} value(s) are NaN or infinite")
             if value.size and value.min() < MIN_VALUE:
                 raise RequestError(f"{name}: value {value.min()} is negative; ids, actions and ages must be >= {MIN_VALUE}")
+        if "history_actions" in names and self.n_actions is not None and inputs["history_actions"].size:
+            if inputs["history_actions"].max() >= self.n_actions:
+                raise RequestError(f"history_actions: action {inputs['history_actions'].max()} is outside 0..{self.n_actions - 1} "
+                                   f"(the model has {self.n_actions} action types)")
         if "history_item_ids" in names and (inputs["history_item_ids"] == PAD_ITEM_ID).all():
             raise RequestError(f"history_item_ids: every item is padding (id {PAD_ITEM_ID}); send at least one real item")
         return L, N

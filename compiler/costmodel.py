@@ -8,19 +8,19 @@ D = h*d_h, hidden H = swiglu_mult*D, M layers, T = 1 + K + F RankMixer tokens:
     SwiGLU_i(X), i=1..M:            M * 3 * 2*L*D*H
     kv form only: K_i, V_i:         M * 2 * 2*L*D*D
   scorer (per candidate, times N)
-    queries q_1..q_M:               sum_{i=1..M} 2*(2*i*D*H + H*D)   (q_i's SwiGLU reads [o_1..o_{i-1}, x_t])
+    queries q_1..q_M, projected:    sum_{i=1..M} 2*(2*D*H + H*D) + sum_{i=2..M} 2*i*D*D   (W_C: i*D -> D)
+    queries q_1..q_M, direct:       sum_{i=1..M} 2*(2*i*D*H + H*D)   (q_i's SwiGLU reads [o_1..o_{i-1}, x_t])
     attention, kv form:             M * (2*L*D [q K^T] + 2*L*D [alpha V] + 2*D*D [W_Q] + 2*D*D [W_O])
     attention, reordered form:      M * (2*D*D [W_Q] + 2*D*D [u = q W_K^T] + 2*h*D*L [u Xt^T] + 2*h*L*D [alpha Xt]
                                          + 2*D*D [(alpha Xt) W_V] + 2*D*D [W_O])
-    z:                              2*(2*(M+1)*D*H + H*D)
+    z, projected:                   2*(M+1)*D*D [W_Z] + 2*(2*D*H + H*D)
+    z, direct:                      2*(2*(M+1)*D*H + H*D)
     RankMixer:                      mixer_layers * T * 2 * 2*D*H
     heads:                          2*D*tasks
   The kv form moves 4*L*D^2 per layer into the encoder and saves 2*(h-1)*L*D per candidate and layer, so it
   is cheaper once N > D / (h - 1 + D/L) (about D/(h-1): 68 for the paper preset, 21 for the demo model).
 
-Bytes per request: the cut (what crosses from encoder to scorer, in the cut's dtype), the request's inputs
-and outputs, and the weights each half reads once (fp32 unless a precision is given; embedding tables
-count only the rows read).
+Bytes per request: the cut (what crosses from encoder to scorer, in the cut's dtype).
 
 Picking the attention form for a target also prices the cut: where it crosses process boundaries (the
 python target: out of the encoder's Python-backend stub, through the server, into the scorer's), each
@@ -66,8 +66,12 @@ def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, cut_
         attention_per_candidate = 2 * L * D + 2 * L * D + 2 * 2 * D * D
     else:
         attention_per_candidate = 4 * 2 * D * D + 2 * h * D * L + 2 * h * L * D
-    queries = sum(swiglu(i * D) for i in range(1, M + 1))
-    z = swiglu((M + 1) * D)
+    if c.fusion == "projected":  # W_C / W_Z project the concatenation to D; q_1 reads x_t, already D wide
+        queries = M * swiglu(D) + sum(2 * i * D * D for i in range(2, M + 1))
+        z = 2 * (M + 1) * D * D + swiglu(D)
+    else:
+        queries = sum(swiglu(i * D) for i in range(1, M + 1))
+        z = swiglu((M + 1) * D)
     mixer = c.mixer_layers * c.n_tokens * 2 * 2 * D * H
     heads = 2 * D * len(c.tasks)
     scorer = N * (queries + M * attention_per_candidate + z + mixer + heads)

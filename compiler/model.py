@@ -9,9 +9,13 @@ Equations, one request at a time (L history items, N candidates, D = h * d_h):
     Xt_i  = LN(SwiGLU_i(X))                                         i = 1..M, from the same X
     q_1   = LN(SwiGLU(x_t))
     o_i   = W_O softmax(q_i W_Q (Xt_i W_K)^T / sqrt(d_h)) Xt_i W_V   one query per candidate
-    q_i+1 = LN(SwiGLU([o_1 .. o_i, x_t] W_C))
-    z     = SwiGLU([o_1 .. o_M, x_t] W_Z)                           no LN
+    q_i+1 = LN(SwiGLU([o_1 .. o_i, x_t] W_C))                       W_C: (i+1)D -> D
+    z     = SwiGLU([o_1 .. o_M, x_t] W_Z)                           W_Z: (M+1)D -> D; no LN
     p     = sigmoid(heads(RankMixer([z, user tokens, candidate tokens])))          (N, T)
+
+With fusion="direct" (checkpoints written before the paper's W_C and W_Z were added) the SwiGLU reads the
+(i+1)D concatenation itself: a superset of the paper's form (W_C folds into its first layer), with more
+parameters. A config says which form it is; nothing is reinterpreted.
 
 Nothing here depends on a training length: there is no positional term and no history
 self-attention, so a model trained on ~2k items is served at 10k.
@@ -29,6 +33,7 @@ from compiler.contract import INPUT_NAMES, PAD_ITEM_ID
 from compiler.errors import CompilerError
 
 ATTENTION_FORMS = ("kv", "reordered")
+FUSION_FORMS = ("projected", "direct")  # the paper's W_C / W_Z, or SwiGLU straight on the concatenation
 MASKED_LOGIT = -1e9  # finite, so exp() underflows to exactly 0 without inf - inf = NaN
 
 
@@ -48,6 +53,7 @@ class STCAConfig:
     mixer_layers: int = 2  # RankMixer blocks
     tasks: tuple[str, ...] = ("finish", "skip", "like")  # one sigmoid head each
     attention: str = "kv"  # "kv" or "reordered": same math, chosen per build
+    fusion: str = "projected"  # how q_i+1 and z read [o_1 .. o_i, x_t]: "projected" (paper) or "direct"
     max_history: int = 10_000  # longest history served (L)
     max_candidates: int = 1_024  # most candidates per request (N)
 
@@ -56,6 +62,8 @@ class STCAConfig:
             object.__setattr__(self, "tasks", tuple(self.tasks))
         if self.attention not in ATTENTION_FORMS:
             raise CompilerError(f"attention: {self.attention!r} is not one of {ATTENTION_FORMS}")
+        if self.fusion not in FUSION_FORMS:
+            raise CompilerError(f"fusion: {self.fusion!r} is not one of {FUSION_FORMS}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int) and value < 1:
@@ -85,7 +93,7 @@ class STCAConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CompilerError(f"model config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return cls(**{"fusion": "direct", **data})  # configs written before the field existed are the direct form
 
 
 PRESETS = {
@@ -212,6 +220,14 @@ class PaddingBias(nn.Module):
         return (history_item_ids == PAD_ITEM_ID).float() * MASKED_LOGIT  # (L,)
 
 
+def fusion(c: STCAConfig, width: int) -> nn.Module:
+    """W_C or W_Z: the paper's bias-free projection of a width-wide concatenation to D (identity where the input
+    is already D wide, or for the direct form)."""
+    if c.fusion == "direct" or width == c.d_model:
+        return nn.Identity()
+    return nn.Linear(width, c.d_model, bias=False)
+
+
 class STCA(nn.Module):
     """One request in, one score per (candidate, task) out; inputs are named as in compiler/contract.py."""
 
@@ -225,11 +241,12 @@ class STCA(nn.Module):
         self.user_embedding = nn.Embedding(c.n_user_fields * c.user_vocab, D)  # one block of rows per field
         self.candidate_embedding = nn.Embedding(c.n_candidate_fields * c.candidate_vocab, D)
         self.history_proj = nn.ModuleList(NormedSwiGLU(D, D, c.swiglu_mult) for _ in range(c.n_layers))
-        self.query_proj = nn.ModuleList(  # q_1 from x_t; q_{i+1} from [o_1 .. o_i, x_t] W_C
-            NormedSwiGLU((i + 1) * D, D, c.swiglu_mult) for i in range(c.n_layers)
-        )
+        fused_width = (lambda n: D) if c.fusion == "projected" else (lambda n: n * D)  # what the SwiGLU reads
+        self.W_C = nn.ModuleList(fusion(c, (i + 1) * D) for i in range(c.n_layers))  # q_1 reads x_t: W_C[0] is identity
+        self.query_proj = nn.ModuleList(NormedSwiGLU(fused_width(i + 1), D, c.swiglu_mult) for i in range(c.n_layers))
         self.attn = nn.ModuleList(CrossAttention(c) for _ in range(c.n_layers))
-        self.z_proj = SwiGLU((c.n_layers + 1) * D, D, c.swiglu_mult)
+        self.W_Z = fusion(c, (c.n_layers + 1) * D)
+        self.z_proj = SwiGLU(fused_width(c.n_layers + 1), D, c.swiglu_mult)
         self.mixer = RankMixer(c)
         self.heads = nn.Linear(D, len(c.tasks))
         self.key_bias = PaddingBias()
@@ -259,7 +276,7 @@ class STCA(nn.Module):
         N = candidate_item_ids.size(0)
         X = (
             self.item_embedding(history_item_ids % c.item_vocab)
-            + self.action_embedding(history_actions % c.n_actions)
+            + self.action_embedding(history_actions)  # a closed set: the request contract refuses a >= n_actions
             + self.age_embedding(self.age_bucket(history_age_s))
         )  # (L, D)
         key_bias = self.key_bias(history_item_ids)  # (L,): padding gets no attention
@@ -271,10 +288,10 @@ class STCA(nn.Module):
 
         Xt = [proj(X) for proj in self.history_proj]  # Xt_i = LN(SwiGLU_i(X)); M x (L, D), target-independent
         o = []
-        for query_proj, attn, Xt_i in zip(self.query_proj, self.attn, Xt):
-            q = query_proj(torch.cat([*o, x_t], dim=-1))  # q_1 from x_t alone; q_{i+1} from [o_1..o_i, x_t] W_C
+        for W_C, query_proj, attn, Xt_i in zip(self.W_C, self.query_proj, self.attn, Xt):
+            q = query_proj(W_C(torch.cat([*o, x_t], dim=-1)))  # q_1 = LN(SwiGLU(x_t)); q_{i+1} = LN(SwiGLU([o_1..o_i, x_t] W_C))
             o.append(attn(q, Xt_i, key_bias))  # o_i: (N, D), one query per candidate over L keys
-        z = self.z_proj(torch.cat([*o, x_t], dim=-1))  # z = SwiGLU([o_1..o_M, x_t] W_Z), no LN; (N, D)
+        z = self.z_proj(self.W_Z(torch.cat([*o, x_t], dim=-1)))  # z = SwiGLU([o_1..o_M, x_t] W_Z), no LN; (N, D)
 
         tokens = torch.cat(
             [z.unsqueeze(1), user_tokens.unsqueeze(0).expand(N, -1, -1), candidate_tokens], dim=1

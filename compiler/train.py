@@ -106,7 +106,8 @@ def demo_checkpoint(attention: str = "kv") -> Path:
     """The trained demo checkpoint: trained once (a few minutes) and cached; $STCA_CACHE_DIR moves the cache."""
     cache = Path(os.environ.get("STCA_CACHE_DIR", Path.home() / ".cache" / "stca-compiler"))
     cfg = TrainConfig(attention=attention)
-    path = cache / f"demo-{cfg.preset}-{cfg.attention}-seed{cfg.seed}-steps{cfg.steps}-data{GENERATOR_VERSION}"
+    fusion = preset(cfg.preset).fusion  # a checkpoint of the other form is a different model
+    path = cache / f"demo-{cfg.preset}-{cfg.attention}-{fusion}-seed{cfg.seed}-steps{cfg.steps}-data{GENERATOR_VERSION}"
     if (path / "model.safetensors").is_file():
         return path
     log.info("no cached demo checkpoint at %s: training one now (once; a few minutes on 2 cores)", path)

@@ -7,7 +7,7 @@ from compiler.data import sample_requests
 from compiler.model import preset
 from compiler.contract import RequestError, RequestLimits, load_request, save_request
 
-LIMITS = RequestLimits(max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3)
+LIMITS = RequestLimits(max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3, n_actions=8)
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ def test_a_good_request_passes_and_reports_its_sizes(request_inputs):
         (lambda r: r.update(user_features=r["user_features"][:2]), "user_features: dim 0 is 2, the model has K = 4"),
         (lambda r: r["history_item_ids"].__setitem__(slice(None), 0), "every item is padding"),
         (lambda r: r.pop("history_actions"), "missing input"),
+        (lambda r: r["history_actions"].__setitem__(4, 8), r"history_actions: action 8 is outside 0\.\.7 \(the model has 8 action types\)"),
     ],
 )
 def test_bad_requests_name_the_input_and_the_limit(request_inputs, mutate, message):
@@ -97,3 +98,10 @@ def test_the_model_and_the_exported_graph_follow_the_declared_contract():
         dims = [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
         assert [fixed.get(d, "symbolic") for d in spec.dims] == [d if isinstance(d, int) else "symbolic" for d in dims], value.name
     assert [v.name for v in graph.input] == list(INPUT_NAMES)
+
+
+def test_limits_of_a_repository_built_before_the_action_check_still_load(request_inputs):
+    """A served config's request_limits without n_actions (an older build) skip only that check."""
+    older = RequestLimits(**{k: v for k, v in LIMITS.to_dict().items() if k != "n_actions"})
+    request_inputs["history_actions"][4] = 8
+    assert older.validate(request_inputs) == (20, 5)

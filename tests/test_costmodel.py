@@ -11,9 +11,10 @@ from compiler.model import preset
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
 @pytest.mark.parametrize("form", ["kv", "reordered"])
+@pytest.mark.parametrize("fusion", ["projected", "direct"])
 @pytest.mark.parametrize("L,N", [(100, 7), (1_000, 64)])
-def test_flops_match_pytorchs_flop_counter(name, form, L, N):
-    model = seeded_model(preset(name, attention=form))
+def test_flops_match_pytorchs_flop_counter(name, form, fusion, L, N):
+    model = seeded_model(preset(name, attention=form, fusion=fusion))
     request = next(sample_requests(model.config, [L], seed=0, n_candidates=N)).inputs
     with FlopCounterMode(display=False) as counter:
         model.score(request)

@@ -40,6 +40,7 @@ BAD = {
     "negative age": (set_value("history_age_s", 0, -1.0), r"history_age_s: value -1\.0 is negative"),
     "negative history id": (set_value("history_item_ids", 2, -3), r"history_item_ids: value -3 is negative"),
     "negative candidate id": (set_value("candidate_item_ids", 0, -1), r"candidate_item_ids: value -1 is negative"),
+    "unknown action": (set_value("history_actions", 1, 8), r"history_actions: action 8 is outside 0\.\.7"),
 }
 
 
