@@ -31,7 +31,7 @@ def cmd_build(args) -> int:
         max_candidates=args.max_candidates,
         opset=args.opset,
         precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration,
-                                  int8_high_precision=args.int8_high_precision, cut=args.cut_dtype),
+                                  int8_high_precision=args.int8_high_precision, cut=args.cut_dtype, int8_form=args.int8_form),
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
@@ -179,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--scorer-precision", help="override --precision for the candidate scorer")
     b.add_argument("--calibration", type=Path, help="int8 calibration set (python -m compiler calibrate)")
     b.add_argument("--int8-high-precision", default="fp32", help="dtype int8 leaves unquantized: fp32 (default) or fp16")
+    b.add_argument("--int8-form", choices=["tensorrt", "cpu"],
+                   help="int8 for TensorRT (symmetric) or ONNX Runtime's CPU integer kernels (uint8 activations); "
+                        "default: the one the target's device runs")
     b.add_argument("--cut-dtype", choices=["fp32", "fp16"],
                    help="dtype the cut tensors cross in (default: fp16 for fp16 and int8 builds, fp32 for fp32; "
                         "an fp16 cut is verified against the fp16 gates)")

@@ -133,16 +133,20 @@ def build(cfg: BuildConfig) -> BuildResult:
     target = resolve_target(cfg.emit.target)
     if target == "tensorrt":
         require_tensorrt()
+    deployment = emit_stage.deployment(cfg.emit, target)
+    int8_form = cfg.precision.int8_form or ("cpu" if deployment.device == "cpu" else "tensorrt")  # what the served kernels run fast
+    if int8_form == "cpu" and target == "tensorrt":
+        raise CompilerError("int8 form cpu: TensorRT takes symmetric int8 only (use the tensorrt form, the default there)")
     model, source, exported, parts = plan_cut(cfg)
     c = model.config
     with _calibration_set(cfg, model) as calibration, stage("precision") as s:
-        halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None)
+        halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None, int8_form)
         s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
     cut = parts.cut
     if cfg.precision.cut_precision == "fp16":
         halves, cut = _narrow_cut(halves, cut, c)
     with stage("lint") as s:
-        lint_reports = lint.check(halves.graphs())
+        lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt")
         s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
     precision = least_precise(halves.encoder_precision, halves.scorer_precision, cfg.precision.cut_precision)
     runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
@@ -156,7 +160,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     limits = RequestLimits.of(c)
     warmup = with_cut(runner.encoder, next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                                          n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs)
-    deployment = emit_stage.deployment(cfg.emit, target, len(plans.details["profiles"]) if plans else 1)
+    if plans:
+        deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
             checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint") if cfg.emit.baselines else None
@@ -167,7 +172,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             out=Path(cfg.out), model=model, source=source, target=target, opset=exported.opset,
             precision=least_precise(halves.encoder_precision, halves.scorer_precision),
             half_precisions=(halves.encoder_precision, halves.scorer_precision),
-            precisions=dict(halves.details),
+            precisions={**halves.details, **({"int8_form": int8_form} if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
             cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
             thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(), "plan") if deployment.device == "cpu" else None,
             engines=plans.details if plans else None,

@@ -48,7 +48,9 @@ class LintReport:
         return not self.problems
 
 
-def lint(model: onnx.ModelProto, name: str) -> LintReport:
+def lint(model: onnx.ModelProto, name: str, tensorrt_qdq: bool = True) -> LintReport:
+    """tensorrt_qdq: check Q/DQ nodes against TensorRT's int8 rules (off for the cpu int8 form, whose uint8
+    activations and zero points are what ONNX Runtime's kernels want and which no TensorRT engine reads)."""
     graph = model.graph
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -63,15 +65,15 @@ def lint(model: onnx.ModelProto, name: str) -> LintReport:
             problems.append(f"{where}: TensorRT's ONNX parser does not support {node.op_type}")
         if node.op_type in CONSTANT_AXES_OPS and len(node.input) > 1 and node.input[1] and not index.is_constant(node.input[1]):
             problems.append(f"{where}: axes input {node.input[1]!r} must be a constant for TensorRT")
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if tensorrt_qdq and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems += _qdq_problems(node, where, index)
     qdq = sum(1 for n in graph.node if n.op_type == "QuantizeLinear")
     return LintReport(name, len(graph.node), qdq, tuple(problems))
 
 
-def check(models: dict[str, onnx.ModelProto]) -> list[LintReport]:
+def check(models: dict[str, onnx.ModelProto], tensorrt_qdq: bool = True) -> list[LintReport]:
     """Lint every graph; raise a CompilerError listing the first problems if any graph has one."""
-    reports = [lint(model, name) for name, model in models.items()]
+    reports = [lint(model, name, tensorrt_qdq) for name, model in models.items()]
     bad = [f"{r.graph}: {p}" for r in reports for p in r.problems]
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""

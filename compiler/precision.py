@@ -13,10 +13,16 @@ that verify runs on ONNX Runtime are the ones the engines are built from.
         across a bucket boundary (an age of 511.7 s landed in bucket 8 instead of 9 and changed every
         K and V of that request). AutoCast's data-range rule would need a reference run; data_max=inf
         turns it off.
-  int8  ModelOpt ONNX PTQ on the CPU: symmetric Q/DQ, per-channel weights, entropy calibration on
-        requests at serving lengths (a calibration set, see compiler.calibrate). Activation x activation
-        matmuls (the attention bmms QK^T and alpha V) are excluded: their scale would have to hold for
-        every L from 1 to 10,000. The scorer is calibrated on what the served encoder hands it.
+  int8  in the form the target's integer kernels run (INT8_FORMS), calibrated on requests at serving
+        lengths (a calibration set, see compiler.calibrate); the scorer on what the served encoder hands it.
+        Activation x activation matmuls (the attention bmms QK^T and alpha V) stay in float in both forms:
+        their scale would have to hold for every L from 1 to 10,000.
+          tensorrt  ModelOpt ONNX PTQ: symmetric int8 Q/DQ on activations and per-channel weights, entropy
+                    calibration: what TensorRT's int8 kernels take.
+          cpu       ONNX Runtime's quantizer: uint8 asymmetric activations, int8 symmetric per-channel weights,
+                    MinMax calibration, only MatMul/Gemm inputs quantized (their outputs stay float). ONNX
+                    Runtime's x86 kernels are fast for u8 x s8 (VNNI, AMX) and fall back to generic code for
+                    s8 x s8 without AVX-VNNI-INT8, so the tensorrt form runs slower than fp32 on most CPUs.
 """
 
 import contextlib
@@ -24,7 +30,7 @@ import io
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +48,7 @@ from compiler.runtime import OrtGraph, with_cut
 PRECISIONS = ("fp32", "fp16", "int8")  # from most to least precise
 FP32_OP_TYPES = ("LayerNormalization", "Softmax")
 DISCONTINUOUS_OPS = ("Floor", "Ceil", "Round", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Sign")
+INT8_FORMS = ("tensorrt", "cpu")
 REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceLogSumExp", "ReduceSumSquare", "Softmax", "LogSoftmax")
 
@@ -52,12 +59,16 @@ class PrecisionConfig:
     encoder: str | None = None
     scorer: str | None = None
     calibration: Path | None = None  # int8: a calibration set (python -m compiler calibrate); None makes one
-    calibration_method: str = "entropy"  # or "max"
+    calibration_method: str = "entropy"  # or "max"; the tensorrt int8 form's (the cpu form calibrates MinMax)
     int8_high_precision: str = "fp32"  # dtype of what int8 leaves unquantized: fp32 (CPU, accuracy) or fp16 (GPU speed)
     length_dim: str = "L"  # the symbolic dim whose reductions stay in fp32
     cut: str | None = None  # dtype the cut crosses in (compiler.cut_dtype): "fp32" | "fp16"; None: fp16 unless both halves are fp32
 
+    int8_form: str | None = None  # INT8_FORMS; None: the one the served target runs (compiler.build)
+
     def __post_init__(self):
+        if self.int8_form not in (None, *INT8_FORMS):
+            raise CompilerError(f"int8 form: {self.int8_form!r} is not one of {INT8_FORMS}")
         for name, value in (("precision", self.precision), ("encoder precision", self.encoder), ("scorer precision", self.scorer)):
             if value is not None and value not in PRECISIONS:
                 raise CompilerError(f"{name}: {value!r} is not one of {PRECISIONS}")
@@ -96,9 +107,12 @@ class Halves:
         return {SHORT_NAMES[name]: graph for name, graph in graphs.items()}
 
 
-def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None) -> Halves:
-    """`calibration` (a compiler.calibrate.CalibrationSet) is needed when a graph is int8; `whole`, the
-    unsplit graph, is converted at the base precision for the stca_fused baseline."""
+def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None,
+            int8_form: str = "tensorrt") -> Halves:
+    """`calibration` (a compiler.calibrate.CalibrationSet) is needed when a graph is int8, made in `int8_form`
+    (cfg.int8_form wins where given); `whole`, the unsplit graph, is converted at the base precision for the
+    stca_fused baseline."""
+    cfg = replace(cfg, int8_form=cfg.int8_form or int8_form)
     if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
         raise CompilerError("precision int8: no calibration set given")
     details = {}
@@ -118,7 +132,10 @@ def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds)
         return half, {"precision": "fp32"}
     if precision == "fp16":
         return to_fp16(half, cfg.length_dim)
-    return to_int8(half, feeds, cfg)
+    quantized, details = (to_int8_cpu if cfg.int8_form == "cpu" else to_int8)(half, feeds, cfg)
+    if cfg.int8_high_precision == "fp16":
+        quantized, details["fp16"] = to_fp16(quantized, cfg.length_dim)
+    return quantized, details
 
 
 def length_reductions(model: onnx.ModelProto, dim: str = "L") -> dict[str, str]:
@@ -192,7 +209,7 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
     from modelopt.onnx.quantization import quantize
 
     bmms = attention_matmuls(half)
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, _quiet(), _ort_quantization_kept():
         source, target = Path(tmp) / "half.onnx", Path(tmp) / "half.int8.onnx"
         onnx.save(half, str(source))
         quantize(
@@ -210,11 +227,38 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
     q = Counter(n.op_type for n in quantized.graph.node)
     index = GraphIndex(quantized.graph)
     quantized_ops = Counter(_consumer_op(index, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
-    details = {"precision": "int8", "tool": "modelopt.onnx.quantization", "qdq_pairs": q["QuantizeLinear"],
+    details = {"precision": "int8", "form": "tensorrt", "tool": "modelopt.onnx.quantization", "qdq_pairs": q["QuantizeLinear"],
                "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
                "high_precision": cfg.int8_high_precision, "calibration_method": cfg.calibration_method}
-    if cfg.int8_high_precision == "fp16":
-        quantized, details["fp16"] = to_fp16(quantized, cfg.length_dim)
+    return quantized, details
+
+
+def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.ModelProto, dict]:
+    """The cpu int8 form (module docstring): every MatMul/Gemm with a weight, in the Q/DQ pattern ONNX Runtime
+    fuses into its integer kernels (QGemm, MatMulIntegerToFloat)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    bmms = attention_matmuls(half)
+    # A batched weight (one matrix per RankMixer token) takes one scale: MatMulIntegerToFloat reads per-column
+    # zero points only for a 2-D weight.
+    per_tensor = {init.name: [{"symmetric": True}] for init in half.graph.initializer if len(init.dims) > 2}
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        source, target = Path(tmp) / "half.onnx", Path(tmp) / "half.int8.onnx"
+        onnx.save(half, str(source))  # a ModelProto given to quantize_static is moved to external data in place
+        quantize_static(source, target, _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=bmms,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        # outputs stay float: a quantized output would put a Q/DQ pair in front of the float bmms
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                                       "TensorQuantOverrides": per_tensor})
+        quantized = onnx.load(str(target))
+    index = GraphIndex(quantized.graph)
+    quantized_ops = Counter(_consumer_op(index, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
+    details = {"precision": "int8", "form": "cpu", "tool": "onnxruntime.quantization",
+               "qdq_pairs": sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear"),
+               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
+               "high_precision": cfg.int8_high_precision, "calibration_method": "minmax"}
     return quantized, details
 
 
@@ -265,6 +309,29 @@ def _node_precisions(model: onnx.ModelProto) -> dict:
 
 def _consumer_op(index: GraphIndex, dq: onnx.NodeProto) -> str:
     return next((n.op_type for n in index.consumers.get(dq.output[0], [])), "graph output")
+
+
+@contextlib.contextmanager
+def _ort_quantization_kept():
+    """ModelOpt's quantize() monkeypatches ONNX Runtime's calibrators and quantizers and edits its op registries
+    for the rest of the process (modelopt/onnx/quantization/ort_patching.py, ort_utils.configure_ort); put them
+    back on the way out, so a later cpu-form quantization in the same process runs ONNX Runtime's own code."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, registry
+
+    owners = [calibrate, calibrate.CalibraterBase, calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater,
+              calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer, base_quantizer.BaseQuantizer]
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    registries = [(table, dict(table)) for table in (registry.QDQRegistry, registry.QLinearOpsRegistry, registry.IntegerOpsRegistry)]
+    try:
+        yield
+    finally:
+        for owner, attributes in saved:
+            for name, value in attributes.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+        for table, entries in registries:
+            table.clear()
+            table.update(entries)
 
 
 @contextlib.contextmanager

@@ -181,6 +181,8 @@ def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, ti
     assert manifest["precisions"]["calibration"]["sha256"] == json.loads((tiny_calibration / "calibration.json").read_text())["sha256"]
     assert manifest["lint"][0]["qdq_pairs"] > 0 and manifest["precisions"]["scorer"]["attention_bmms_kept"]
     assert set(manifest["verification"]["auc"]) == {"finish", "skip", "like"}
+    assert manifest["precisions"]["int8_form"] == "cpu"  # the python target serves on ONNX Runtime's CPU kernels
+    assert manifest["precisions"]["encoder"]["form"] == manifest["precisions"]["scorer"]["form"] == "cpu"
 
 
 @pytest.mark.slow
@@ -219,3 +221,19 @@ def test_tensorrt_target_without_tensorrt_stops_at_once_and_auto_falls_back(tmp_
     result = run_cli("build", "--target", "auto", "--checkpoint", tiny_checkpoint, "--max-history", "500", "--out", tmp_path / "a")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["target"] == "python"
+
+
+def test_the_cpu_int8_form_is_refused_for_tensorrt(tmp_path, tiny_checkpoint, monkeypatch):
+    """Where TensorRT is installed (pretended here: the refusal comes before any engine work) its plans take
+    symmetric int8 only; the uint8 cpu form is refused by name, before anything is exported."""
+    from compiler import build as build_module
+    from compiler.emit import EmitConfig
+    from compiler.errors import CompilerError
+    from compiler.precision import PrecisionConfig
+
+    monkeypatch.setattr(build_module, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(build_module, "plan_cut", lambda cfg: pytest.fail("exported before refusing"))
+    cfg = build_module.BuildConfig(out=tmp_path / "o", checkpoint=tiny_checkpoint, emit=EmitConfig(target="tensorrt"),
+                                   precision=PrecisionConfig("int8", int8_form="cpu"))
+    with pytest.raises(CompilerError, match="int8 form cpu: TensorRT takes symmetric int8 only"):
+        build_module.build(cfg)

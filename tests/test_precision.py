@@ -6,6 +6,7 @@ import pytest
 
 from compiler import calibrate
 from compiler.data import sample_requests
+from compiler.lint import lint
 from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, attention_matmuls, convert, discretization_inputs, length_reductions, to_fp16
@@ -103,6 +104,47 @@ def test_int8_is_symmetric_per_channel_qdq_and_leaves_the_attention_bmms_alone(t
         if node.name in bmms:
             assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
     assert halves.details["calibration"]["sha256"] == calibration_set.sha256
+
+
+def optimized(graph: onnx.ModelProto, path) -> onnx.ModelProto:
+    """The graph as ONNX Runtime's CPU provider runs it, after every graph optimization (its fusions)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
+    ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+def test_cpu_int8_runs_every_weight_matmul_in_onnx_runtimes_integer_kernels(tiny, calibration_set, tmp_path):
+    """uint8 activations with nonzero zero points, int8 per-channel weights; after ONNX Runtime's optimizer no
+    Gemm or MatMul reads a DequantizeLinear (each quantized one became QGemm or MatMulIntegerToFloat), the
+    attention bmms stay float, and the scores stay close to fp32."""
+    model, parts = tiny
+    halves = convert(parts, PrecisionConfig("int8"), calibration_set, int8_form="cpu")
+    for name, graph, fp32 in (("encoder", halves.encoder, parts.encoder), ("scorer", halves.scorer, parts.scorer)):
+        assert halves.details[name]["form"] == "cpu"
+        consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+        dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
+        activation_zero_points = [consts[n.input[2]] for n in dq if n.input[0] not in consts]
+        assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+        quantized_constants = {consts[n.input[0]].dtype for n in dq if n.input[0] in consts}
+        assert quantized_constants == {np.dtype(np.int8), np.dtype(np.int32)}  # weights int8, Gemm biases int32
+        run = optimized(graph, tmp_path / f"{name}.onnx")
+        producers = {o: n.op_type for n in run.graph.node for o in n.output}
+        fallen_back = [n.name for n in run.graph.node if n.op_type in ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+                       and "DequantizeLinear" in {producers.get(i) for i in n.input}]
+        assert fallen_back == []
+        integer = sum(n.op_type in ("QGemm", "MatMulIntegerToFloat") for n in run.graph.node)
+        assert integer == sum(n.op_type in ("Gemm", "MatMul") for n in fp32.graph.node) - len(attention_matmuls(fp32))
+        assert lint(graph, name, tensorrt_qdq=False).ok  # no TensorRT engine reads this form
+        assert any("is not INT8" in p for p in lint(graph, name).problems)  # TensorRT's rules would refuse it
+    reference = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    quantized = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+    for request in sample_requests(model.config, [1, 300], seed=4, n_candidates=32):
+        assert np.abs(quantized.score(request.inputs) - reference.score(request.inputs)).max() < 0.05
 
 
 def test_per_half_precision_overrides_the_build_precision(tiny, calibration_set):
