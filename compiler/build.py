@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-from compiler import calibrate, lint, report
+from compiler import calibrate, int8_fallback, lint, report
 from compiler import emit as emit_stage
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import sample_requests
@@ -139,18 +139,12 @@ def build(cfg: BuildConfig) -> BuildResult:
         raise CompilerError("int8 form cpu: TensorRT takes symmetric int8 only (use the tensorrt form, the default there)")
     model, source, exported, parts = plan_cut(cfg)
     c = model.config
-    with _calibration_set(cfg, model) as calibration, stage("precision") as s:
-        halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None, int8_form)
-        s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}"
-    cut = parts.cut
-    if cfg.precision.cut_precision == "fp16":
-        halves, cut = _narrow_cut(halves, cut, c)
+    precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cfg.precision.cut_precision)
+    with _calibration_set(cfg, model) as calibration:
+        halves, cut, verification, kept_float = _within_gates(cfg, model, parts, exported, calibration, int8_form, precision)
     with stage("lint") as s:
         lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt")
         s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
-    precision = least_precise(halves.encoder_precision, halves.scorer_precision, cfg.precision.cut_precision)
-    runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
-    verification = verify(model, runner.score, precision, cfg.verify)
     if not verification.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(
             f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
@@ -158,7 +152,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         )
     plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
     limits = RequestLimits.of(c)
-    warmup = with_cut(runner.encoder, next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
+    warmup = with_cut(OrtGraph(halves.encoder), next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
                                                          n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs)
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
@@ -172,7 +166,8 @@ def build(cfg: BuildConfig) -> BuildResult:
             out=Path(cfg.out), model=model, source=source, target=target, opset=exported.opset,
             precision=least_precise(halves.encoder_precision, halves.scorer_precision),
             half_precisions=(halves.encoder_precision, halves.scorer_precision),
-            precisions={**halves.details, **({"int8_form": int8_form} if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
+            precisions={**halves.details, **({"int8_form": int8_form, "int8_kept_float": kept_float}
+                                             if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
             cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
             thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(), "plan") if deployment.device == "cpu" else None,
             engines=plans.details if plans else None,
@@ -185,6 +180,37 @@ def build(cfg: BuildConfig) -> BuildResult:
         result = replace(result, files=hash_tree(tmp))  # every file written, report.md included
         (tmp / MANIFEST).write_text(json.dumps(result.manifest, indent=2) + "\n")
     return result
+
+
+def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, int8_form: str, precision: str):
+    """Convert, narrow the cut, verify; where an int8 build misses its gates, keep the layers that cost the ranking
+    most in float (compiler.int8_fallback), one more each round, and verify again. Returns (halves, cut,
+    verification, the layers kept in float with why)."""
+    kept, ranking = [], None
+    while True:
+        with stage("precision") as s:
+            halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None, int8_form,
+                             keep_float=int8_fallback.keep_float(kept))
+            s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}" + (
+                f"; {len(kept)} layer(s) kept in float" if kept else "")
+        cut = parts.cut
+        if cfg.precision.cut_precision == "fp16":
+            halves, cut = _narrow_cut(halves, cut, model.config)
+        verification = verify(model, SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer)).score, precision, cfg.verify)
+        int8 = "int8" in (halves.encoder_precision, halves.scorer_precision)
+        if verification.passed or not int8 or len(kept) >= int8_fallback.MAX_KEPT_FLOAT:
+            break
+        ranking = ranking or int8_fallback.rank_layers(parts, cfg.precision, calibration, int8_form, model)
+        remaining = [layer for layer in ranking if layer not in kept]
+        if not remaining:
+            break
+        kept.append(remaining[0])
+        log.info("int8: %s; keeping %s %s in float (alone it costs 1 - tau %.4f, %.0f%% of the %s's int8 GEMM work) and "
+                 "verifying again", verification.failures[0], kept[-1].half, kept[-1].node, kept[-1].tau_deficit,
+                 100 * kept[-1].weight_share, kept[-1].half)
+    reasons = [{**layer.to_dict(), "why": f"kept after round {i + 1}: the gates failed with it in int8, and of the layers "
+                "left it costs the ranking most when quantized alone"} for i, layer in enumerate(kept)]
+    return halves, cut, verification, reasons
 
 
 def _narrow_cut(halves, cut, c):

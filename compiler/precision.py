@@ -30,6 +30,7 @@ import io
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -108,18 +109,21 @@ class Halves:
 
 
 def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None,
-            int8_form: str = "tensorrt") -> Halves:
+            int8_form: str = "tensorrt", keep_float: Mapping[str, Iterable[str]] = {}) -> Halves:
     """`calibration` (a compiler.calibrate.CalibrationSet) is needed when a graph is int8, made in `int8_form`
     (cfg.int8_form wins where given); `whole`, the unsplit graph, is converted at the base precision for the
-    stca_fused baseline."""
+    stca_fused baseline. keep_float: per half ("encoder", "scorer", "fused"), weight GEMMs int8 leaves alone."""
     cfg = replace(cfg, int8_form=cfg.int8_form or int8_form)
     if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
         raise CompilerError("precision int8: no calibration set given")
     details = {}
-    encoder, details[SHORT_NAMES[ENCODER]] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration))
-    scorer, details[SHORT_NAMES[SCORER]] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration))
+    keep = {half: tuple(nodes) for half, nodes in keep_float.items()}
+    e, sc, f = (SHORT_NAMES[m] for m in (ENCODER, SCORER, FUSED))
+    encoder, details[e] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration), keep.get(e, ()))
+    scorer, details[sc] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration),
+                                   keep.get(sc, ()))
     if whole is not None:
-        whole, details[SHORT_NAMES[FUSED]] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration))
+        whole, details[f] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration), keep.get(f, ()))
     if calibration is not None:
         details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
                                   "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
@@ -127,12 +131,15 @@ def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.Mo
     return Halves(encoder, scorer, cfg.encoder_precision, cfg.scorer_precision, details, whole)
 
 
-def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds):
+def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds, keep_float: tuple[str, ...] = ()):
     if precision == "fp32":
         return half, {"precision": "fp32"}
     if precision == "fp16":
         return to_fp16(half, cfg.length_dim)
-    quantized, details = (to_int8_cpu if cfg.int8_form == "cpu" else to_int8)(half, feeds, cfg)
+    unknown = sorted(set(keep_float) - set(weight_matmuls(half)))
+    if unknown:
+        raise CompilerError(f"precision int8: {unknown[:3]} are not weight MatMul/Gemm nodes of this graph; nothing else is quantized")
+    quantized, details = (to_int8_cpu if cfg.int8_form == "cpu" else to_int8)(half, feeds, cfg, keep_float)
     if cfg.int8_high_precision == "fp16":
         quantized, details["fp16"] = to_fp16(quantized, cfg.length_dim)
     return quantized, details
@@ -205,7 +212,7 @@ def to_fp16(half: onnx.ModelProto, length_dim: str = "L") -> tuple[onnx.ModelPro
                                      "feeding_discontinuous_ops": discretizing}}
 
 
-def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.ModelProto, dict]:
+def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict]:
     from modelopt.onnx.quantization import quantize
 
     bmms = attention_matmuls(half)
@@ -218,7 +225,7 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
             calibration_data_reader=_Reader(feeds),
             calibration_method=cfg.calibration_method,
             calibration_eps=["cpu"],
-            nodes_to_exclude=[f"^{re.escape(name)}$" for name in bmms],
+            nodes_to_exclude=[f"^{re.escape(name)}$" for name in (*bmms, *keep_float)],
             high_precision_dtype="fp32",  # fp16 goes through to_fp16 below, so its fp32 rules apply
             output_path=str(target),
             log_level="ERROR",
@@ -228,12 +235,12 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.Mo
     index = GraphIndex(quantized.graph)
     quantized_ops = Counter(_consumer_op(index, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
     details = {"precision": "int8", "form": "tensorrt", "tool": "modelopt.onnx.quantization", "qdq_pairs": q["QuantizeLinear"],
-               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
+               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms, "kept_float": list(keep_float),
                "high_precision": cfg.int8_high_precision, "calibration_method": cfg.calibration_method}
     return quantized, details
 
 
-def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onnx.ModelProto, dict]:
+def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict]:
     """The cpu int8 form (module docstring): every MatMul/Gemm with a weight, in the Q/DQ pattern ONNX Runtime
     fuses into its integer kernels (QGemm, MatMulIntegerToFloat)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -246,7 +253,8 @@ def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onn
         source, target = Path(tmp) / "half.onnx", Path(tmp) / "half.int8.onnx"
         onnx.save(half, str(source))  # a ModelProto given to quantize_static is moved to external data in place
         quantize_static(source, target, _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=bmms,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=[*bmms, *keep_float],
                         calibrate_method=CalibrationMethod.MinMax,
                         # outputs stay float: a quantized output would put a Q/DQ pair in front of the float bmms
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
@@ -257,9 +265,15 @@ def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig) -> tuple[onn
     quantized_ops = Counter(_consumer_op(index, n) for n in quantized.graph.node if n.op_type == "DequantizeLinear")
     details = {"precision": "int8", "form": "cpu", "tool": "onnxruntime.quantization",
                "qdq_pairs": sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear"),
-               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms,
+               "quantized_inputs_by_op": dict(quantized_ops), "attention_bmms_kept": bmms, "kept_float": list(keep_float),
                "high_precision": cfg.int8_high_precision, "calibration_method": "minmax"}
     return quantized, details
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls and Gemms with a weight operand: what int8 quantizes, in graph order."""
+    index = GraphIndex(model.graph)
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(index.is_weight(i) for i in n.input)]
 
 
 def attention_matmuls(model: onnx.ModelProto) -> list[str]:

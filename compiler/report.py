@@ -95,6 +95,12 @@ def _lines(r) -> list[str]:
         lines += [f"| {task} | {row['reference']:.4f} | {row['compiled']:.4f} | {row['delta']:+.5f} |" for task, row in v.auc.items()]
     if v.failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in v.failures]
+    kept = r.precisions.get("int8_kept_float")
+    if kept:
+        lines += ["", f"Layers kept out of int8 so the gates pass ({len(kept)}; compiler/int8_fallback.py): each was quantized "
+                  "alone and ranked by the ranking error it caused, and the worst went back to float, one per round.", "",
+                  "| half | node | 1 - tau with only it in int8 | share of the half's int8 GEMM work |", "|---|---|---:|---:|"]
+        lines += [f"| {k['half']} | `{k['node']}` | {k['tau_deficit']:.4f} | {100 * k['weight_share']:.1f}% |" for k in kept]
     if r.plots.get("error_vs_length"):
         lines += ["", f"![score error against history length]({r.plots['error_vs_length']})"]
     lines += ["", f"## The cut (bytes per request at L={L})", "",

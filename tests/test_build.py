@@ -237,3 +237,41 @@ def test_the_cpu_int8_form_is_refused_for_tensorrt(tmp_path, tiny_checkpoint, mo
                                    precision=PrecisionConfig("int8", int8_form="cpu"))
     with pytest.raises(CompilerError, match="int8 form cpu: TensorRT takes symmetric int8 only"):
         build_module.build(cfg)
+
+
+@pytest.mark.slow
+def test_an_int8_miss_keeps_the_most_harmful_layers_in_float_until_the_limit(tmp_path, tiny_checkpoint, tiny_calibration, monkeypatch):
+    """A gate no int8 build meets: the build ranks every quantized layer by the tau it costs alone, keeps the
+    worst in float one round at a time up to MAX_KEPT_FLOAT, then fails as any missed gate does; accepted,
+    the manifest and the report name each kept layer, and in the served graphs those layers read no
+    dequantized input."""
+    import onnx
+
+    from compiler import int8_fallback
+    from compiler.build import BuildConfig, build
+    from compiler.errors import CompilerError
+    from compiler.precision import PrecisionConfig
+    from compiler.verify import THRESHOLDS, Thresholds, VerifyConfig
+
+    monkeypatch.setitem(THRESHOLDS, "int8", Thresholds(kendall_tau=1.01))  # unreachable
+    monkeypatch.setattr(int8_fallback, "MAX_KEPT_FLOAT", 2)
+    ranked = []
+    rank_layers = int8_fallback.rank_layers
+    monkeypatch.setattr(int8_fallback, "rank_layers", lambda *a: ranked.extend(rank_layers(*a)) or ranked)
+    cfg = BuildConfig(out=tmp_path / "out", checkpoint=tiny_checkpoint, max_history=500,
+                      precision=PrecisionConfig("int8", calibration=tiny_calibration),
+                      verify=VerifyConfig(lengths=(1, 300), candidates=(32,), requests_per_case=1, auc_requests=0))
+    with pytest.raises(CompilerError, match="the int8 build misses its accuracy gate"):
+        build(cfg)
+    assert len(ranked) > 2 and [r.tau_deficit for r in ranked] == sorted((r.tau_deficit for r in ranked), reverse=True)
+    ranked.clear()
+    manifest = build(BuildConfig(**{**cfg.__dict__, "accept_accuracy_loss": True})).manifest
+    kept = manifest["precisions"]["int8_kept_float"]
+    assert [(k["half"], k["node"]) for k in kept] == [(r.half, r.node) for r in ranked[:2]]
+    assert all(k["why"].startswith(f"kept after round {i + 1}") for i, k in enumerate(kept))
+    for half in {k["half"] for k in kept}:
+        graph = onnx.load(str(tmp_path / "out" / f"stca_{'history_encoder' if half == 'encoder' else 'candidate_scorer'}" / "1" / "model.onnx"))
+        producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+        for node in (n for n in graph.graph.node if n.name in {k["node"] for k in kept if k["half"] == half}):
+            assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
+    assert all(k["node"] in (tmp_path / "out" / "report.md").read_text() for k in kept)

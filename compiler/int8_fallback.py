@@ -1,0 +1,86 @@
+"""int8 that meets its gates by construction: which quantized layers cost the ranking most, measured one at a time.
+
+    layers = rank_layers(parts, cfg, calibration, int8_form, reference)     # worst first
+
+Each weight GEMM of each int8 half is quantized alone (every other layer, and the other half, stay in float)
+and the split graphs score a fixed, seeded set of sensitivity requests, the short tail (L = 1..64) included:
+a layer's sensitivity is the mean Kendall-tau deficit (1 - tau) of its scores against the PyTorch fp32
+model's, the int8 gate's own metric. compiler.build keeps the worst layers in float, one more each round,
+until verify passes or MAX_KEPT_FLOAT layers are kept (then the build fails as any missed gate does).
+The sensitivity requests are not verify's (other seeds), so the gate still judges requests the choice never saw.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from compiler.data import sample_requests
+from compiler.graph_index import GraphIndex
+from compiler.log import Progress, stage
+from compiler.metrics import kendall_tau
+from compiler.names import ENCODER, SCORER, SHORT_NAMES
+from compiler.partition import Split
+from compiler.precision import PrecisionConfig, convert, weight_matmuls
+from compiler.runtime import OrtGraph, SplitRunner
+
+MAX_KEPT_FLOAT = 8  # layers kept out of int8 before the build gives up: past that, int8 is not the precision to serve
+SENSITIVITY_LENGTHS = (1, 1, 7, 64, 512)  # the short tail fails first: one history item's V is the whole attention output
+SENSITIVITY_CANDIDATES = 256
+SENSITIVITY_SEED = 31_337
+
+
+@dataclass(frozen=True)
+class Layer:
+    half: str  # "encoder" | "scorer"
+    node: str
+    tau_deficit: float  # mean 1 - tau against PyTorch fp32 with only this layer in int8
+    weight_share: float  # its weight's share of the half's quantizable weight elements (its share of the GEMM work)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str, reference) -> list[Layer]:
+    """Every quantizable layer of each int8 half, the most harmful first (see the module docstring)."""
+    c = reference.config
+    requests = [r.inputs for r in sample_requests(c, [min(L, c.max_history) for L in SENSITIVITY_LENGTHS], seed=SENSITIVITY_SEED,
+                                                    n_candidates=min(SENSITIVITY_CANDIDATES, c.max_candidates))]
+    expected = [reference.score(r) for r in requests]
+    graphs = {SHORT_NAMES[ENCODER]: (parts.encoder, cfg.encoder_precision), SHORT_NAMES[SCORER]: (parts.scorer, cfg.scorer_precision)}
+    candidates = [(half, node) for half, (graph, precision) in graphs.items() if precision == "int8" for node in weight_matmuls(graph)]
+    sizes = {half: _weight_sizes(graph) for half, (graph, _) in graphs.items()}
+    layers = []
+    with stage(f"int8 sensitivity: {len(candidates)} layers, one at a time") as s:
+        progress = Progress("layer", len(candidates))
+        for half, node in candidates:
+            alone = replace(cfg, precision="fp32", encoder="int8" if half == "encoder" else "fp32",
+                            scorer="int8" if half == "scorer" else "fp32")
+            others = [n for n in weight_matmuls(graphs[half][0]) if n != node]
+            halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others})
+            runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+            deficit = np.mean([1 - kendall_tau(e[:, t], got[:, t]) for e, r in zip(expected, requests)
+                               for got in [runner.score(r)] for t in range(e.shape[1])])
+            layers.append(Layer(half, node, float(deficit), sizes[half][node] / sum(sizes[half].values())))
+            progress.advance(note=f"{half} {node}: 1 - tau {deficit:.4f}")
+        layers.sort(key=lambda layer: -layer.tau_deficit)
+        s.summary = ", ".join(f"{layer.half} {layer.node} {layer.tau_deficit:.4f}" for layer in layers[:3]) + (" ..." if len(layers) > 3 else "")
+    return layers
+
+
+def keep_float(layers: list[Layer]) -> dict[str, list[str]]:
+    """convert()'s keep_float for these layers."""
+    kept: dict[str, list[str]] = {}
+    for layer in layers:
+        kept.setdefault(layer.half, []).append(layer.node)
+    return kept
+
+
+def _weight_sizes(graph) -> dict[str, int]:
+    """Elements of each quantizable layer's weight (the MAC count per row it computes)."""
+    index, names, sizes = GraphIndex(graph.graph), set(weight_matmuls(graph)), {}
+    for node in graph.graph.node:
+        if node.name in names:
+            weight = next(i for i in node.input if index.is_weight(i))
+            shape = index.shape(weight) or ()
+            sizes[node.name] = int(np.prod([d for d in shape if isinstance(d, int)])) if shape else 1
+    return sizes
