@@ -19,5 +19,6 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained briefly on the synthetic world: enough signal for AUC-based checks."""
     from compiler.train import TrainConfig, train
 
-    cfg = TrainConfig(preset="tiny", steps=3_000, train_window=512, n_candidates=64, eval_requests=8, eval_lengths=(256,))  # ~30 s
+    # ~40 s; the paper's projected form learns a little slower at D=16 than the direct one did at 3,000 steps
+    cfg = TrainConfig(preset="tiny", steps=4_000, train_window=512, n_candidates=64, eval_requests=16, eval_lengths=(256,))
     return train(cfg, tmp_path_factory.mktemp("ckpt") / "trained").checkpoint
