@@ -183,10 +183,11 @@ def build(cfg: BuildConfig) -> BuildResult:
 
 
 def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, int8_form: str, precision: str):
-    """Convert, narrow the cut, verify; where an int8 build misses its gates, keep the layers that cost the ranking
-    most in float (compiler.int8_fallback), one more each round, and verify again. Returns (halves, cut,
-    verification, the layers kept in float with why)."""
-    kept, ranking = [], None
+    """Convert, narrow the cut, verify; where an int8 build misses its gates, or passes within
+    int8_fallback.MARGIN of one, keep the layers that cost the ranking most in float (compiler.int8_fallback),
+    one more each round, and verify again. Returns (halves, cut, verification, the layers kept in float with
+    why): the last round's, or where a round that passed was followed by ones that did not, that one's."""
+    kept, ranking, passing, why = [], None, None, []
     while True:
         with stage("precision") as s:
             halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None, int8_form,
@@ -197,20 +198,25 @@ def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, i
         if cfg.precision.cut_precision == "fp16":
             halves, cut = _narrow_cut(halves, cut, model.config)
         verification = verify(model, SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer)).score, precision, cfg.verify)
-        int8 = "int8" in (halves.encoder_precision, halves.scorer_precision)
-        if verification.passed or not int8 or len(kept) >= int8_fallback.MAX_KEPT_FLOAT:
+        if "int8" not in (halves.encoder_precision, halves.scorer_precision):
+            break
+        if verification.passed:
+            passing = (halves, cut, verification, list(kept), list(why))
+        thin = int8_fallback.thin_cases(verification)
+        if (verification.passed and not thin) or len(kept) >= int8_fallback.MAX_KEPT_FLOAT:
             break
         ranking = ranking or int8_fallback.rank_layers(parts, cfg.precision, calibration, int8_form, model)
         remaining = [layer for layer in ranking if layer not in kept]
         if not remaining:
             break
+        reason = verification.failures[0] if not verification.passed else f"passes, but within {int8_fallback.MARGIN} of the gate: {thin[0]}"
         kept.append(remaining[0])
+        why.append(f"kept after round {len(kept)} ({reason}): of the layers left, it costs the ranking most when quantized alone")
         log.info("int8: %s; keeping %s %s in float (alone it costs 1 - tau %.4f, %.0f%% of the %s's int8 GEMM work) and "
-                 "verifying again", verification.failures[0], kept[-1].half, kept[-1].node, kept[-1].tau_deficit,
-                 100 * kept[-1].weight_share, kept[-1].half)
-    reasons = [{**layer.to_dict(), "why": f"kept after round {i + 1}: the gates failed with it in int8, and of the layers "
-                "left it costs the ranking most when quantized alone"} for i, layer in enumerate(kept)]
-    return halves, cut, verification, reasons
+                 "verifying again", reason, kept[-1].half, kept[-1].node, kept[-1].tau_deficit, 100 * kept[-1].weight_share, kept[-1].half)
+    if passing is not None and not verification.passed:
+        halves, cut, verification, kept, why = passing
+    return halves, cut, verification, [{**layer.to_dict(), "why": w} for layer, w in zip(kept, why)]
 
 
 def _narrow_cut(halves, cut, c):
