@@ -275,3 +275,20 @@ def test_an_int8_miss_keeps_the_most_harmful_layers_in_float_until_the_limit(tmp
         for node in (n for n in graph.graph.node if n.name in {k["node"] for k in kept if k["half"] == half}):
             assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
     assert all(k["node"] in (tmp_path / "out" / "report.md").read_text() for k in kept)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_int8_and_its_gates_hold_on_a_demo_model_trained_from_another_seed(tmp_path):
+    """Not only the one demo checkpoint: a demo-size model trained with seed 1 (other weights, other training
+    requests) builds at int8 for the python target with every gate passed, the fallback free to keep layers."""
+    from compiler.build import BuildConfig, build
+    from compiler.precision import PrecisionConfig
+    from compiler.train import TrainConfig, train
+
+    checkpoint = train(TrainConfig(seed=1), tmp_path / "seed1").checkpoint  # about 2 minutes on 2 cores
+    result = build(BuildConfig(out=tmp_path / "int8", checkpoint=checkpoint, precision=PrecisionConfig("int8")))
+    v = result.verification
+    assert v.passed and result.precisions["int8_form"] == "cpu"
+    assert min(c.kendall_tau_mean for c in v.cases if c.N >= 16) >= 0.95
+    assert all(abs(row["delta"]) <= 0.002 for row in v.auc.values())
