@@ -292,3 +292,22 @@ def test_int8_and_its_gates_hold_on_a_demo_model_trained_from_another_seed(tmp_p
     assert v.passed and result.precisions["int8_form"] == "cpu"
     assert min(c.kendall_tau_mean for c in v.cases if c.N >= 16) >= 0.95
     assert all(abs(row["delta"]) <= 0.002 for row in v.auc.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["projected", "direct"])
+def test_a_checkpoint_of_either_fusion_form_builds_and_verifies_within_1e_4(tmp_path, fusion):
+    """The paper's form and the earlier one (saved as older checkpoints are: no fusion field) both build."""
+    from compiler.build import BuildConfig, build
+    from compiler.load import save_checkpoint, seeded_model
+    from compiler.model import preset
+    from compiler.verify import VerifyConfig
+
+    path = save_checkpoint(seeded_model(preset("tiny", fusion=fusion), seed=5), tmp_path / "ckpt")
+    if fusion == "direct":
+        meta = json.loads((path / "config.json").read_text())
+        del meta["model_config"]["fusion"]
+        (path / "config.json").write_text(json.dumps(meta))
+    result = build(BuildConfig(out=tmp_path / "out", checkpoint=path, max_history=2_000,
+                               verify=VerifyConfig(lengths=(1, 64, 2_000), candidates=(3, 64), requests_per_case=1, auc_requests=0)))
+    assert result.config.fusion == fusion and result.verification.passed and result.verification.max_abs_error <= 1e-4

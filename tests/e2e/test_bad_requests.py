@@ -112,3 +112,14 @@ def test_a_burst_of_good_and_bad_requests(triton, model):
     assert triton.is_ready()
     health = httpclient.InferenceServerClient(triton.cfg.http_url)
     assert all(health.is_model_ready(m) for m in ("stca", "stca_history_encoder", "stca_candidate_scorer"))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_action_id_of_n_actions_is_refused_with_the_input_named(triton, model, protocol):
+    request = good_request(model, 3)
+    request["history_actions"][5] = model.config.n_actions
+    client = ScoringClient(triton.cfg.http_url if protocol == "http" else triton.cfg.grpc_url, protocol)
+    with pytest.raises(InferenceServerException, match=rf"history_actions: action {model.config.n_actions} is outside 0\.\.{model.config.n_actions - 1}"):
+        client.infer(request)  # the server's own check
+    with pytest.raises(CompilerError, match="history_actions: action"):
+        client.score(request)  # and the client's, before sending
