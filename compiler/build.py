@@ -94,11 +94,6 @@ class BuildResult:
         return self.model.config
 
     @property
-    def models(self) -> dict[str, Path]:
-        """Each served model's directory, by name."""
-        return {p.parent.name: p.parent for p in sorted(self.out.glob("*/config.pbtxt"))}
-
-    @property
     def manifest(self) -> dict:
         c = self.config
         return {

@@ -39,18 +39,14 @@ class GraphIndex:
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant (initializer or Constant node with a tensor `value`), else None."""
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.constant_nodes.get(name)
-        value = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
-        return None if value is None else numpy_helper.to_array(value)
+        tensor = self._constant_tensor(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
 
-    def constant_elem_type(self, name: str) -> int | None:
+    def _constant_tensor(self, name: str) -> onnx.TensorProto | None:
         if name in self.initializers:
-            return self.initializers[name].data_type
+            return self.initializers[name]
         node = self.constant_nodes.get(name)
-        value = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
-        return None if value is None else value.data_type
+        return next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
 
     def is_weight(self, name: str) -> bool:
         """A constant, or a constant seen through layout ops (a transposed or reshaped weight is still a weight)."""
@@ -61,7 +57,10 @@ class GraphIndex:
     def elem_type(self, name: str) -> int | None:
         """The ONNX element type of a value, where the graph declares it."""
         t = self.types.get(name)
-        return t.tensor_type.elem_type if t is not None else self.constant_elem_type(name)
+        if t is not None:
+            return t.tensor_type.elem_type
+        tensor = self._constant_tensor(name)
+        return None if tensor is None else tensor.data_type
 
     def shape(self, name: str) -> tuple | None:
         """Dims of a value: ints, symbolic names, or "?" for an unnamed unknown dim; None if unknown."""

@@ -23,7 +23,7 @@ from compiler.names import ENCODER, SCORER, SHORT_NAMES
 from compiler.partition import Split
 from compiler.precision import PrecisionConfig, convert, weight_matmuls
 from compiler.runtime import OrtGraph, SplitRunner
-from compiler.verify import TAU_MIN_CANDIDATES, Verification
+from compiler.verify import Verification, tau_gated
 
 MAX_KEPT_FLOAT = 8  # layers kept out of int8 before the build gives up: past that, int8 is not the precision to serve
 # The fallback also runs while a gated tau passes by less than this: a pass by 0.003 (the demo model at L=7) can flip
@@ -52,15 +52,16 @@ def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str,
                                                     n_candidates=min(SENSITIVITY_CANDIDATES, c.max_candidates))]
     expected = [reference.score(r) for r in requests]
     graphs = {SHORT_NAMES[ENCODER]: (parts.encoder, cfg.encoder_precision), SHORT_NAMES[SCORER]: (parts.scorer, cfg.scorer_precision)}
-    candidates = [(half, node) for half, (graph, precision) in graphs.items() if precision == "int8" for node in weight_matmuls(graph)]
-    sizes = {half: _weight_sizes(graph) for half, (graph, _) in graphs.items()}
+    quantized = {half: weight_matmuls(graph) for half, (graph, precision) in graphs.items() if precision == "int8"}
+    candidates = [(half, node) for half, nodes in quantized.items() for node in nodes]
+    sizes = {half: _weight_sizes(graphs[half][0], nodes) for half, nodes in quantized.items()}
     layers = []
     with stage(f"int8 sensitivity: {len(candidates)} layers, one at a time") as s:
         progress = Progress("layer", len(candidates))
         for half, node in candidates:
             alone = replace(cfg, precision="fp32", encoder="int8" if half == "encoder" else "fp32",
                             scorer="int8" if half == "scorer" else "fp32")
-            others = [n for n in weight_matmuls(graphs[half][0]) if n != node]
+            others = [n for n in quantized[half] if n != node]
             halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others})
             runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
             deficit = np.mean([1 - kendall_tau(e[:, t], got[:, t]) for e, r in zip(expected, requests)
@@ -74,11 +75,9 @@ def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str,
 
 def thin_cases(verification: Verification) -> list[str]:
     """The gated cases whose mean tau is within MARGIN of the threshold, as "L=7 N=256: tau 0.9529"."""
-    threshold = verification.thresholds.kendall_tau
-    if threshold is None:
-        return []
+    th = verification.thresholds
     return [f"L={c.L} N={c.N}: tau {c.kendall_tau_mean:.4f}" for c in verification.cases
-            if c.N >= TAU_MIN_CANDIDATES and c.kendall_tau_mean < threshold + MARGIN]
+            if tau_gated(th, c) and c.kendall_tau_mean < th.kendall_tau + MARGIN]
 
 
 def keep_float(layers: list[Layer]) -> dict[str, list[str]]:
@@ -89,9 +88,9 @@ def keep_float(layers: list[Layer]) -> dict[str, list[str]]:
     return kept
 
 
-def _weight_sizes(graph) -> dict[str, int]:
-    """Elements of each quantizable layer's weight (the MAC count per row it computes)."""
-    index, names, sizes = GraphIndex(graph.graph), set(weight_matmuls(graph)), {}
+def _weight_sizes(graph, names: list[str]) -> dict[str, int]:
+    """Elements of each named layer's weight (the MAC count per row it computes)."""
+    index, sizes = GraphIndex(graph.graph), {}
     for node in graph.graph.node:
         if node.name in names:
             weight = next(i for i in node.input if index.is_weight(i))

@@ -155,13 +155,18 @@ def _auc_deltas(reference: STCA, compiled, cfg: VerifyConfig, world: World) -> d
     return table
 
 
+def tau_gated(th: Thresholds, case: CaseResult) -> bool:
+    """Whether the Kendall-tau gate judges this case (it has a threshold, and enough candidates to rank)."""
+    return th.kendall_tau is not None and case.N >= TAU_MIN_CANDIDATES
+
+
 def _failures(th: Thresholds, cases: list[CaseResult], auc_table: dict) -> list[str]:
     failures = []
     for case in cases:
         where = f"L={case.L} N={case.N}"
         if th.max_abs_error is not None and case.max_abs_error > th.max_abs_error:
             failures.append(f"{where}: max abs error {case.max_abs_error:.2e} > {th.max_abs_error:.0e}")
-        if th.kendall_tau is not None and case.N >= TAU_MIN_CANDIDATES and case.kendall_tau_mean < th.kendall_tau:
+        if tau_gated(th, case) and case.kendall_tau_mean < th.kendall_tau:
             failures.append(f"{where}: mean Kendall tau {case.kendall_tau_mean:.4f} < {th.kendall_tau}")
     if th.auc_delta is not None:
         for task, row in auc_table.items():
