@@ -11,6 +11,7 @@ from pathlib import Path
 
 from compiler.errors import CompilerError
 from compiler.log import configure, log
+from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 
 
 def cmd_build(args) -> int:
@@ -34,7 +35,8 @@ def cmd_build(args) -> int:
                                   int8_high_precision=args.int8_high_precision, cut=args.cut_dtype, int8_form=args.int8_form),
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines,
-                        ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache),
+                        ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache,
+                        history_cache_bytes=args.history_cache_bytes),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
@@ -43,6 +45,15 @@ def cmd_build(args) -> int:
     log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.precision,
              v.max_abs_error, "gates passed" if v.passed else "GATES MISSED (accepted)", result.out / "report.md")
     return 0
+
+
+def byte_size(text: str) -> int:
+    """'1G', '512M', '64K' or a plain number of bytes (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 1G, 512M, 0)") from None
 
 
 def cmd_tune(args) -> int:
@@ -204,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
     b.add_argument("--response-cache", action="store_true", help="enable Triton's response cache on the history encoder")
+    b.add_argument("--history-cache-bytes", type=byte_size, default=DEFAULT_HISTORY_CACHE_BYTES, metavar="BYTES",
+                   help="python target: the history encoder's row cache, over all its instances, e.g. 512M or 2G "
+                        "(default 1G; 0 turns it off)")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
     b.set_defaults(handler=cmd_build)
 

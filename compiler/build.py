@@ -15,14 +15,15 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-from compiler import calibrate, int8_fallback, lint, report
+from compiler import calibrate, history_cache, int8_fallback, lint, report
 from compiler import emit as emit_stage
 from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
-from compiler.data import sample_requests
+from compiler.data import left_pad, sample_requests
 from compiler.emit import EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
 from compiler.errors import CompilerError
 from compiler.export import export
+from compiler.history_cache import RowCachePlan
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
 from compiler.log import log, stage
 from compiler.costmodel import best_attention, crossover_candidates, served_cost, split_cost
@@ -79,6 +80,7 @@ class BuildResult:
     limits: RequestLimits
     verification: Verification
     lint: tuple[lint.LintReport, ...]
+    history_cache: dict  # the encoder's row locality: the row cache's keys and what it holds, or why it has none
     thread_budget: dict | None  # CPU targets: the placements the configs hold (compiler.budget)
     engines: dict | None  # tensorrt: the plans' details and their own verification
     accepted_accuracy_loss: bool
@@ -113,6 +115,7 @@ class BuildResult:
             **cut_entries(self.cut, c.max_history),
             "placement": self.placement,
             "verification": self.verification.to_dict(),
+            "history_cache": self.history_cache,
             "accepted_accuracy_loss": self.accepted_accuracy_loss,
             **({"thread_budget": self.thread_budget} if self.thread_budget else {}),
             "lint": [{"graph": r.graph, "nodes": r.nodes, "qdq_pairs": r.qdq_pairs, "ok": r.ok} for r in self.lint],
@@ -145,6 +148,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
             "nothing was written (--accept-accuracy-loss writes it anyway)"
         )
+    row_cache, row_cache_record = _history_cache(halves.encoder, c, target, cfg.emit.history_cache_bytes)
     plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
     limits = RequestLimits.of(c)
     warmup = with_cut(OrtGraph(halves.encoder), next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
@@ -154,7 +158,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
             checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint") if cfg.emit.baselines else None
-            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans.plans if plans else None, checkpoint)
+            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans=plans.plans if plans else None,
+                            checkpoint=checkpoint, row_cache=row_cache)
             emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, deployment)
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
         result = BuildResult(
@@ -164,6 +169,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             precisions={**halves.details, **({"int8_form": int8_form, "int8_kept_float": kept_float}
                                              if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
             cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
+            history_cache=row_cache_record,
             thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(), "plan") if deployment.device == "cpu" else None,
             engines=plans.details if plans else None,
             accepted_accuracy_loss=bool(cfg.accept_accuracy_loss and not verification.passed),
@@ -229,6 +235,30 @@ def _narrow_cut(halves, cut, c):
         s.summary = (f"{len(narrowed.narrowed)} of {len(cut.tensors)} tensors cross in fp16"
                      + "".join(f"; {name} stays: {why}" for name, why in narrowed.kept.items()))
     return halves, cut
+
+
+def _history_cache(encoder, c: STCAConfig, target: str, budget_bytes: int) -> tuple[RowCachePlan | None, dict]:
+    """The encoder's key and row graphs where its outputs are row-local (compiler.history_cache), confirmed on
+    requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
+    the cache; the analysis is recorded for every target."""
+    with stage("history cache") as s:
+        try:
+            plan = history_cache.plan(encoder)
+            lengths = sorted({1, min(64, c.max_history), min(2_000, c.max_history)})
+            requests = [r.inputs for r in sample_requests(c, lengths, seed=23, n_candidates=1)]
+            if lengths[-1] < c.max_history:  # padding rows are rows too: they must come out of the cache as the encoder makes them
+                requests.append(left_pad(requests[-1], min(16, c.max_history - lengths[-1])))
+            worst = history_cache.confirm(plan, encoder, requests, OrtGraph)
+        except history_cache.NotRowLocal as e:
+            s.summary = f"no row cache: {e}"
+            return None, {"row_local": False, "why": str(e), "served": False}
+        served = target == "python" and budget_bytes > 0
+        s.summary = (f"{len(plan.cached)} outputs cached by {len(plan.keys)} key columns "
+                     f"({', '.join(k.source for k in plan.keys)}), {plan.bytes_per_row} bytes a row; "
+                     + (f"served with a {budget_bytes / 2**20:.0f} MiB budget" if served else
+                        "not served (python target only)" if budget_bytes else "off (--history-cache-bytes 0)"))
+        return (plan if served else None), {"row_local": True, **plan.to_dict(), "confirmed_max_abs_difference": worst,
+                                            "confirmed_at_lengths": lengths, "served": served, "budget_bytes": budget_bytes if served else 0}
 
 
 def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):

@@ -179,3 +179,58 @@ def left_pad(inputs: dict, n: int) -> dict:
         value = inputs[name]
         padded[name] = np.concatenate([np.full(n, PAD_ITEM_ID if name == "history_item_ids" else 0, value.dtype), value])
     return padded
+
+
+@dataclass(frozen=True)
+class RepeatedUsers:
+    """Traffic from users who come back, the load a history cache is for. Each user's first request has a
+    KuaiRand-1K history length; at each later visit the user has done `1 + Poisson(new_items_mean - 1)` new
+    interactions since the last one, `Exponential(visit_gap_mean_s)` seconds ago at most, and every older item
+    has aged by that gap (its age bucket moves when it crosses a power of two). History items come from a
+    Zipf(`zipf_exponent`) popularity over `catalog` items, so users share items; actions from a fixed mix.
+    Visits are interleaved round-robin over users, as a server sees them; the oldest items fall off past the
+    served maximum."""
+
+    users: int = 8
+    visits: int = 12
+    new_items_mean: float = 4.0
+    visit_gap_mean_s: float = 2 * 3_600.0
+    catalog: int = 100_000
+    zipf_exponent: float = 1.05
+    action_mix: tuple[float, ...] = (0.5, 0.3, 0.15, 0.05)  # the first len(action_mix) actions, in these shares
+
+
+def repeated_user_requests(config: STCAConfig, traffic: RepeatedUsers, seed: int, n_candidates: int = 64,
+                           world: World | None = None) -> list[dict]:
+    """traffic.users x traffic.visits requests (inputs), visit-major: every user's first visit, then every second..."""
+    world = world or World()
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, traffic.catalog + 1, dtype=np.float64)
+    popularity = ranks ** -traffic.zipf_exponent
+    popularity /= popularity.sum()
+    catalog_ids = 1 + rng.choice(10**9 - 1, size=traffic.catalog, replace=False).astype(np.int64)  # never 0 (padding)
+    actions = np.array(traffic.action_mix[: config.n_actions]) / sum(traffic.action_mix[: config.n_actions])
+
+    def interactions(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return catalog_ids[rng.choice(traffic.catalog, n, p=popularity)], rng.choice(len(actions), n, p=actions).astype(np.int64)
+
+    users = []
+    for L in kuairand_lengths(traffic.users, config.max_history, seed=seed):
+        items, acts = interactions(int(L))
+        ages = np.cumsum(rng.exponential(3_600.0, int(L))[::-1])[::-1]  # most recent last
+        profile = sample_request(world, config, rng, 1, 1).inputs["user_features"]
+        users.append({"history_item_ids": items, "history_actions": acts, "history_age_s": ages, "user_features": profile})
+    requests = []
+    for visit in range(traffic.visits):
+        for user in users:
+            if visit:
+                gap = rng.exponential(traffic.visit_gap_mean_s)
+                n = 1 + rng.poisson(traffic.new_items_mean - 1)
+                items, acts = interactions(n)
+                new_ages = np.sort(rng.uniform(0.0, gap, n))[::-1]
+                for name, new in (("history_item_ids", items), ("history_actions", acts), ("history_age_s", new_ages)):
+                    grown = np.concatenate([user[name] + (gap if name == "history_age_s" else 0), new])
+                    user[name] = grown[-config.max_history:]
+            candidates = sample_request(world, config, rng, 1, n_candidates).inputs
+            requests.append({**candidates, **{k: v.astype(np.float32) if k == "history_age_s" else v.copy() for k, v in user.items()}})
+    return requests

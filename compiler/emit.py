@@ -28,7 +28,10 @@ from onnx import helper
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler import budget
+from compiler.artifacts import sha256_file
 from compiler.errors import CompilerError
+from compiler.history_cache import RowCachePlan
+from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
 from compiler.contract import RequestLimits
 
@@ -53,6 +56,7 @@ class EmitConfig:
     baselines: bool = False
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
+    history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
     warmup_history: int = 2_000
     warmup_candidates: int = 128
 
@@ -61,6 +65,8 @@ class EmitConfig:
             raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
         if self.instances is not None and self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
+        if self.history_cache_bytes < 0:
+            raise CompilerError(f"history cache bytes: {self.history_cache_bytes} must be at least 0 (0 turns the cache off)")
         if self.cpu_threads < 0:
             raise CompilerError(f"cpu threads: {self.cpu_threads} must be at least 1 (or 0: this machine's)")
         if self.device is not None and self.device not in DEVICES:
@@ -104,6 +110,7 @@ class Graphs:
     scorer: onnx.ModelProto
     whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
     plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
+    row_cache: RowCachePlan | None = None  # the encoder's key and row graphs (compiler.history_cache), where row-local
     checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
@@ -123,6 +130,8 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
 
     placements = cfg.placements()
     written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
+    if graphs.row_cache is not None and cfg.target == "python" and cfg.options.history_cache_bytes > 0:
+        written += _row_cache(repo / ENCODER, graphs.row_cache, cfg.options.history_cache_bytes)
     written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, placements, graphs.plans)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
@@ -173,6 +182,24 @@ def _composing_model(repo, name, graph, limits, warmup, cfg: Deployment, placeme
     written += _warmup(repo / name, config, warmup)
     written += write_config(repo, config)
     return written
+
+
+def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[Path]:
+    """The history encoder's row cache: the key and row graphs beside model.onnx, the cache module, and the
+    parameters the served model reads (compiler/triton_python/onnx_model.py). model.onnx stays: with
+    history_cache_bytes set to 0 the model serves from it, uncached."""
+    version = model_dir / "1"
+    written = [_save_onnx(plan.key_graph, version / "key_graph.onnx"), _save_onnx(plan.row_graph, version / "row_graph.onnx")]
+    (version / "stca_row_cache.py").write_text((resources.files("compiler") / "row_cache.py").read_text())
+    config = read_config(model_dir / "config.pbtxt")
+    config.parameters["history_cache_bytes"].string_value = str(budget_bytes)
+    config.parameters["history_cache"].string_value = json.dumps({
+        "keys": [[k.name, k.dtype] for k in plan.keys],
+        "rows": {name: [s.dtype, list(s.row_shape)] for name, s in plan.row_specs.items()},
+        "weights_sha256": sha256_file(written[1]),
+    })
+    write_config(model_dir.parent, config)  # replaces the encoder's config, already in the caller's list
+    return written + [version / "stca_row_cache.py"]
 
 
 def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: Deployment, placement: budget.Placement) -> list[Path]:

@@ -10,6 +10,9 @@ moves them into two new graphs; the precision tools take and return ModelProtos)
 such as onnx-ir's would have to be kept in step with the one being edited.
 """
 
+import copy
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -73,6 +76,43 @@ class GraphIndex:
 
     def dtype(self, name: str) -> str:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type(name))).name
+
+
+def extract_model(
+    a: GraphIndex,
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    inputs: list[str],
+    outputs: list[str],
+    renamed: Mapping[str, str],
+    graph_name: str,
+) -> onnx.ModelProto:
+    """A standalone model of `nodes` (copied, in the given order) of `model`, indexed by `a`: its inputs and outputs
+    as named, values renamed by `renamed` (old -> new), and only the initializers and functions it reads."""
+    used = {name for n in nodes for name in node_inputs(n)}
+    made = {o for n in nodes for o in n.output}
+    new_nodes = [copy.deepcopy(n) for n in nodes]
+    for n in new_nodes:
+        rename_node(n, renamed)
+
+    def value_info(name: str) -> onnx.ValueInfoProto:
+        if name not in a.types:
+            raise RuntimeError(f"extract: no type known for {name!r}; shape inference could not type it")
+        return helper.make_value_info(renamed.get(name, name), a.types[name])
+
+    new_graph = helper.make_graph(
+        new_nodes,
+        graph_name,
+        [value_info(i) for i in inputs],
+        [value_info(o) for o in outputs],
+        initializer=[copy.deepcopy(init) for init in model.graph.initializer if init.name in used],
+        value_info=[value_info(v) for v in sorted(made - set(outputs)) if v in a.types],
+    )
+    extracted = helper.make_model(
+        new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version, producer_name="stca-compiler"
+    )
+    extracted.functions.extend(f for f in model.functions if any((n.domain, n.op_type) == (f.domain, f.name) for n in nodes))
+    return extracted
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:

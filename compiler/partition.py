@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.errors import CompilerError
-from compiler.graph_index import LAYOUT_OPS, GraphIndex, node_inputs, rename_node
+from compiler.graph_index import LAYOUT_OPS, GraphIndex, extract_model, node_inputs
 
 CONSTANT, SHAPE_ONLY, REQUEST, CANDIDATE = "constant", "shape-only", "request-level", "candidate"
 SHAPE_OPS = frozenset({"Shape", "Size"})  # read the shape of their input, never its values
@@ -232,8 +232,8 @@ def _build(model: onnx.ModelProto, a: _Analysis, moved: set[int], names: Mapping
     renamed = _cut_names(a, crossing, names)
     encoder_inputs = [i for i in request_graph_inputs if any(i in node_inputs(n) for n in encoder_nodes)]
     candidate_inputs = [i for i in candidate_graph_inputs if any(i in node_inputs(n) for n in scorer_nodes)]
-    encoder = _extract(a, model, encoder_nodes, encoder_inputs, [t for t in crossing if t not in request_graph_inputs], renamed, "history_encoder")
-    scorer = _extract(a, model, scorer_nodes, crossing + candidate_inputs, [o.name for o in graph.output], renamed, "candidate_scorer")
+    encoder = extract_model(a, model, encoder_nodes, encoder_inputs, [t for t in crossing if t not in request_graph_inputs], renamed, "history_encoder")
+    scorer = extract_model(a, model, scorer_nodes, crossing + candidate_inputs, [o.name for o in graph.output], renamed, "candidate_scorer")
     for half, role in ((encoder, "encoder"), (scorer, "scorer")):
         try:
             onnx.checker.check_model(half, full_check=True)
@@ -376,42 +376,6 @@ def _module_paths(node: onnx.NodeProto) -> list[str]:
             segments = prop.value.split("/")[1:-1]  # drop the root model and the aten op
             return [s.split(": ")[0] for s in segments]
     return []
-
-
-def _extract(
-    a: _Analysis,
-    model: onnx.ModelProto,
-    nodes: list[onnx.NodeProto],
-    inputs: list[str],
-    outputs: list[str],
-    renamed: Mapping[str, str],
-    graph_name: str,
-) -> onnx.ModelProto:
-    """A standalone model of `nodes`, with the cut tensors renamed and only the weights it reads."""
-    used = {name for n in nodes for name in node_inputs(n)}
-    made = {o for n in nodes for o in n.output}
-    new_nodes = [copy.deepcopy(n) for n in nodes]
-    for n in new_nodes:
-        rename_node(n, renamed)
-
-    def value_info(name: str) -> onnx.ValueInfoProto:
-        if name not in a.types:
-            raise RuntimeError(f"partition: no type known for {name!r}; shape inference could not type it")
-        return helper.make_value_info(renamed.get(name, name), a.types[name])
-
-    new_graph = helper.make_graph(
-        new_nodes,
-        graph_name,
-        [value_info(i) for i in inputs],
-        [value_info(o) for o in outputs],
-        initializer=[copy.deepcopy(init) for init in model.graph.initializer if init.name in used],
-        value_info=[value_info(v) for v in sorted(made - set(outputs)) if v in a.types],
-    )
-    half = helper.make_model(
-        new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version, producer_name="stca-compiler"
-    )
-    half.functions.extend(f for f in model.functions if any((n.domain, n.op_type) == (f.domain, f.name) for n in nodes))
-    return half
 
 
 def _ordered(a: _Analysis, names: list[str]) -> list[str]:

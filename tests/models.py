@@ -134,3 +134,42 @@ def stca(name: str = "tiny", **overrides):
     """A seeded STCA model of a preset and its exported graph."""
     model = seeded_model(preset(name, **overrides))
     return model, export(model).model
+
+
+class HistorySelfAttention(nn.Module):
+    """Target attention over a history that first attends to itself: each encoded row reads every other row,
+    so no row can be cached on its own key."""
+
+    def __init__(self, vocab=500, d=8):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d)
+        self.W_Q, self.W_K = nn.Linear(d, d), nn.Linear(d, d)
+        self.vocab = vocab
+
+    def forward(self, history_item_ids, candidate_item_ids):
+        h = self.embedding(history_item_ids % self.vocab)  # (L, d)
+        h = torch.softmax(self.W_Q(h) @ self.W_K(h).T, -1) @ h  # (L, d): history self-attention mixes rows
+        c = self.embedding(candidate_item_ids % self.vocab)  # (N, d)
+        return torch.sigmoid(torch.softmax(c @ h.T, -1) @ h @ c.T).diagonal().unsqueeze(-1)  # (N, 1)
+
+
+class PositionalHistory(nn.Module):
+    """Target attention over a history with a learned position embedding: a row depends on where it sits."""
+
+    def __init__(self, vocab=500, d=8, max_len=64):
+        super().__init__()
+        self.embedding, self.position = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.vocab = vocab
+
+    def forward(self, history_item_ids, candidate_item_ids):
+        L = history_item_ids.size(0)
+        h = self.embedding(history_item_ids % self.vocab) + self.position(torch.arange(L))  # (L, d)
+        c = self.embedding(candidate_item_ids % self.vocab)  # (N, d)
+        return torch.sigmoid((torch.softmax(c @ h.T, -1) @ h * c).sum(-1, keepdim=True))  # (N, 1)
+
+
+def history_model(module_class) -> tuple[onnx.ModelProto, set[str]]:
+    """A history-and-candidates test model (HistorySelfAttention, PositionalHistory) exported with L and N dynamic."""
+    torch.manual_seed(3)
+    inputs = {"history_item_ids": np.arange(1, 9, dtype=np.int64), "candidate_item_ids": np.arange(3, 7, dtype=np.int64)}
+    return export_small(module_class(), inputs, {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}}), {"history_item_ids"}

@@ -1,32 +1,100 @@
 """Triton Python-backend model: one ONNX graph in an ONNX Runtime session, with request validation.
 
 Emitted by stca-compiler as <model>/1/model.py beside model.onnx, stca_base_model.py and stca_contract.py;
-needs numpy and onnxruntime in the server's Python.
+needs numpy and onnxruntime in the server's Python. The history encoder may also carry a row cache
+(parameter history_cache_bytes > 0, with key_graph.onnx, row_graph.onnx and stca_row_cache.py beside it): it
+then answers from the key graph, the cache and the row graph (stca_row_cache.CachedEncoder) instead of
+model.onnx, and reports the cache's counters on Triton's /metrics.
 """
 
+import hashlib
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
 from stca_contract import INPUT_NAMES  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class TritonPythonModel(StcaModel):
     def setup(self, args):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.params.get("intra_op_threads", "0"))  # 0 = one per core
-        options.inter_op_num_threads = 1
-        # Spinning threads keep their cores busy between ops; beside another model's stub on the same cores
-        # they take the time the other model needs (the build's thread budget turns it off).
-        options.add_session_config_entry("session.intra_op.allow_spinning", self.params.get("allow_spinning", "1"))
-        options.log_severity_level = 3
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.cache_bytes = int(self.params.get("history_cache_bytes", "0"))
+        if self.cache_bytes > 0:
+            self.encoder = self._cached_encoder(args)
+            self.input_names = self.key_session.input_names
+        else:
+            self.encoder = None
+            self.session = OrtSession("model.onnx", self.params)
+            self.input_names = self.session.input_names
         self.validated = [name for name in self.input_names if name in INPUT_NAMES]
 
     def compute(self, inputs):
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+        if self.encoder is None:
+            return self.session.run(inputs)
+        outputs = self.encoder(inputs)
+        self._report()
+        return outputs
+
+    def _cached_encoder(self, args):
+        from stca_row_cache import CachedEncoder, RowCache, RowKey, RowSpec
+
+        spec = json.loads(self.params["history_cache"])
+        with open(os.path.join(HERE, "row_graph.onnx"), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != spec["weights_sha256"]:  # rows of other weights must never be served
+            raise RuntimeError(f"{self.name}: row_graph.onnx is not the graph this config was built for (sha256 {digest[:12]} "
+                               f"is not {spec['weights_sha256'][:12]})")
+        self.key_session, self.row_session = OrtSession("key_graph.onnx", self.params), OrtSession("row_graph.onnx", self.params)
+        rows = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
+        keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
+        instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
+        cache = RowCache(self.cache_bytes // instances, rows, len(keys))  # each instance is a process with its own cache
+        labels = {"model": self.name, "instance": args["model_instance_name"], "weights": digest[:12]}
+        # A Metric must not outlive its MetricFamily, so the families are kept as long as the model.
+        self.metric_families = {
+            name: pb_utils.MetricFamily(name=f"stca_history_cache_{name}", description=text, kind=kind)
+            for name, text, kind in (
+                ("hits", "Distinct history row keys found in the row cache", pb_utils.MetricFamily.COUNTER),
+                ("misses", "Distinct history row keys computed by the row graph", pb_utils.MetricFamily.COUNTER),
+                ("evictions", "Rows dropped from the row cache to make room", pb_utils.MetricFamily.COUNTER),
+                ("entries", "Rows held in the row cache", pb_utils.MetricFamily.GAUGE),
+                ("bytes", "Bytes the row cache holds, rows, keys and index", pb_utils.MetricFamily.GAUGE),
+            )
+        }
+        self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
+        self.reported = {name: 0 for name in self.metrics}
+        return CachedEncoder(self.key_session.run, self.row_session.run, keys, rows, cache)
+
+    def _report(self):
+        for name, value in self.encoder.cache.counters().items():
+            if name not in self.metrics:
+                continue
+            if name in ("entries", "bytes"):
+                self.metrics[name].set(value)
+            else:
+                self.metrics[name].increment(value - self.reported[name])
+                self.reported[name] = value
+
+
+class OrtSession:
+    """One ONNX file beside this model.py in an ONNX Runtime session with the model's thread budget."""
+
+    def __init__(self, file: str, params: dict):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))  # 0 = one per core
+        options.inter_op_num_threads = 1
+        # Spinning threads keep their cores busy between ops; beside another model's stub on the same cores
+        # they take the time the other model needs (the build's thread budget turns it off).
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(os.path.join(HERE, file), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})))
