@@ -109,14 +109,14 @@ class RowCache:
         """Slots for new keys: free ones first, then those least recently used by earlier requests."""
         fresh = min(len(keys), self.capacity - self.used)
         slots = np.arange(self.used, self.used + fresh)
-        self.used += fresh
-        if fresh < len(keys):
+        if fresh < len(keys):  # the cache is full (fresh slots are all taken, so none of them can be a victim)
             older = np.flatnonzero(self.stamp[: self.used] < self.clock)  # this request's rows are never evicted
             victims = older[np.argpartition(self.stamp[older], len(keys) - fresh - 1)[: len(keys) - fresh]]
             for slot in victims:
                 del self.index[self.slot_key[slot]]
             self.evictions += len(victims)
             slots = np.concatenate([slots, victims])
+        self.used += fresh
         for key, slot in zip(keys, slots.tolist()):
             self.index[key] = slot
             self.slot_key[slot] = key
