@@ -1,0 +1,65 @@
+"""The history encoder's row cache on a real tritonserver: scores equal PyTorch's on repeated-user traffic, its
+counters are on /metrics, and a small budget evicts and stays exact on a freshly started (empty) server."""
+
+import urllib.request
+
+import numpy as np
+import pytest
+
+from compiler.build import BuildConfig, build
+from compiler.client import ScoringClient
+from compiler.data import RepeatedUsers, repeated_user_requests
+from compiler.emit import EmitConfig
+from compiler.load import load_model
+from compiler.names import ENCODER
+from compiler.serve import ServerConfig, TritonServer
+from tests.e2e.conftest import QUICK_VERIFY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def cache_counters(metrics_url: str) -> dict[str, float]:
+    """stca_history_cache_* of the history encoder, summed over its instances."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("stca_history_cache_") and f'model="{ENCODER}"' in line:
+            name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=3), seed=21, n_candidates=32)
+    client = ScoringClient(triton.cfg.http_url)
+    before = cache_counters(triton.cfg.metrics_url)
+    for k, request in enumerate(traffic):
+        np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4, err_msg=f"request {k}")
+    client.close()
+    after = cache_counters(triton.cfg.metrics_url)
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    assert hits > 0 and misses > 0
+    assert after["entries"] >= misses - after["evictions"]  # what was computed is held, unless evicted
+    assert 0 < after["bytes"] <= EmitConfig().history_cache_bytes
+
+
+def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    out = tmp_path / "repo"
+    budget = 200_000  # about 200 rows of the tiny model per encoder instance (two here): one user fits, two do not
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(history_cache_bytes=budget), verify=QUICK_VERIFY))
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=2), seed=22, n_candidates=8)
+    traffic = [{k: v[-150:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic]
+    with TritonServer(ServerConfig.on_free_ports(out)) as server:
+        client = ScoringClient(server.cfg.http_url)
+        np.testing.assert_allclose(client.score(traffic[0]), model.score(traffic[0]), rtol=0, atol=1e-4)
+        first = cache_counters(server.cfg.metrics_url)
+        assert first["hits"] == 0 and first["misses"] > 0  # nothing survives a restart: every row was computed
+        for request in traffic[1:] * 2:
+            np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4)
+        client.close()
+        counters = cache_counters(server.cfg.metrics_url)
+    assert counters["evictions"] > 0
+    assert counters["bytes"] <= budget
