@@ -17,7 +17,7 @@ from pathlib import Path
 
 from compiler import calibrate, history_cache, int8_fallback, lint, report
 from compiler import emit as emit_stage
-from compiler.artifacts import atomic_directory, check_replaceable, hash_tree, sha256_file
+from compiler.artifacts import MANIFEST, atomic_directory, check_replaceable, hash_tree, sha256_file
 from compiler.data import left_pad, sample_requests
 from compiler.emit import EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
@@ -38,7 +38,7 @@ from compiler.verify import Verification, VerifyConfig, least_precise, verify
 
 BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
 DEFAULT_CALIBRATION_REQUESTS = 32
-MANIFEST, REPORT = "manifest.json", "report.md"
+REPORT = "report.md"
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
             "nothing was written (--accept-accuracy-loss writes it anyway)"
         )
-    row_cache, row_cache_record = _history_cache(halves.encoder, c, target, cfg.emit.history_cache_bytes)
+    row_cache, row_cache_record = _history_cache(halves.encoder, c, deployment)
     plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
     limits = RequestLimits.of(c)
     warmup = with_cut(OrtGraph(halves.encoder), next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
@@ -170,7 +170,8 @@ def build(cfg: BuildConfig) -> BuildResult:
                                              if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
             cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
             history_cache=row_cache_record,
-            thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(), "plan") if deployment.device == "cpu" else None,
+            thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(deployment.serves_row_cache(row_cache)), "plan")
+            if deployment.device == "cpu" else None,
             engines=plans.details if plans else None,
             accepted_accuracy_loss=bool(cfg.accept_accuracy_loss and not verification.passed),
             machine=machine(), versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -237,7 +238,7 @@ def _narrow_cut(halves, cut, c):
     return halves, cut
 
 
-def _history_cache(encoder, c: STCAConfig, target: str, budget_bytes: int) -> tuple[RowCachePlan | None, dict]:
+def _history_cache(encoder, c: STCAConfig, deployment: emit_stage.Deployment) -> tuple[RowCachePlan | None, dict]:
     """The encoder's key and row graphs where its outputs are row-local (compiler.history_cache), confirmed on
     requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
     the cache; the analysis is recorded for every target."""
@@ -252,7 +253,7 @@ def _history_cache(encoder, c: STCAConfig, target: str, budget_bytes: int) -> tu
         except history_cache.NotRowLocal as e:
             s.summary = f"no row cache: {e}"
             return None, {"row_local": False, "why": str(e), "served": False}
-        served = target == "python" and budget_bytes > 0
+        served, budget_bytes = deployment.serves_row_cache(plan), deployment.options.history_cache_bytes
         s.summary = (f"{len(plan.cached)} outputs cached by {len(plan.keys)} key columns "
                      f"({', '.join(k.source for k in plan.keys)}), {plan.bytes_per_row} bytes a row; "
                      + (f"served with a {budget_bytes / 2**20:.0f} MiB budget" if served else

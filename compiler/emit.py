@@ -89,9 +89,14 @@ class Deployment:
     cpu_threads: int  # the cores the CPU thread budget shares
     tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
 
-    def placements(self) -> dict[str, budget.Placement]:
-        """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores)."""
-        return budget.plan(self.cpu_threads, self.options.instances)
+    def placements(self, row_cache: bool = False) -> dict[str, budget.Placement]:
+        """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores); `row_cache`: the
+        history encoder serves from a row cache."""
+        return budget.plan(self.cpu_threads, self.options.instances, row_cache)
+
+    def serves_row_cache(self, plan) -> bool:
+        """Whether a repository of these graphs serves the history encoder's row cache (`plan`, or None: not row-local)."""
+        return plan is not None and self.target == "python" and self.options.history_cache_bytes > 0
 
 
 def deployment(cfg: EmitConfig, target: str, tensorrt_profiles: int = 1) -> Deployment:
@@ -128,9 +133,9 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     scorer_warmup = {name: warmup[name] for name in _io(graphs.scorer.graph.input)}
     request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
 
-    placements = cfg.placements()
+    placements = cfg.placements(row_cache=cfg.serves_row_cache(graphs.row_cache))
     written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
-    if graphs.row_cache is not None and cfg.target == "python" and cfg.options.history_cache_bytes > 0:
+    if cfg.serves_row_cache(graphs.row_cache):
         written += _row_cache(repo / ENCODER, graphs.row_cache, cfg.options.history_cache_bytes)
     written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, placements, graphs.plans)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves

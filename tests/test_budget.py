@@ -30,6 +30,16 @@ def test_candidates_differ_and_each_keeps_the_baselines_plan():
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
+def test_a_row_cached_encoder_keeps_one_instance_so_no_row_is_computed_twice():
+    for cores in (1, 2, 16):
+        assert budget.plan(cores, row_cache=True)[ENCODER].instances == 1
+        assert budget.plan(cores, row_cache=True)[SCORER] == budget.plan(cores)[SCORER]
+        found = budget.candidates(cores, row_cache=True)
+        assert all(c[ENCODER].instances == 1 for c in found)
+    assert len({(c[ENCODER], c[SCORER], c[FUSED]) for c in budget.candidates(2, row_cache=True)}) == 4
+    assert budget.plan(8, instances=2, row_cache=True)[ENCODER] == budget.Placement(2, 4)  # --instances is the user's word
+
+
 def test_configure_writes_each_backends_own_parameters():
     python, ort = mc.ModelConfig(name="a"), mc.ModelConfig(name="b")
     python.instance_group.add(count=9, kind=mc.ModelInstanceGroup.KIND_GPU)  # replaced, not appended to
