@@ -156,10 +156,13 @@ def _generated_request(limits, history_length: int, candidates: int, seed: int) 
 
 def cmd_bench(args) -> int:
     """Benchmark with perf_analyzer: the split ensemble against fused, point-wise and PyTorch-eager baselines."""
-    from compiler.bench import BenchConfig, run
+    from compiler.bench import BenchConfig, RepeatedConfig, run
+    from compiler.data import RepeatedUsers
 
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    repeated = RepeatedConfig(RepeatedUsers(users=args.repeated_users, visits=args.repeated_visits), concurrency=ints(args.concurrency))
     cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, preset=args.preset, tune=not args.no_tune,
+                      suites=tuple(args.suites.split(",")), repeated=repeated,
                       precisions=tuple(args.precisions.split(",")),
                       models=tuple(args.models.split(",")), histories=ints(args.histories), candidates=ints(args.candidates),
                       concurrency=ints(args.concurrency), window_requests=args.window_requests, cell_budget_s=args.cell_budget,
@@ -292,6 +295,11 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--cell-budget", type=float, default=150.0, help="seconds a cell may take; slower cells are dropped")
     be.add_argument("--protocol", choices=["http", "grpc"], default="http")
     be.add_argument("--max-history", type=int)
+    be.add_argument("--suites", default="grid,response_cache,attention,repeated_users",
+                    help="what to measure (default: all): grid (every model x L x N and the mixed load), response_cache, "
+                         "attention (cost model against measurement), repeated_users (the history row cache)")
+    be.add_argument("--repeated-users", type=int, default=8, help="repeated_users: fresh users per concurrency level (default 8)")
+    be.add_argument("--repeated-visits", type=int, default=12, help="repeated_users: requests per user (default 12)")
     be.set_defaults(handler=cmd_bench)
 
     d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)

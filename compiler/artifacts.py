@@ -12,6 +12,8 @@ from pathlib import Path
 
 from compiler.errors import CompilerError
 
+MANIFEST = "manifest.json"  # a build's record of itself, at the root of every repository it writes
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()

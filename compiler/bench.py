@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler import server_stats
+from compiler.bench_repeated import RepeatedConfig, repeated_users, uncached_copy
 from compiler.client import ScoringClient
 from compiler.costmodel import best_attention, gemm_peak_flops, naive_cost, split_cost
 from compiler.data import kuairand_lengths, sample_requests
@@ -36,6 +37,9 @@ from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
 BASELINES = (FUSED, NAIVE, TORCH)
+# grid: every model x (L, N) x the mixed load, per precision; response_cache: Triton's cache on repeated histories;
+# attention: the cost model's form against both measured; repeated_users: the history row cache (compiler.bench_repeated)
+SUITES = ("grid", "response_cache", "attention", "repeated_users")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,13 @@ class BenchConfig:
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig(auc_requests=16))  # each build's gates
     out: Path = Path("benchmarks/results")
     work: Path | None = None  # where repositories are built; None: a temporary directory
+    suites: tuple[str, ...] = SUITES
+    repeated: RepeatedConfig = field(default_factory=RepeatedConfig)  # the repeated_users suite's traffic
+
+    def __post_init__(self):
+        unknown = sorted(set(self.suites) - set(SUITES))
+        if unknown:
+            raise CompilerError(f"bench: unknown suite(s) {unknown}; choose from {list(SUITES)}")
 
     def perf_settings(self) -> dict:
         """perf()'s measurement settings under this config."""
@@ -309,24 +320,36 @@ def run(cfg: BenchConfig) -> Path:
         cells, built, budgets = [], {}, {}
         for precision in cfg.precisions:
             built[precision], budgets[precision] = repo(precision, precision, baselines=True)
+            if "grid" not in cfg.suites:
+                continue
             with server(built[precision].out) as triton:
                 url = triton.cfg.http_url if cfg.protocol == "http" else triton.cfg.grpc_url
                 with stage(f"bench: {precision} repository, {len(cfg.models)} models") as s:
                     cells += bench_server(url, built[precision].config, precision, cfg, work, peak)
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
         first = built[cfg.precisions[0]]
-        cached, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True)
-        with stage("bench: response cache on the history encoder") as s, server(cached.out) as cache_server, server(first.out) as plain:
-            cache = cache_experiment(cache_server.cfg.http_url, plain.cfg.http_url, cache_server.cfg.metrics_url, first.config, cfg, work)
-            s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
-        with stage("bench: attention form, cost model against measurement") as s:
-            attention = attention_check(first.model, min(2_000, first.config.max_history), (4, 8, 16, 32, 64, 128, 512))
-            s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
+        cache, attention, repeated = None, [], None
+        if "response_cache" in cfg.suites:
+            cached, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True, history_cache_bytes=0)
+            plain = uncached_copy(first.out, work / "repo-plain")
+            with stage("bench: response cache on the history encoder") as s, server(cached.out) as cache_server, server(plain) as plain_server:
+                cache = cache_experiment(cache_server.cfg.http_url, plain_server.cfg.http_url, cache_server.cfg.metrics_url, first.config, cfg, work)
+                s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
+        if "attention" in cfg.suites:
+            with stage("bench: attention form, cost model against measurement") as s:
+                attention = attention_check(first.model, min(2_000, first.config.max_history), (4, 8, 16, 32, 64, 128, 512))
+                s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
+        if "repeated_users" in cfg.suites:
+            uncached = uncached_copy(first.out, work / "repo-no-row-cache")
+            if cfg.tune:  # without its cache the encoder does more work: its own best budget, as every model gets
+                budgets[f"{cfg.precisions[0]} without the row cache"] = tune(TuneConfig(
+                    repo=uncached, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol)).thread_budget
+            repeated = repeated_users(first.out, uncached, first.config, cfg.repeated, work)
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,
         "model_config": first.config.to_dict(),
-        "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention,
+        "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention, "repeated_users": repeated,
         "thread_budgets": budgets,
         "gates": {p: {"passed": built[p].verification.passed, "failures": list(built[p].verification.failures)} for p in cfg.precisions},
     }

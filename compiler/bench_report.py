@@ -4,18 +4,23 @@ from pathlib import Path
 
 from compiler.budget import Placement
 from compiler.bench import load_label
+from compiler.bench_repeated import hit_rate
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SHORT_NAMES, TORCH
 
 NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
 
 
 def write(out: Path, results: dict) -> None:
+    """results.md, and the plots of the suites the run measured (compiler.bench.SUITES)."""
     stamp = _stamp(results)
     (out / "results.md").write_text("\n".join(_markdown(results, stamp)) + "\n")
-    _plot_throughput(out / "throughput_vs_concurrency.png", results, stamp)
-    _plot_latency(out / "latency_vs_history.png", results, stamp)
-    _plot_speedup(out / "speedup.png", results, stamp)
-    _plot_breakdown(out / "breakdown.png", results, stamp)
+    if results["cells"]:
+        _plot_throughput(out / "throughput_vs_concurrency.png", results, stamp)
+        _plot_latency(out / "latency_vs_history.png", results, stamp)
+        _plot_speedup(out / "speedup.png", results, stamp)
+        _plot_breakdown(out / "breakdown.png", results, stamp)
+    if results.get("repeated_users"):
+        _plot_encoder_rows(out / "encoder_vs_computed_rows.png", results, stamp)
 
 
 def best(cell: dict) -> dict | None:
@@ -51,7 +56,7 @@ def _markdown(r: dict, stamp: str) -> list[str]:
              "Reproduce: `python -m compiler bench --name " + r["name"] + "` (see docs/benchmarks.md). Throughput is requests/s "
              "(each request scores all N candidates); latencies are perf_analyzer's client-side percentiles; "
              "\"% of peak\" is achieved FLOP/s (throughput x FLOPs per request, compiler/costmodel.py) over the peak above.", ""]
-    for precision in r["config"]["precisions"]:
+    for precision in r["config"]["precisions"] if r["cells"] else []:
         gate = r.get("gates", {}).get(precision)
         if gate and not gate["passed"]:
             lines += [f"**The {precision} build missed its accuracy gate** ({'; '.join(gate['failures'][:3])}); its speed is "
@@ -66,9 +71,10 @@ def _markdown(r: dict, stamp: str) -> list[str]:
             lines.append(f"| {cell['load']} | {cell['model']} | {b['throughput']:.1f} | {b['concurrency']} | {b['p50_ms']:.1f} | "
                          f"{b['p99_ms']:.1f} | {cell['flops_per_request'] / 1e9:.3f} | {100 * b['fraction_of_peak']:.1f}% |")
         lines.append("")
-    lines += _breakdown_markdown(r)
+    lines += _breakdown_markdown(r) if r["cells"] else []
     lines += _budget_markdown(r)
-    lines += ["## Speedup of `stca` (split) over each baseline", "", "Ratio of best throughputs on the same server and inputs.", "",
+    lines += _repeated_markdown(r["repeated_users"], r["config"]["precisions"][0]) if r.get("repeated_users") else []
+    lines += [] if not r["cells"] else ["## Speedup of `stca` (split) over each baseline", "", "Ratio of best throughputs on the same server and inputs.", "",
               "| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|"]
     for s in speedups(r):
         fmt = lambda x: "dropped" if x is None else f"{x:.2f}x"  # noqa: E731
@@ -83,8 +89,8 @@ def _markdown(r: dict, stamp: str) -> list[str]:
         lines += ["", "Not measured: perf_analyzer found no stable measurement (its windows kept differing by more than "
                   f"{r['config']['stability_percentage']}%, even over windows of 4x the requests):", ""]
         lines += [f"- {c['precision']} {c['load']}: {u}" for c, u in unstable]
-    rc = r["response_cache"]
-    lines += ["", "## Response cache on the history encoder", "",
+    rc = r.get("response_cache") or {}
+    lines += [] if not rc else ["", "## Response cache on the history encoder", "",
               f"{rc['users']} users, each sending {rc['requests_per_user']} requests with one history (L={rc['history']}) and fresh "
               f"candidates (N={rc['candidates']}), concurrency 1, `stca` fp32:", "",
               "| | req/s | p50 ms |", "|---|---:|---:|",
@@ -93,16 +99,94 @@ def _markdown(r: dict, stamp: str) -> list[str]:
               f"Hit rate on one cold pass over the {rc['users'] * rc['requests_per_user']} requests: {rc['hit_rate']:.3f} ({rc['hits']:.0f} hits, "
               f"{rc['misses']:.0f} misses, from Triton's metrics; {rc['expected_hit_rate']:.3f} expected: every request but each user's first). "
               f"Throughput is measured with the cache warm (perf_analyzer cycles through the requests): {rc['speedup']:.2f}x."]
-    history = r["attention_check"][0]["history"] if r["attention_check"] else 0
-    lines += ["", "## Attention form: cost model against measurement", "",
+    history = r["attention_check"][0]["history"] if r.get("attention_check") else 0
+    lines += [] if not history else ["", "## Attention form: cost model against measurement", "",
               f"Both forms of the same weights, split graphs in ONNX Runtime in one process, L={history}, median of 7.", "",
               "| N | kv ms | reordered ms | kv GFLOP | reordered GFLOP | cost model picks | faster measured |", "|---:|---:|---:|---:|---:|---|---|"]
-    for a in r["attention_check"]:
+    for a in r.get("attention_check") or []:
         lines.append(f"| {a['candidates']} | {a['kv_ms']:.2f} | {a['reordered_ms']:.2f} | {a['kv_flops'] / 1e9:.3f} | "
                      f"{a['reordered_flops'] / 1e9:.3f} | {a['predicted']} | {a['measured']}{'' if a['agree'] else ' (disagrees)'} |")
-    lines += ["", "![throughput](throughput_vs_concurrency.png)", "", "![latency](latency_vs_history.png)", "", "![speedup](speedup.png)",
-              "", "![breakdown](breakdown.png)"]
+    lines += [] if not r["cells"] else ["", "![throughput](throughput_vs_concurrency.png)", "", "![latency](latency_vs_history.png)",
+                                        "", "![speedup](speedup.png)", "", "![breakdown](breakdown.png)"]
     return lines
+
+
+def _repeated_markdown(rep: dict, precision: str) -> list[str]:
+    """The repeated-users suite (compiler.bench_repeated): four ways to serve the same traffic, where the encoder's
+    time goes, and its memory."""
+    t, variants = rep["traffic"], rep["variants"]
+    fused_best = max(row["throughput"] for row in variants["fused"]["rows"])
+    levels = [row["concurrency"] for row in variants["fused"]["rows"]]
+    lines = ["## Repeated users: the history row cache", "",
+             f"Per concurrency level, {t['users']} fresh users x {t['visits']} visits (visit-major), each request sent once in order; "
+             f"before the levels, a warm-up pass of {rep['warmup_users']} other users. Each user's first history has a KuaiRand-1K "
+             f"length; each later visit adds 1 + Poisson({t['new_items_mean'] - 1:g}) interactions and ages every item by an "
+             f"Exponential({t['visit_gap_mean_s'] / 3600:g} h) gap; items from a Zipf({t['zipf_exponent']}) popularity over "
+             f"{t['catalog']:,} items (compiler.data.RepeatedUsers). Mean L = {rep['mean_history']:.0f}, N = {rep['candidates']}, "
+             f"{precision}. Each variant on a fresh server (an empty cache); throughput = requests / wall time.", "",
+             f"| variant | req/s at conc. {' / '.join(map(str, levels))} | best | over stca_fused | p50 ms (conc. 1) | "
+             "hit rate per level | encoder infer ms | scorer infer ms |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
+    for name, v in variants.items():
+        rows = v["rows"]
+        top = max(r["throughput"] for r in rows)
+        stages = {s["model"]: s for s in rows[0]["stages"]}
+        hits = " / ".join(f"{hit_rate(row['cache']):.2f}" for row in rows if row.get("cache") and v["model"] == ENSEMBLE) or "-"
+        enc = stages.get(ENCODER, {}).get("compute_infer_ms")
+        sco = stages.get(SCORER, stages.get(FUSED, {})).get("compute_infer_ms")
+        per_level = " / ".join(f"{row['throughput']:.1f}" for row in rows)
+        lines.append(f"| {name} (`{v['model']}`) | {per_level} | {top:.1f} | "
+                     f"{top / fused_best:.2f}x | {rows[0]['p50_ms']:.0f} | {hits} | "
+                     + (f"{enc:.1f}" if enc is not None else "-") + " | " + (f"{sco:.1f}" if sco is not None else "-") + " |")
+    lines += ["", "Hit rate: distinct row keys found in the cache over distinct keys looked up, per level (Triton's "
+              "`stca_history_cache_*` metrics). Infer ms: Triton's compute_infer per request at concurrency 1 (for stca_fused, "
+              "the whole graph in the scorer column).", ""]
+    cached = variants["row cache"]
+    fit = _encoder_fit(cached["per_request"])
+    if fit is not None:
+        lines += [f"Encoder time per request against the rows it computed (concurrency 1, {len(cached['per_request'])} requests "
+                  f"of {cached['per_request'] and min(p['history'] for p in cached['per_request'])}.."
+                  f"{max(p['history'] for p in cached['per_request'])} items): least squares ms = {fit[0]:.2f} "
+                  f"+ {1e3 * fit[1]:.3f} per 1,000 computed rows + {1e3 * fit[2]:.3f} per 1,000 history items "
+                  "(the key graph, the lookup and the assembly). Without the cache every item is computed: "
+                  + ", ".join(f"L={p['history']}: {p['encoder_ms']:.1f} ms" for p in sorted(variants['no cache']['per_request'],
+                                                                                        key=lambda p: p['history'])[::3]) + ".", "",
+                  "![encoder time against computed rows](encoder_vs_computed_rows.png)", ""]
+    lines += ["Resident memory of the history encoder's processes (one per instance), MiB:", "",
+              "| variant | before the traffic | after | rows held (bytes gauge) |", "|---|---|---|---:|"]
+    for name in ("row cache", "no cache"):
+        v = variants[name]
+        mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs) or "-"  # noqa: E731
+        held = v["cache"].get("bytes")
+        lines.append(f"| {name} | {mib(v['memory_before'])} | {mib(v['memory_after'])} | "
+                     + (f"{held / 2**20:.0f}" if held is not None else "-") + " |")
+    return lines + [""]
+
+
+def _encoder_fit(points: list[dict]):
+    """Least squares encoder_ms = a + b * computed_rows + c * history over the per-request points; None if too few."""
+    import numpy as np
+
+    if len(points) < 4:
+        return None
+    X = np.array([[1.0, p["computed_rows"], p["history"]] for p in points])
+    return np.linalg.lstsq(X, np.array([p["encoder_ms"] for p in points]), rcond=None)[0]
+
+
+def _plot_encoder_rows(path: Path, r: dict, stamp: str) -> None:
+    variants = r["repeated_users"]["variants"]
+    plt, fig, axes = _figure(1, "History encoder time per request against the rows it computed", stamp)
+    ax = axes[0]
+    for name, marker in (("row cache", "o"), ("no cache", "x")):
+        points = variants[name]["per_request"]
+        ax.scatter([p["computed_rows"] for p in points], [p["encoder_ms"] for p in points], marker=marker,
+                   label=f"{name}: computed rows" + (" = L" if name == "no cache" else " = cache misses"))
+    ax.set(xlabel="rows computed by the encoder", ylabel="encoder compute_infer (ms)")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
 
 
 STAGES = ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")

@@ -109,5 +109,25 @@ def _lines(r) -> list[str]:
     placed = Counter(reason.split(":")[0] for reason in r.placement.values())
     lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
-              "", "manifest.json lists the sha256 of every file of the build."]
+              ""]
+    lines += history_cache_lines(r.history_cache)
+    lines += ["", "manifest.json lists the sha256 of every file of the build."]
+    return lines
+
+
+def history_cache_lines(record: dict) -> list[str]:
+    """The report's account of the encoder's row locality (compiler.history_cache)."""
+    lines = ["## History row cache", ""]
+    if not record["row_local"]:
+        return lines + [f"None: {record['why']}. Every request encodes its whole history."]
+    keys = ", ".join(f"`{k['source']}` ({k['dtype']})" for k in record["keys"])
+    lines += [f"Each row of {', '.join(f'`{n}`' for n in record['cached'])} is a function of one key per history item: {keys} "
+              f"({record['bytes_per_row']} bytes a row). Checked against the encoder at L = "
+              f"{', '.join(map(str, record['confirmed_at_lengths']))} and a left-padded request: largest difference "
+              f"{max(record['confirmed_max_abs_difference'].values()):.1e}."]
+    if record["served"]:
+        lines += ["", f"Served: the history encoder keeps up to {record['budget_bytes'] / 2**20:.0f} MiB of rows (over its instances), "
+                  "computes only distinct missing keys, and reports `stca_history_cache_*` on Triton's /metrics."]
+    else:
+        lines += ["", "Not served by this repository (the python target serves it; --history-cache-bytes 0 turns it off)."]
     return lines

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from compiler.artifacts import MANIFEST
 from compiler.errors import CompilerError
 from compiler.log import log
 
@@ -126,7 +127,7 @@ class TritonServer:
 
     def start(self) -> None:
         cfg = self.cfg
-        if not (Path(cfg.repo) / "manifest.json").is_file() and not any(Path(cfg.repo).glob("*/config.pbtxt")):
+        if not (Path(cfg.repo) / MANIFEST).is_file() and not any(Path(cfg.repo).glob("*/config.pbtxt")):
             raise CompilerError(f"serve: {cfg.repo} is not a model repository (no */config.pbtxt); run `python -m compiler build`")
         for name, port in (("http", cfg.http_port), ("grpc", cfg.grpc_port), ("metrics", cfg.metrics_port)):
             if port_in_use(cfg.host, port):

@@ -1,4 +1,5 @@
-"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots.
+"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots; and the history
+row cache's counters from the metrics endpoint.
 
 Triton's statistics extension (GET /v2/models/stats) keeps, per model, cumulative counts and nanoseconds
 for each stage of a request: waiting in the scheduler queue, copying inputs in (compute_input), running
@@ -58,3 +59,16 @@ def between(before: dict, after: dict, models: list[str]) -> list[StageTimes]:
         ms = {stage: (new[stage] - old.get(stage, 0)) / requests / 1e6 for stage in STAGES}
         times.append(StageTimes(model, requests, *(ms[s] for s in STAGES)))
     return times
+
+
+def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """A model's stca_history_cache_* metrics (compiler/row_cache.py: hits, misses, evictions, entries, bytes) from
+    Triton's Prometheus endpoint, summed over its instances; empty where the model keeps no row cache."""
+    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
+        text = r.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("stca_history_cache_") and f'model="{model}"' in line:
+            name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals

@@ -1,8 +1,6 @@
 """The history encoder's row cache on a real tritonserver: scores equal PyTorch's on repeated-user traffic, its
 counters are on /metrics, and a small budget evicts and stays exact on a freshly started (empty) server."""
 
-import urllib.request
-
 import numpy as np
 import pytest
 
@@ -13,21 +11,14 @@ from compiler.emit import EmitConfig
 from compiler.load import load_model
 from compiler.names import ENCODER
 from compiler.serve import ServerConfig, TritonServer
+from compiler.server_stats import history_cache_counters
 from tests.e2e.conftest import QUICK_VERIFY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def cache_counters(metrics_url: str) -> dict[str, float]:
-    """stca_history_cache_* of the history encoder, summed over its instances."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("stca_history_cache_") and f'model="{ENCODER}"' in line:
-            name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
-            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return totals
+    return history_cache_counters(metrics_url, ENCODER)
 
 
 def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkpoint):

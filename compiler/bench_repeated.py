@@ -1,0 +1,191 @@
+"""Bench: repeated-user traffic, the load the history row cache is for.
+
+    repeated_users(repo, tuned_uncached_repo, config, RepeatedConfig(...), work) -> results.json's "repeated_users"
+
+Four ways to serve the same traffic (compiler.data.RepeatedUsers), each on a fresh server, so each starts empty:
+  row cache       `stca` as built: the history encoder serves rows from its row cache (compiler/row_cache.py)
+  no cache        `stca` with the encoder's history_cache_bytes set to 0: every request encodes its whole history
+  response cache  `stca` without the row cache, with Triton's response cache on the encoder
+  fused           `stca_fused`, the unsplit graph
+Every request is sent once, in order, by `concurrency` client threads: perf_analyzer cycles through a fixed set
+of requests, which a response cache would answer from memory after one pass, and real traffic never repeats
+a request byte for byte (ages move, histories grow). Per variant: a warm-up pass of other users (a cache in
+service has seen other users), then at each concurrency level a fresh set of users; throughput is requests over
+wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
+each request's encoder time against the rows it had to compute (the row cache's misses) and its length; and the
+resident memory of the encoder's processes before and after.
+"""
+
+import os
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compiler import server_stats
+from compiler.artifacts import MANIFEST
+from compiler.client import ScoringClient
+from compiler.data import RepeatedUsers, repeated_user_requests
+from compiler.log import stage
+from compiler.model import STCAConfig
+from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED
+
+VARIANTS = ("row cache", "no cache", "response cache", "fused")
+
+
+@dataclass(frozen=True)
+class RepeatedConfig:
+    traffic: RepeatedUsers = field(default_factory=RepeatedUsers)  # per concurrency level
+    warmup_users: int = 4
+    candidates: int = 128
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    profile_users: int = 4  # users of the per-request pass at concurrency 1
+
+
+def repeated_users(repo: Path, uncached_repo: Path, config: STCAConfig, cfg: RepeatedConfig, work: Path) -> dict:
+    """Measure the four variants (module docstring). `repo` serves the row cache and the fused baseline; `uncached_repo`
+    the other two (a copy whose encoder has history_cache_bytes 0, with its own thread budget where it was tuned)."""
+    from compiler.serve import ServerConfig, TritonServer
+
+    levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
+    warmup = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.warmup_users, "visits": 2}),
+                                    seed=999, n_candidates=cfg.candidates)
+    profile = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.profile_users, "visits": 3}),
+                                     seed=2_000, n_candidates=cfg.candidates)
+    served = {"row cache": (repo, ENSEMBLE), "no cache": (uncached_repo, ENSEMBLE),
+              "response cache": (_with_response_cache(uncached_repo, work / "repo-response-cache"), ENSEMBLE), "fused": (repo, FUSED)}
+    results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,
+               "mean_history": statistics.mean(len(r["history_item_ids"]) for rs in levels.values() for r in rs), "variants": {}}
+    for variant in VARIANTS:
+        path, model = served[variant]
+        with stage(f"bench: repeated users, {variant}") as s, TritonServer(ServerConfig.on_free_ports(path)) as triton:
+            url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
+            memory_before = encoder_memory(triton.process.pid)
+            drive(url, model, warmup, concurrency=1)
+            rows = []
+            for concurrency, requests in levels.items():
+                before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
+                seconds, latencies = drive(url, model, requests, concurrency)
+                after = server_stats.history_cache_counters(metrics, ENCODER)
+                rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
+                             "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+                             "stages": [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])],
+                             "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
+            per_request = encoder_profile(url, metrics, model, profile) if model == ENSEMBLE else []
+            results["variants"][variant] = {
+                "model": model, "rows": rows, "per_request": per_request,
+                "cache": server_stats.history_cache_counters(metrics, ENCODER),
+                "memory_before": memory_before, "memory_after": encoder_memory(triton.process.pid)}
+            best = max(r["throughput"] for r in rows)
+            s.summary = f"best {best:.1f} req/s" + "".join(
+                f"; conc {r['concurrency']}: hit rate {hit_rate(r['cache']):.2f}" for r in rows if r["cache"])
+    return results
+
+
+def hit_rate(cache: dict) -> float:
+    """Distinct keys found over distinct keys looked up."""
+    looked_up = cache.get("hits", 0.0) + cache.get("misses", 0.0)
+    return cache.get("hits", 0.0) / looked_up if looked_up else 0.0
+
+
+def drive(url: str, model: str, requests: list[dict], concurrency: int) -> tuple[float, list[float]]:
+    """Send every request once, in order, from `concurrency` threads; (wall seconds, latencies in ms)."""
+    position, lock, latencies, errors = iter(range(len(requests))), threading.Lock(), [], []
+
+    def client_loop():
+        client = ScoringClient(url, "http", model=model, timeout_s=600.0)
+        try:
+            while True:
+                with lock:
+                    k = next(position, None)
+                if k is None:
+                    return
+                start = time.perf_counter()
+                client.score(requests[k])
+                latencies.append(1e3 * (time.perf_counter() - start))
+        except Exception as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            errors.append(e)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start, latencies
+
+
+def encoder_profile(url: str, metrics: str, model: str, requests: list[dict]) -> list[dict]:
+    """One request at a time: its history length, the rows the encoder computed for it (the row cache's misses;
+    all of them without a cache) and the encoder's compute time, from Triton's statistics around it."""
+    out = []
+    for request in requests:
+        before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
+        drive(url, model, [request], 1)
+        times = {t.model: t for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])}
+        after = server_stats.history_cache_counters(metrics, ENCODER)
+        length = len(request["history_item_ids"])
+        out.append({"history": length, "computed_rows": after["misses"] - counters["misses"] if after else length,
+                    "encoder_ms": times[ENCODER].compute_infer_ms, "scorer_ms": times[COMPOSING[model][1]].compute_infer_ms})
+    return out
+
+
+def encoder_memory(server_pid: int) -> list[int]:
+    """Resident bytes of each of the history encoder's Python-backend processes (children of the server)."""
+    resident = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            status = (proc / "status").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"/{ENCODER}/1/model.py" in cmdline and f"PPid:\t{server_pid}\n" in status:
+            resident.append(int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024)
+    return sorted(resident)
+
+
+def uncached_copy(repo: Path, copy: Path) -> Path:
+    """The repository with the encoder's row cache off."""
+    return _copy_with_encoder(repo, copy, _row_cache_off)
+
+
+def _with_response_cache(repo: Path, copy: Path) -> Path:
+    return _copy_with_encoder(repo, copy, _response_cache_on)
+
+
+def _row_cache_off(config) -> None:
+    config.parameters["history_cache_bytes"].string_value = "0"
+
+
+def _response_cache_on(config) -> None:
+    config.response_cache.enable = True
+
+
+def _copy_with_encoder(repo: Path, copy: Path, change) -> Path:
+    """A copy of `repo` with `change` applied to the encoder's config. The graphs are hard-linked (they are large), so
+    the files a later step rewrites (the encoder's config here, manifest.json in compiler.tune) are real copies."""
+    from compiler.emit import read_config, write_config
+
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy, copy_function=os.link)
+    (copy / MANIFEST).unlink()
+    shutil.copy2(repo / MANIFEST, copy / MANIFEST)
+    path = copy / ENCODER / "config.pbtxt"
+    config = read_config(path)
+    change(config)
+    path.unlink()
+    write_config(copy, config)
+    return copy
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
