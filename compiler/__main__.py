@@ -166,7 +166,7 @@ def cmd_bench(args) -> int:
                       precisions=tuple(args.precisions.split(",")),
                       models=tuple(args.models.split(",")), histories=ints(args.histories), candidates=ints(args.candidates),
                       concurrency=ints(args.concurrency), window_requests=args.window_requests, cell_budget_s=args.cell_budget,
-                      protocol=args.protocol, max_history=args.max_history, out=args.out)
+                      protocol=args.protocol, max_history=args.max_history, cut_dtype=args.cut_dtype, out=args.out)
     log.info("bench: results in %s", run(cfg))
     return 0
 
@@ -295,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--cell-budget", type=float, default=150.0, help="seconds a cell may take; slower cells are dropped")
     be.add_argument("--protocol", choices=["http", "grpc"], default="http")
     be.add_argument("--max-history", type=int)
+    be.add_argument("--cut-dtype", choices=["fp32", "fp16"], help="the builds' cut dtype (default: fp16 for fp16/int8, fp32 for fp32)")
     be.add_argument("--suites", default="grid,response_cache,attention,repeated_users",
                     help="what to measure (default: all): grid (every model x L x N and the mixed load), response_cache, "
                          "attention (cost model against measurement), repeated_users (the history row cache)")

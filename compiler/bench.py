@@ -62,6 +62,7 @@ class BenchConfig:
     cache_repeats: int = 8
     protocol: str = "http"
     max_history: int | None = None  # None: the model's (10,000)
+    cut_dtype: str | None = None  # the builds' --cut-dtype (None: fp16 for fp16 and int8 builds, fp32 for fp32 ones)
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig(auc_requests=16))  # each build's gates
     out: Path = Path("benchmarks/results")
     work: Path | None = None  # where repositories are built; None: a temporary directory
@@ -305,7 +306,7 @@ def run(cfg: BenchConfig) -> Path:
         def repo(label: str, precision: str, tuned: bool = True, **emit):
             """A built (and tuned) repository, and its thread budget as measured."""
             result = build(BuildConfig(out=work / f"repo-{label}", checkpoint=cfg.checkpoint, preset=cfg.preset,
-                                       max_history=cfg.max_history, precision=PrecisionConfig(precision), emit=EmitConfig(**emit),
+                                       max_history=cfg.max_history, precision=PrecisionConfig(precision, cut=cfg.cut_dtype), emit=EmitConfig(**emit),
                                        verify=cfg.verify, accept_accuracy_loss=True))  # a missed gate is recorded, not a lost run
             if not (cfg.tune and tuned):
                 return result, result.thread_budget

@@ -93,6 +93,7 @@ class RowCachePlan:
 
 def plan(encoder: onnx.ModelProto) -> RowCachePlan:
     """The key graph and row graph of `encoder` (see the module docstring), or NotRowLocal saying why not."""
+    encoder = onnx.shape_inference.infer_shapes(encoder)  # ranks decide how rows broadcast; a later pass may not have typed its values
     index = GraphIndex(encoder.graph)
     state = row_states(index)
     outputs = [o.name for o in encoder.graph.output]
@@ -167,7 +168,7 @@ def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto):
     op, attrs = node.op_type, {a.name: helper.get_attribute_value(a) for a in node.attribute}
     where = f"{op} node {node.name or node.output[0]!r}"
     if op in ELEMENTWISE:
-        return _broadcast(index, ins, states, where)
+        return states[0] if len(ins) == 1 else _broadcast(index, ins, states, where)  # one input: nothing to broadcast
     data = states[0]
     rank = _rank(index, ins[0])
     if op == "Gather":

@@ -9,6 +9,7 @@ import pytest
 
 from compiler import history_cache
 from compiler.build import cut_model
+from compiler.cut_dtype import narrow_cut
 from compiler.data import RepeatedUsers, left_pad, repeated_user_requests, sample_requests
 from compiler.partition import split
 from compiler.row_cache import ENTRY_OVERHEAD_BYTES
@@ -145,3 +146,14 @@ def test_a_model_whose_rows_mix_gets_no_cache_and_the_reason(make, why):
     parts = split(model, request_inputs)
     with pytest.raises(history_cache.NotRowLocal, match=why):
         history_cache.plan(parts.encoder)
+
+
+def test_a_cut_narrowed_to_fp16_is_cached_in_fp16(tiny):
+    model, parts, _, graphs = tiny
+    samples = [graphs["encoder"].run(r.inputs) for r in sample_requests(model.config, [1, 300], seed=2, n_candidates=1)]
+    narrowed = narrow_cut(parts.encoder, parts.scorer, samples)  # its casts carry no shapes: the plan must not need them
+    plan = history_cache.plan(narrowed.encoder)
+    cached_narrow = [name for name in narrowed.narrowed if name in plan.cached]
+    assert cached_narrow and {plan.row_specs[name].dtype for name in cached_narrow} == {"float16"}
+    requests = [r.inputs for r in sample_requests(model.config, [5, 700], seed=3, n_candidates=1)]
+    assert max(history_cache.confirm(plan, narrowed.encoder, requests, OrtGraph).values()) <= 2e-3
