@@ -73,7 +73,9 @@ def _markdown(r: dict, stamp: str) -> list[str]:
         lines.append("")
     lines += _breakdown_markdown(r) if r["cells"] else []
     lines += _budget_markdown(r)
-    lines += _repeated_markdown(r["repeated_users"], r["config"]["precisions"][0]) if r.get("repeated_users") else []
+    cut = r["config"].get("cut_dtype")
+    built = r["config"]["precisions"][0] + (f", the cut in {cut}" if cut else "")
+    lines += _repeated_markdown(r["repeated_users"], built) if r.get("repeated_users") else []
     lines += [] if not r["cells"] else ["## Speedup of `stca` (split) over each baseline", "", "Ratio of best throughputs on the same server and inputs.", "",
               "| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|"]
     for s in speedups(r):
@@ -153,13 +155,13 @@ def _repeated_markdown(rep: dict, precision: str) -> list[str]:
                                                                                         key=lambda p: p['history'])[::3]) + ".", "",
                   "![encoder time against computed rows](encoder_vs_computed_rows.png)", ""]
     lines += ["Resident memory of the history encoder's processes (one per instance), MiB:", "",
-              "| variant | before the traffic | after | rows held (bytes gauge) |", "|---|---|---|---:|"]
+              "| variant | before the traffic | after | the cache's bytes gauge | rows held | rows evicted |", "|---|---|---|---:|---:|---:|"]
     for name in ("row cache", "no cache"):
         v = variants[name]
         mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs) or "-"  # noqa: E731
-        held = v["cache"].get("bytes")
+        held = v["cache"]
         lines.append(f"| {name} | {mib(v['memory_before'])} | {mib(v['memory_after'])} | "
-                     + (f"{held / 2**20:.0f}" if held is not None else "-") + " |")
+                     + (f"{held['bytes'] / 2**20:.0f} | {held['entries']:,.0f} | {held['evictions']:,.0f}" if held else "- | - | -") + " |")
     return lines + [""]
 
 

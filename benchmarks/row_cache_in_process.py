@@ -1,0 +1,88 @@
+"""The history row cache without Triton: what one request costs in one process, on repeated-user traffic.
+
+    .venv/bin/python benchmarks/row_cache_in_process.py --repo REPO [--threads 2] [--users 8 --visits 12]
+
+REPO is a build with --baselines (python target, row cache on). Every graph runs in ONNX Runtime in this
+process with the same threads; the traffic (compiler.data.RepeatedUsers) is sent once, in order, to each of:
+  fused        stca_fused/1/model.onnx, the unsplit graph
+  split        the encoder (model.onnx) then the scorer, the cut passed in memory
+  row cache    key graph + row cache (compiler/row_cache.py, the served module) + row graph, then the scorer
+and the mean ms per request is printed per stage. Set against the served numbers (benchmarks/results/
+repeated-users-*), the difference is what serving adds: the cut copied out of one Python-backend process and
+into another, and Triton's scheduling.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from compiler.data import RepeatedUsers, repeated_user_requests
+from compiler.model import STCAConfig
+from compiler.names import ENCODER, FUSED, SCORER
+from compiler.row_cache import CachedEncoder, RowCache, RowKey, RowSpec
+from compiler.runtime import OrtGraph
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--visits", type=int, default=12)
+    parser.add_argument("--candidates", type=int, default=128)
+    args = parser.parse_args()
+
+    manifest = json.loads((args.repo / "manifest.json").read_text())
+    config = STCAConfig.from_dict(manifest["model_config"])
+    traffic = repeated_user_requests(config, RepeatedUsers(users=args.users, visits=args.visits), seed=1_001, n_candidates=args.candidates)
+    warmup = repeated_user_requests(config, RepeatedUsers(users=4, visits=2), seed=999, n_candidates=args.candidates)
+    graph = lambda model, file="model.onnx": OrtGraph(args.repo / model / "1" / file, threads=args.threads)  # noqa: E731
+    fused, encoder, scorer = graph(FUSED), graph(ENCODER), graph(SCORER)
+    keys, rows = graph(ENCODER, "key_graph.onnx"), graph(ENCODER, "row_graph.onnx")
+    spec = json.loads(_parameter(args.repo / ENCODER / "config.pbtxt", "history_cache"))
+    row_specs = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
+    row_keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
+    budget = int(_parameter(args.repo / ENCODER / "config.pbtxt", "history_cache_bytes"))
+    cached = CachedEncoder(keys.run, rows.run, row_keys, row_specs, RowCache(budget, row_specs, len(row_keys)))
+
+    def timed(stages: dict, name: str, run, *a):
+        start = time.perf_counter()
+        out = run(*a)
+        stages.setdefault(name, []).append(1e3 * (time.perf_counter() - start))
+        return out
+
+    def fused_request(r, stages):
+        timed(stages, "whole graph", fused.run, r)
+
+    def split_request(r, stages):
+        cut = timed(stages, "encoder", encoder.run, r)
+        timed(stages, "scorer", scorer.run, {**r, **cut})
+
+    def cached_request(r, stages):
+        cut = timed(stages, "encoder (row cache)", cached, r)
+        timed(stages, "scorer", scorer.run, {**r, **cut})
+
+    print(f"{len(traffic)} requests, mean L {statistics.mean(len(r['history_item_ids']) for r in traffic):.0f}, "
+          f"N {args.candidates}, {args.threads} threads; mean ms per request:")
+    for label, request in (("fused", fused_request), ("split", split_request), ("row cache", cached_request)):
+        for r in warmup:
+            request(r, {})
+        stages = {}
+        for r in traffic:
+            request(r, stages)
+        total = sum(statistics.mean(v) for v in stages.values())
+        print(f"  {label:10s} {total:7.1f}  (" + ", ".join(f"{k} {statistics.mean(v):.1f}" for k, v in stages.items()) + ")")
+    c = cached.cache.counters()
+    print(f"  row cache: {c['hits']} keys found, {c['misses']} computed, {c['entries']} held")
+
+
+def _parameter(config_path: Path, name: str) -> str:
+    from compiler.emit import read_config
+
+    return read_config(config_path).parameters[name].string_value
+
+
+if __name__ == "__main__":
+    main()
