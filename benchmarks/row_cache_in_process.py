@@ -1,6 +1,6 @@
 """The history row cache without Triton: what one request costs in one process, on repeated-user traffic.
 
-    .venv/bin/python benchmarks/row_cache_in_process.py --repo REPO [--threads 2] [--users 8 --visits 12]
+    .venv/bin/python benchmarks/row_cache_in_process.py --repo REPO [--threads 1] [--users 8 --visits 12] [--seed 1004]
 
 REPO is a build with --baselines (python target, row cache on). Every graph runs in ONNX Runtime in this
 process with the same threads; the traffic (compiler.data.RepeatedUsers) is sent once, in order, to each of:
@@ -28,15 +28,16 @@ from compiler.runtime import OrtGraph
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1: a request's core time)")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--visits", type=int, default=12)
     parser.add_argument("--candidates", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=1_004, help="the traffic's seed (the bench's level at concurrency c uses 1000 + c)")
     args = parser.parse_args()
 
     manifest = json.loads((args.repo / "manifest.json").read_text())
     config = STCAConfig.from_dict(manifest["model_config"])
-    traffic = repeated_user_requests(config, RepeatedUsers(users=args.users, visits=args.visits), seed=1_001, n_candidates=args.candidates)
+    traffic = repeated_user_requests(config, RepeatedUsers(users=args.users, visits=args.visits), seed=args.seed, n_candidates=args.candidates)
     warmup = repeated_user_requests(config, RepeatedUsers(users=4, visits=2), seed=999, n_candidates=args.candidates)
     graph = lambda model, file="model.onnx": OrtGraph(args.repo / model / "1" / file, threads=args.threads)  # noqa: E731
     fused, encoder, scorer = graph(FUSED), graph(ENCODER), graph(SCORER)
