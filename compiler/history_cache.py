@@ -246,11 +246,16 @@ def _walk_to_keys(index: GraphIndex, state: dict, output: str):
     keys, nodes, shape_reads, seen, pending = [], {}, [], set(), [output]
     while pending:
         name = pending.pop()
-        if name in seen or state.get(name) == CONST:
+        if name in seen:
             continue
         seen.add(name)
         node = index.producer.get(name)
         s = state[name]
+        if s == CONST:  # a weight; one computed by nodes (an int8 weight's DequantizeLinear) is computed in the row graph too
+            if node is not None:
+                nodes[id(node)] = node
+                pending.extend(n for n in node_inputs(node) if n)
+            continue
         is_key = isinstance(s, Rows) and s.axis == 0 and _rank(index, name) == 1 and np.dtype(index.dtype(name)).kind in INTEGER_KINDS
         if is_key or node is None:  # an integer per row, or an input reached without one (its raw value is the key)
             if not isinstance(s, Rows):

@@ -7,11 +7,12 @@ import threading
 import numpy as np
 import pytest
 
-from compiler import history_cache
+from compiler import calibrate, history_cache
 from compiler.build import cut_model
 from compiler.cut_dtype import narrow_cut
 from compiler.data import RepeatedUsers, left_pad, repeated_user_requests, sample_requests
 from compiler.partition import split
+from compiler.precision import PrecisionConfig, convert
 from compiler.row_cache import ENTRY_OVERHEAD_BYTES
 from compiler.runtime import OrtGraph
 from compiler.verify import THRESHOLDS
@@ -157,3 +158,14 @@ def test_a_cut_narrowed_to_fp16_is_cached_in_fp16(tiny):
     assert cached_narrow and {plan.row_specs[name].dtype for name in cached_narrow} == {"float16"}
     requests = [r.inputs for r in sample_requests(model.config, [5, 700], seed=3, n_candidates=1)]
     assert max(history_cache.confirm(plan, narrowed.encoder, requests, OrtGraph).values()) <= 2e-3
+
+
+@pytest.mark.parametrize("form", ["cpu", "tensorrt"])
+def test_an_int8_encoder_is_row_local_with_its_weights_dequantized_in_the_row_graph(tiny, tmp_path, form):
+    model, parts, _, _ = tiny
+    calibration = calibrate.generate(tmp_path / "set", model.config, count=4)
+    encoder = convert(parts, PrecisionConfig("int8"), calibration, None, form).encoder
+    plan = history_cache.plan(encoder)  # static scales: quantizing a row reads nothing of the other rows
+    assert any(n.op_type == "DequantizeLinear" for n in plan.row_graph.graph.node)
+    requests = [r.inputs for r in sample_requests(model.config, [1, 64, 700], seed=6, n_candidates=1)]
+    assert max(history_cache.confirm(plan, encoder, requests, OrtGraph).values()) <= 1e-5

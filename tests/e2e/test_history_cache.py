@@ -39,7 +39,7 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
 def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"
-    budget = 200_000  # about 200 rows of the tiny model per encoder instance (two here): one user fits, two do not
+    budget = 100_000  # about 200 rows of the tiny model (its encoder runs one instance): one user fits, two do not
     build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(history_cache_bytes=budget), verify=QUICK_VERIFY))
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=2), seed=22, n_candidates=8)
     traffic = [{k: v[-150:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic]
