@@ -73,7 +73,6 @@ class RowCachePlan:
     cached: tuple[str, ...]  # encoder outputs served from the cache, rows along axis 0
     passthrough: tuple[str, ...]  # encoder outputs the key graph computes (no rows along L)
     keys_of: dict  # cached output -> the encoder values its rows depend on (its own narrowest key)
-
     row_specs: dict  # cached output -> RowSpec (dtype, the shape of one row)
 
     def to_dict(self) -> dict:
@@ -108,8 +107,7 @@ def plan(encoder: onnx.ModelProto) -> RowCachePlan:
     if not cached:
         raise NotRowLocal(f"history cache: no encoder output has rows along {ROW_DIM}; there is nothing per history item to cache")
 
-    keys_of, row_nodes = {}, {}
-    row_specs = {}
+    keys_of, row_nodes, row_specs = {}, {}, {}
     for name in cached:
         row_shape = (index.shape(name) or ("?",))[1:]
         if not all(isinstance(d, int) for d in row_shape):
@@ -128,10 +126,9 @@ def plan(encoder: onnx.ModelProto) -> RowCachePlan:
     key_inputs = [i.name for i in encoder.graph.input]
     key_nodes = _ancestors(index, [*sources, *passthrough])
     key_nodes += [helper.make_node("Identity", [k.source], [k.name], name=f"{k.name}__out") for k in keys]
-    key_index = GraphIndex(encoder.graph)
-    for k in keys:
-        key_index.types[k.name] = _row_type(index, k.source)
-    key_graph = extract_model(key_index, encoder, key_nodes, key_inputs, [*[k.name for k in keys], *passthrough], {}, "history_row_keys")
+    for k in keys:  # the key graph's outputs, new names the index gets types for
+        index.types[k.name] = _row_type(index, k.source)
+    key_graph = extract_model(index, encoder, key_nodes, key_inputs, [*[k.name for k in keys], *passthrough], {}, "history_row_keys")
     ordered = [n for n in index.nodes if id(n) in row_nodes]
     row_graph = extract_model(index, encoder, ordered, list(sources), cached, renamed, "history_rows")
     for graph, role in ((key_graph, "key graph"), (row_graph, "row graph")):
