@@ -46,7 +46,7 @@ def main() -> None:
     row_specs = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
     row_keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
     budget = int(_parameter(args.repo / ENCODER / "config.pbtxt", "history_cache_bytes"))
-    cached = CachedEncoder(keys.run, rows.run, row_keys, row_specs, RowCache(budget, row_specs, len(row_keys)))
+    cached = CachedEncoder(keys.run, rows.run, row_keys, RowCache(budget, row_specs, len(row_keys)))
 
     def timed(stages: dict, name: str, run, *a):
         start = time.perf_counter()

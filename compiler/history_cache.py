@@ -87,7 +87,7 @@ class RowCachePlan:
     def encoder(self, run_keys, run_rows, budget_bytes: int) -> CachedEncoder:
         """The served encoder over runners of the two graphs, with a cache of `budget_bytes` (0: none)."""
         cache = RowCache(budget_bytes, self.row_specs, len(self.keys)) if budget_bytes > 0 else None
-        return CachedEncoder(run_keys, run_rows, list(self.keys), self.row_specs, cache)
+        return CachedEncoder(run_keys, run_rows, list(self.keys), cache)
 
 
 def plan(encoder: onnx.ModelProto) -> RowCachePlan:

@@ -1,6 +1,6 @@
 """The history row cache: each history row encoded once, across requests and users, exactly.
 
-    encoder = CachedEncoder(run_keys, run_rows, keys, rows, RowCache(budget_bytes, rows))
+    encoder = CachedEncoder(run_keys, run_rows, keys, RowCache(budget_bytes, rows, len(keys)))
     outputs = encoder(request_inputs)     # the history encoder's outputs, rows from the cache where it has them
 
 A row of a cached encoder output is a function of its row key alone (compiler.history_cache proves it from
@@ -66,7 +66,6 @@ class RowCache:
     """Rows of the cached outputs by key, least recently used first out, within `budget_bytes`."""
 
     def __init__(self, budget_bytes: int, rows: dict[str, RowSpec], key_width: int):
-        self.rows = rows
         self.entry_bytes = sum(s.nbytes for s in rows.values()) + 8 * key_width + ENTRY_OVERHEAD_BYTES
         self.capacity = max(0, budget_bytes) // self.entry_bytes
         # np.empty reserves address space only: memory becomes resident as rows are written.
@@ -157,8 +156,8 @@ class CachedEncoder:
     Without a cache (None) every row is computed, each distinct key once.
     """
 
-    def __init__(self, run_keys, run_rows, keys: list[RowKey], rows: dict[str, RowSpec], cache: RowCache | None):
-        self.run_keys, self.run_rows, self.keys, self.rows, self.cache = run_keys, run_rows, keys, rows, cache
+    def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None):
+        self.run_keys, self.run_rows, self.keys, self.cache = run_keys, run_rows, keys, cache
 
     def __call__(self, inputs: dict) -> dict:
         keyed = self.run_keys(inputs)

@@ -116,6 +116,16 @@ def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, args
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_history_cache_sizes_read_as_binary_units_and_a_bad_one_is_refused(capsys):
+    from compiler.__main__ import parser
+
+    read = lambda text: parser().parse_args(["build", "--history-cache-bytes", text]).history_cache_bytes  # noqa: E731
+    assert (read("512M"), read("2G"), read("0"), read("4096")) == (512 << 20, 2 << 30, 0, 4096)
+    with pytest.raises(SystemExit):
+        read("lots")
+    assert "'lots' is not a size in bytes" in capsys.readouterr().err
+
+
 def test_truncated_and_mismatched_checkpoints(tmp_path, capsys, tiny_checkpoint):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -68,7 +68,7 @@ class TritonPythonModel(StcaModel):
         }
         self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
         self.reported = {name: 0 for name in self.metrics}
-        return CachedEncoder(self.key_session.run, self.row_session.run, keys, rows, cache)
+        return CachedEncoder(self.key_session.run, self.row_session.run, keys, cache)
 
     def _report(self):
         for name, value in self.encoder.cache.counters().items():
