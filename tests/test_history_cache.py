@@ -169,3 +169,17 @@ def test_an_int8_encoder_is_row_local_with_its_weights_dequantized_in_the_row_gr
     assert any(n.op_type == "DequantizeLinear" for n in plan.row_graph.graph.node)
     requests = [r.inputs for r in sample_requests(model.config, [1, 64, 700], seed=6, n_candidates=1)]
     assert max(history_cache.confirm(plan, encoder, requests, OrtGraph).values()) <= 1e-5
+
+
+def test_the_build_records_and_reports_why_a_model_gets_no_cache():
+    from compiler.build import _history_cache
+    from compiler.emit import EmitConfig, deployment
+    from compiler.model import preset
+    from compiler.report import history_cache_lines
+
+    model, request_inputs = history_model(HistorySelfAttention)
+    encoder = split(model, request_inputs).encoder
+    plan, record = _history_cache(encoder, preset("tiny"), deployment(EmitConfig(), "python"))
+    assert plan is None and not record["row_local"] and not record["served"]
+    assert "MatMul" in record["why"]
+    assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]
