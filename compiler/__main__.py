@@ -82,12 +82,22 @@ def _sweep_table(result) -> list[str]:
 
 def cmd_cut(args) -> int:
     """Export and split a model, and print what crosses the cut (no verification, no output files)."""
+    from compiler import history_cache
     from compiler.build import BuildConfig, plan_cut
     from compiler.report import cut_table
+    from compiler.row_cache import ENTRY_OVERHEAD_BYTES
 
     cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history)
     model, _, _, parts = plan_cut(cfg)
     print("\n".join(cut_table(parts.cut, model.config.max_history)))
+    try:
+        cache = history_cache.plan(parts.encoder)
+        entry = cache.bytes_per_row + 8 * len(cache.keys) + ENTRY_OVERHEAD_BYTES
+        print(f"\nHistory row cache: {len(cache.cached)} tensors cached per history item, keyed on "
+              f"{', '.join(k.source for k in cache.keys)}; {cache.bytes_per_row:,} bytes a row, "
+              f"{(1 << 30) // entry:,} rows per GiB of --history-cache-bytes")
+    except history_cache.NotRowLocal as e:
+        print(f"\nHistory row cache: none ({e})")
     return 0
 
 

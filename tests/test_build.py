@@ -126,6 +126,14 @@ def test_history_cache_sizes_read_as_binary_units_and_a_bad_one_is_refused(capsy
     assert "'lots' is not a size in bytes" in capsys.readouterr().err
 
 
+def test_cut_prints_the_crossing_tensors_and_the_row_cache(capsys):
+    result = run_cli_here(capsys, "cut", "--preset", "tiny")
+    assert result.returncode == 0
+    row = 2 * 2 * 16 * 4 + 4  # K_i and V_i of both layers (D=16, fp32) and key_bias, per history item
+    assert "| `K_1` |" in result.stdout
+    assert f"{row:,} bytes a row" in result.stdout and "keyed on history_actions" in result.stdout
+
+
 def test_truncated_and_mismatched_checkpoints(tmp_path, capsys, tiny_checkpoint):
     bad = tmp_path / "bad"
     bad.mkdir()
