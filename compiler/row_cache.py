@@ -15,6 +15,7 @@ one lock. It holds rows of one set of weights: the served encoder builds it for 
 Only numpy: copied beside the encoder's model.py as stca_row_cache.py.
 """
 
+import mmap
 import threading
 from dataclasses import dataclass
 
@@ -68,8 +69,7 @@ class RowCache:
     def __init__(self, budget_bytes: int, rows: dict[str, RowSpec], key_width: int):
         self.entry_bytes = sum(s.nbytes for s in rows.values()) + 8 * key_width + ENTRY_OVERHEAD_BYTES
         self.capacity = max(0, budget_bytes) // self.entry_bytes
-        # np.empty reserves address space only: memory becomes resident as rows are written.
-        self.tables = {name: np.empty((self.capacity, *s.row_shape), s.dtype) for name, s in rows.items()}
+        self.tables = {name: _table(self.capacity, s) for name, s in rows.items()}
         self.stamp = np.zeros(self.capacity, np.int64)  # the request that last used each slot
         self.slot_key: list[bytes | None] = [None] * self.capacity
         self.index: dict[bytes, int] = {}
@@ -129,6 +129,19 @@ class RowCache:
     def counters(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "entries": len(self.index),
                 "bytes": self.nbytes, "capacity_entries": self.capacity}
+
+
+def _table(capacity: int, spec: RowSpec) -> np.ndarray:
+    """[capacity, *row_shape] of address space that becomes resident as rows are written, in 2 MiB pages where the
+    kernel allows (transparent huge pages on madvise): with 4 KiB pages every new row's first write faulted its pages
+    in, which doubled the cost of a computed row (medium model, in process: 49.6 us against 23.3 with the pages
+    resident; the uncached encoder takes 24.1 a row)."""
+    if capacity * spec.nbytes == 0:
+        return np.empty((capacity, *spec.row_shape), spec.dtype)
+    memory = mmap.mmap(-1, capacity * spec.nbytes)  # anonymous, zero-filled on first touch, like np.empty's large blocks
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(memory, spec.dtype).reshape(capacity, *spec.row_shape)
 
 
 def _assemble(found_rows: np.ndarray, found: np.ndarray, computed: np.ndarray, inverse: np.ndarray) -> np.ndarray:
