@@ -25,6 +25,7 @@ def cmd_build(args) -> int:
         out=args.out,
         checkpoint=args.checkpoint,
         preset=args.preset,
+        user_model=user_model_spec(args),
         attention=args.attention,
         expected_candidates=args.expected_candidates,
         expected_history=args.expected_history,
@@ -45,6 +46,43 @@ def cmd_build(args) -> int:
     log.info("built %s: %s, max abs error %.2e, %s (report: %s)", result.out, result.precision,
              v.max_abs_error, "gates passed" if v.passed else "GATES MISSED (accepted)", result.out / "report.md")
     return 0
+
+
+def user_model_spec(args):
+    """The --onnx / --exported arguments as a UserModelSpec, or None for an STCA build."""
+    from compiler.user_model import UserModelSpec
+
+    if args.onnx is None and args.exported is None:
+        for flag in ("request_inputs", "candidate_axis", "samples"):
+            if getattr(args, flag, None) is not None:
+                raise CompilerError(f"--{flag.replace('_', '-')} goes with --onnx or --exported (your own model)")
+        return None
+    return UserModelSpec(onnx=args.onnx, exported=args.exported, candidate_axis=args.candidate_axis,
+                         request_inputs=tuple(n for n in (args.request_inputs or "").split(",") if n),
+                         samples=getattr(args, "samples", None), input_ranges=dict(getattr(args, "input_range", None) or []))
+
+
+def input_range(text: str) -> tuple[str, tuple[float, float]]:
+    """'name=lo:hi' -> (name, (lo, hi))."""
+    name, _, bounds = text.partition("=")
+    lo, _, hi = bounds.partition(":")
+    try:
+        return name, (float(lo), float(hi))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LO:HI (e.g. history_item_ids=0:99999)") from None
+
+
+def add_user_model_arguments(p: argparse.ArgumentParser, samples: bool = True) -> None:
+    g = p.add_argument_group("your own model (instead of STCA's --checkpoint or --preset)")
+    g.add_argument("--onnx", type=Path, help="an ONNX file of your model (fp32)")
+    g.add_argument("--exported", type=Path, help="a torch.export.save'd ExportedProgram (.pt2) of your model")
+    g.add_argument("--request-inputs", metavar="A,B,...", help="the inputs sent once per request (the rest are per candidate)")
+    g.add_argument("--candidate-axis", type=int, help="the candidate inputs' axis along candidates (default: found from the symbolic dims)")
+    if samples:
+        g.add_argument("--samples", type=Path, help="your requests, JSON lines (the format score --request reads): they drive "
+                                                    "verification, calibration and warmup (default: generated from the inputs' dtypes)")
+        g.add_argument("--input-range", type=input_range, action="append", metavar="NAME=LO:HI",
+                       help="valid values of an input: the server refuses others, generated requests draw from them (repeat)")
 
 
 def byte_size(text: str) -> int:
@@ -87,11 +125,15 @@ def cmd_cut(args) -> int:
     from compiler.report import cut_table
     from compiler.row_cache import ENTRY_OVERHEAD_BYTES
 
-    cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history)
-    model, _, _, parts = plan_cut(cfg)
-    print("\n".join(cut_table(parts.cut, model.config.max_history)))
+    cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history,
+                      user_model=user_model_spec(args))
+    subject, _, parts = plan_cut(cfg)
+    contract = subject.contract
+    print("\n".join(cut_table(parts.cut, contract)))
     try:
-        cache = history_cache.plan(parts.encoder)
+        if contract.history_dim is None:
+            raise history_cache.NotRowLocal("no request input has a history dim")
+        cache = history_cache.plan(parts.encoder, contract.history_dim)
         entry = cache.bytes_per_row + 8 * len(cache.keys) + ENTRY_OVERHEAD_BYTES
         print(f"\nHistory row cache: {len(cache.cached)} tensors cached per history item, keyed on "
               f"{', '.join(k.source for k in cache.keys)}; {cache.bytes_per_row:,} bytes a row, "
@@ -140,15 +182,16 @@ def cmd_score(args) -> int:
     """Score one request (a JSON file, or a generated one) on a served repository and print the ranking."""
     from compiler.client import ScoringClient
     from compiler.contract import RequestError, load_request, save_request
+    from compiler.data import contract_requests
 
     client = ScoringClient(args.url, args.protocol)
     if args.request is not None:
         try:
-            inputs = load_request(args.request)
+            inputs = load_request(args.request, client.contract)
         except RequestError as e:
             raise CompilerError(str(e)) from e
     else:
-        inputs = _generated_request(client.limits, args.history_length, args.candidates, args.seed)
+        inputs = contract_requests(client.contract, [args.history_length], args.candidates, args.seed)[0]
     if args.save_request is not None:
         save_request(args.save_request, inputs)
     ranking = client.rank(inputs)
@@ -156,22 +199,15 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _generated_request(limits, history_length: int, candidates: int, seed: int) -> dict:
-    from compiler.data import sample_requests
-    from compiler.model import PRESETS
-
-    shape = replace(PRESETS["small"], n_user_fields=limits.n_user_fields, n_candidate_fields=limits.n_candidate_fields)
-    return next(sample_requests(shape, [history_length], seed=seed, n_candidates=candidates)).inputs
-
-
 def cmd_bench(args) -> int:
-    """Benchmark with perf_analyzer: the split ensemble against fused, point-wise and PyTorch-eager baselines."""
+    """Benchmark with perf_analyzer: the split ensemble against fused, point-wise and PyTorch-eager baselines (STCA's, or
+    your own model's with --onnx/--exported)."""
     from compiler.bench import BenchConfig, RepeatedConfig, run
     from compiler.data import RepeatedUsers
 
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     repeated = RepeatedConfig(RepeatedUsers(users=args.repeated_users, visits=args.repeated_visits), concurrency=ints(args.concurrency))
-    cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, preset=args.preset, tune=not args.no_tune,
+    cfg = BenchConfig(name=args.name, checkpoint=args.checkpoint, preset=args.preset, user_model=user_model_spec(args), tune=not args.no_tune,
                       suites=tuple(args.suites.split(",")), repeated=repeated,
                       precisions=tuple(args.precisions.split(",")),
                       models=tuple(args.models.split(",")), histories=ints(args.histories), candidates=ints(args.candidates),
@@ -190,7 +226,8 @@ def cmd_demo(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compiler", description="Compile STCA ranking models for Triton serving.")
+    p = argparse.ArgumentParser(prog="python -m compiler", description="Compile long-history ranking models (STCA, or your own "
+                                "ONNX file or ExportedProgram) into a split Triton ensemble.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -232,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
                    help="python target: the history encoder's row cache, over all its instances, e.g. 512M or 2G "
                         "(default 1G; 0 turns it off)")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
+    add_user_model_arguments(b)
     b.set_defaults(handler=cmd_build)
 
     tu = sub.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
@@ -248,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     ct.add_argument("--preset", help="paper, medium, small or tiny (an untrained seeded model)")
     ct.add_argument("--attention", choices=["kv", "reordered"])
     ct.add_argument("--max-history", type=int, help="the L at which bytes per request are counted (default 10000)")
+    add_user_model_arguments(ct, samples=False)
     ct.set_defaults(handler=cmd_cut)
 
     cb = sub.add_parser("calibrate", help=cmd_calibrate.__doc__, description=cmd_calibrate.__doc__)
@@ -311,6 +350,7 @@ def parser() -> argparse.ArgumentParser:
                          "attention (cost model against measurement), repeated_users (the history row cache)")
     be.add_argument("--repeated-users", type=int, default=8, help="repeated_users: fresh users per concurrency level (default 8)")
     be.add_argument("--repeated-visits", type=int, default=12, help="repeated_users: requests per user (default 12)")
+    add_user_model_arguments(be)
     be.set_defaults(handler=cmd_bench)
 
     d = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)

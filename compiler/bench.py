@@ -18,7 +18,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
 from compiler.contract import REQUEST_INPUTS
 from compiler.model import STCAConfig
+from compiler.subject import Subject
+from compiler.user_model import UserModelSpec
 from compiler.serve import die_with_parent
 from compiler.verify import VerifyConfig
 
@@ -47,6 +49,7 @@ class BenchConfig:
     name: str = "demo-cpu"
     checkpoint: Path | None = None  # None: the demo model (or `preset`)
     preset: str | None = None  # an untrained, seeded model of a named size instead (e.g. medium)
+    user_model: UserModelSpec | None = None  # the user's own model instead of STCA: the grid suite, on its own requests
     tune: bool = True  # measure each repository's CPU thread budget first (compiler.tune), so each model runs at its best
     precisions: tuple[str, ...] = ("fp32", "int8")
     models: tuple[str, ...] = (ENSEMBLE, *BASELINES)
@@ -87,7 +90,7 @@ class Cell:
     load: str  # load_label(L, N), or "mixed N=128"
     history: float  # L, or the mean L of the mixed load
     candidates: int
-    flops_per_request: float
+    flops_per_request: float | None  # the cost model's (STCA); None for the user's own model
     rows: list = field(default_factory=list)  # one dict per concurrency level (perf_analyzer's CSV, parsed)
     dropped: str = ""
     unstable: list = field(default_factory=list)  # concurrency levels perf_analyzer could not measure stably
@@ -163,22 +166,24 @@ def perf(model: str, url: str, inputs: Path, concurrency: int, csv_path: Path, *
             "server_queue_ms": float(row["Server Queue"]) / 1e3, "server_compute_ms": float(row["Server Compute Infer"]) / 1e3}
 
 
-def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
-    """Every model x every load, on one server with the same input files; each perf_analyzer run also records
-    where its requests' time went in each composing model (server_stats)."""
+def bench_server(url: str, subject: Subject, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
+    """Every model x every load, on one server with the same input files (the subject's requests: STCA's synthetic
+    world, or the user's samples or generated ones); each perf_analyzer run also records where its requests' time went
+    in each composing model (server_stats). FLOPs per request come from the cost model, for STCA only."""
+    contract = subject.contract
     loads = [(load_label(L, N), [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
-    mixed = kuairand_lengths(4 * cfg.requests_per_input, config.max_history, seed=3)
+    mixed = kuairand_lengths(4 * cfg.requests_per_input, max(contract.max_history, 1), seed=3)
     loads.append((f"mixed N={cfg.mixed_candidates}", list(mixed), cfg.mixed_candidates))
     cells = []
     progress = Progress(f"{precision} cell", len(loads) * len(cfg.models), every_s=1.0)
     for index, (label, lengths, N) in enumerate(loads):
-        requests = [r.inputs for r in sample_requests(config, lengths, seed=100 + index, n_candidates=N)]
+        requests = [r.inputs for r in subject.requests(lengths, N, seed=100 + index)]
         inputs = write_input_file(work / f"{precision}-{label.replace(' ', '_')}.json", requests)
         for model in cfg.models:
             cost = naive_cost if model == NAIVE else split_cost
-            flops = float(np.mean([cost(config, L, N).flops for L in lengths]))
+            flops = float(np.mean([cost(subject.model.config, L, N).flops for L in lengths])) if subject.model is not None else None
             cell = Cell(precision, model, label, float(np.mean(lengths)), N, flops)
-            longest = max(requests, key=lambda r: r["history_item_ids"].size * r["candidate_item_ids"].size)
+            longest = max(requests, key=lambda r: sum(v.size for v in r.values()))
             seconds = _probe(url, model, longest, cfg)  # the slowest request of the load, so the estimate is an upper bound
             estimate = seconds * cfg.window_requests * 3 * len(cfg.concurrency)
             if estimate > cfg.cell_budget_s:
@@ -196,7 +201,7 @@ def bench_server(url: str, config: STCAConfig, precision: str, cfg: BenchConfig,
                         row["stages"] = [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])]
                     cell.rows.append(row)
                 for row in cell.rows:
-                    row["fraction_of_peak"] = row["throughput"] * flops / peak
+                    row["fraction_of_peak"] = row["throughput"] * flops / peak if flops is not None else None
             cells.append(cell)
             progress.advance(note=f"{model} {label}: " + (f"{max(r['throughput'] for r in cell.rows):.1f} req/s" if cell.rows else "dropped"))
     return cells
@@ -261,10 +266,11 @@ def attention_check(base, history: int, candidates: tuple[int, ...], repeats: in
     from compiler.build import cut_model
     from compiler.model import with_attention
     from compiler.runtime import OrtGraph, SplitRunner
+    from compiler.subject import StcaSubject
 
     config, runners = base.config, {}
     for form in ("kv", "reordered"):
-        _, parts = cut_model(with_attention(base, form))
+        _, parts = cut_model(StcaSubject(with_attention(base, form), {"kind": "seeded"}))
         runners[form] = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
     rows = []
     for N in candidates:
@@ -296,6 +302,11 @@ def run(cfg: BenchConfig) -> Path:
     from compiler.tune import TuneConfig, tune
 
     out = Path(cfg.out) / cfg.name
+    if cfg.user_model is not None:  # the other suites need STCA itself (its world's users, its attention forms)
+        stca_only = [s for s in cfg.suites if s != "grid"]
+        if stca_only:
+            log.info("bench: %s measure STCA only; your model gets the grid suite", ", ".join(stca_only))
+        cfg = replace(cfg, suites=("grid",) if "grid" in cfg.suites else (), models=tuple(m for m in cfg.models if m != TORCH))
     with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
         work = Path(cfg.work) if cfg.work else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -305,7 +316,7 @@ def run(cfg: BenchConfig) -> Path:
 
         def repo(label: str, precision: str, tuned: bool = True, **emit):
             """A built (and tuned) repository, and its thread budget as measured."""
-            result = build(BuildConfig(out=work / f"repo-{label}", checkpoint=cfg.checkpoint, preset=cfg.preset,
+            result = build(BuildConfig(out=work / f"repo-{label}", checkpoint=cfg.checkpoint, preset=cfg.preset, user_model=cfg.user_model,
                                        max_history=cfg.max_history, precision=PrecisionConfig(precision, cut=cfg.cut_dtype), emit=EmitConfig(**emit),
                                        verify=cfg.verify, accept_accuracy_loss=True))  # a missed gate is recorded, not a lost run
             if not (cfg.tune and tuned):
@@ -326,7 +337,7 @@ def run(cfg: BenchConfig) -> Path:
             with server(built[precision].out) as triton:
                 url = triton.cfg.http_url if cfg.protocol == "http" else triton.cfg.grpc_url
                 with stage(f"bench: {precision} repository, {len(cfg.models)} models") as s:
-                    cells += bench_server(url, built[precision].config, precision, cfg, work, peak)
+                    cells += bench_server(url, built[precision].subject, precision, cfg, work, peak)
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
         first = built[cfg.precisions[0]]
         cache, attention, repeated = None, [], None
@@ -349,7 +360,8 @@ def run(cfg: BenchConfig) -> Path:
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,
-        "model_config": first.config.to_dict(),
+        **({"model_config": first.config.to_dict()} if first.model is not None else {"model": first.source}),
+        "contract": first.contract.to_dict(),
         "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention, "repeated_users": repeated,
         "thread_budgets": budgets,
         "gates": {p: {"passed": built[p].verification.passed, "failures": list(built[p].verification.failures)} for p in cfg.precisions},

@@ -43,12 +43,23 @@ def speedups(results: dict) -> list[dict]:
 
 
 def _stamp(r: dict) -> str:
-    m, v, c = r["machine"], r["versions"], r["model_config"]
+    m, v = r["machine"], r["versions"]
     cpu = f"{m.get('cpu_model', m['processor'])} ({m['processor']}; {' '.join(m.get('isa', [])) or 'ISA flags not recorded'})"
+    c = r.get("model_config")
+    model = (f"model D={c['n_heads'] * c['head_dim']} h={c['n_heads']} M={c['n_layers']} attention={c['attention']}, L<={c['max_history']}"
+             if c else f"model {r['model']['kind']} {Path(r['model']['path']).name}, "
+             + ", ".join(f"{dim}<={size}" for dim, size in r["contract"]["limits"].items()))
     return (f"{cpu} x{m['cpus']} CPUs, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32; "
             f"tritonserver {v.get('tritonserver', '?').split(' ')[0]}, onnxruntime {v['onnxruntime']}, torch {v['torch']}; "
-            f"model D={c['n_heads'] * c['head_dim']} h={c['n_heads']} M={c['n_layers']} attention={c['attention']}, "
-            f"L<={c['max_history']}; {r['config']['protocol']}")
+            f"{model}; {r['config']['protocol']}")
+
+
+def _gflops(cell: dict) -> str:
+    return "-" if cell["flops_per_request"] is None else f"{cell['flops_per_request'] / 1e9:.3f}"
+
+
+def _of_peak(row: dict) -> str:
+    return "-" if row.get("fraction_of_peak") is None else f"{100 * row['fraction_of_peak']:.1f}%"
 
 
 def _markdown(r: dict, stamp: str) -> list[str]:
@@ -66,10 +77,10 @@ def _markdown(r: dict, stamp: str) -> list[str]:
         for cell in (c for c in r["cells"] if c["precision"] == precision):
             b = best(cell)
             if b is None:
-                lines.append(f"| {cell['load']} | {cell['model']} | dropped | | | | {cell['flops_per_request'] / 1e9:.3f} | |")
+                lines.append(f"| {cell['load']} | {cell['model']} | dropped | | | | {_gflops(cell)} | |")
                 continue
             lines.append(f"| {cell['load']} | {cell['model']} | {b['throughput']:.1f} | {b['concurrency']} | {b['p50_ms']:.1f} | "
-                         f"{b['p99_ms']:.1f} | {cell['flops_per_request'] / 1e9:.3f} | {100 * b['fraction_of_peak']:.1f}% |")
+                         f"{b['p99_ms']:.1f} | {_gflops(cell)} | {_of_peak(b)} |")
         lines.append("")
     lines += _breakdown_markdown(r) if r["cells"] else []
     lines += _budget_markdown(r)

@@ -2,7 +2,9 @@
 
 Every stage is a function from plain artifacts to plain artifacts (compiler.<stage>); this module only
 calls them in order, gates on verification, and writes the repository, manifest.json and report.md
-atomically. Nothing is written when a stage or a gate fails.
+atomically. Nothing is written when a stage or a gate fails. What is compiled is a subject
+(compiler.subject): this package's STCA model, or the user's own ONNX file or ExportedProgram
+(compiler.user_model); every stage after load treats both alike.
 """
 
 import contextlib
@@ -15,23 +17,26 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+import onnx
+
 from compiler import calibrate, history_cache, int8_fallback, lint, report
 from compiler import emit as emit_stage
 from compiler.artifacts import MANIFEST, atomic_directory, check_replaceable, hash_tree, sha256_file
-from compiler.data import left_pad, sample_requests
+from compiler.data import kuairand_lengths
 from compiler.emit import EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
 from compiler.errors import CompilerError
-from compiler.export import export
 from compiler.history_cache import RowCachePlan
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
+from compiler.subject import StcaSubject, Subject
+from compiler.user_model import UserModelSpec, load_user_model, opset_of
 from compiler.log import log, stage
 from compiler.costmodel import best_attention, crossover_candidates, served_cost, split_cost
 from compiler.cut_dtype import narrow_cut
-from compiler.contract import PAD_ITEM_ID, REQUEST_INPUTS, RequestLimits
+from compiler.contract import Contract
 from compiler.model import STCA, STCAConfig, preset, with_attention
 from compiler.names import ENCODER, FUSED, SCORER
-from compiler.partition import Cut, split
+from compiler.partition import Cut, Split, split
 from compiler.precision import PrecisionConfig, convert
 from compiler.runtime import OrtGraph, SplitRunner, with_cut
 from compiler.verify import Verification, VerifyConfig, least_precise, verify
@@ -46,6 +51,7 @@ class BuildConfig:
     out: Path = Path("triton_repo")
     checkpoint: Path | None = None  # None and no preset: the trained demo model
     preset: str | None = None  # an untrained, seeded model of a named size (shapes, costs, the cut)
+    user_model: UserModelSpec | None = None  # the user's own model (an ONNX file or an ExportedProgram) instead of STCA
     attention: str | None = None  # "kv" | "reordered" | "auto" (the cost model's pick); None keeps the checkpoint's
     expected_candidates: int = 256  # for attention "auto": candidates per request in production
     expected_history: int | None = None  # for attention "auto": typical L; None: the served maximum
@@ -61,6 +67,10 @@ class BuildConfig:
     def __post_init__(self):
         if self.checkpoint is not None and self.preset is not None:
             raise CompilerError("build: give --checkpoint or --preset, not both")
+        if self.user_model is not None and (self.checkpoint is not None or self.preset is not None):
+            raise CompilerError("build: --onnx/--exported compile your own model; --checkpoint and --preset are STCA's")
+        if self.user_model is not None and self.attention is not None:
+            raise CompilerError("build: --attention chooses STCA's attention form; your own model keeps its graph")
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,7 @@ class BuildResult:
     """What build() made. manifest.json is this, written once (manifest()); report, demo and bench read the fields."""
 
     out: Path
-    model: STCA  # the PyTorch fp32 model the repository serves (the gates' reference)
-    source: dict  # where the weights came from: {"kind": "demo" | "checkpoint" | "seeded", ...}
+    subject: Subject  # what was compiled, and the gates' fp32 reference (compiler.subject)
     target: str  # python | onnxruntime | tensorrt
     opset: int
     precision: str  # the less precise half's
@@ -77,7 +86,7 @@ class BuildResult:
     precisions: dict  # per half and the cut: what the precision stage converted, kept and why
     cut: Cut  # the tensors crossing the split, with the dtypes they are served in
     placement: dict  # node -> why it is on its side of the cut
-    limits: RequestLimits
+    contract: Contract
     verification: Verification
     lint: tuple[lint.LintReport, ...]
     history_cache: dict  # the encoder's row locality: the row cache's keys and what it holds, or why it has none
@@ -92,12 +101,24 @@ class BuildResult:
     files: dict = field(default_factory=dict)  # path -> sha256 of every file of the build but manifest.json
 
     @property
+    def model(self) -> STCA | None:
+        """The STCA module, where that is what was compiled (None for the user's own model)."""
+        return self.subject.model
+
+    @property
     def config(self) -> STCAConfig:
+        if self.model is None:
+            raise CompilerError(f"{self.out}: built from your own model ({self.source['kind']}), which has no STCA config")
         return self.model.config
 
     @property
+    def source(self) -> dict:
+        """Where the model came from: {"kind": "demo" | "checkpoint" | "seeded" | "onnx" | "exported", ...}."""
+        return self.subject.source
+
+    @property
     def manifest(self) -> dict:
-        c = self.config
+        contract = self.contract
         return {
             "format": BUILD_FORMAT,
             "version": BUILD_VERSION,
@@ -106,13 +127,13 @@ class BuildResult:
             "precision": self.precision,
             "precisions": self.precisions,
             "target": self.target,
-            "model_config": c.to_dict(),
+            **({"model_config": self.config.to_dict()} if self.model is not None else {}),
             "source": self.source,
             "versions": self.versions,
             "machine": self.machine,
-            "export": {"opset": self.opset, "dynamic_dims": {"L": [1, c.max_history], "N": [1, c.max_candidates]}},
-            "request_limits": self.limits.to_dict(),
-            **cut_entries(self.cut, c.max_history),
+            "export": {"opset": self.opset, "dynamic_dims": {dim: [1, size] for dim, size in contract.limits.items()}},
+            "contract": contract.to_dict(),
+            **cut_entries(self.cut, contract),
             "placement": self.placement,
             "verification": self.verification.to_dict(),
             "history_cache": self.history_cache,
@@ -135,11 +156,11 @@ def build(cfg: BuildConfig) -> BuildResult:
     int8_form = cfg.precision.int8_form or ("cpu" if deployment.device == "cpu" else "tensorrt")  # what the served kernels run fast
     if int8_form == "cpu" and target == "tensorrt":
         raise CompilerError("int8 form cpu: TensorRT takes symmetric int8 only (use the tensorrt form, the default there)")
-    model, source, exported, parts = plan_cut(cfg)
-    c = model.config
+    subject, whole, parts = plan_cut(cfg)
+    contract = subject.contract
     precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cfg.precision.cut_precision)
-    with _calibration_set(cfg, model) as calibration:
-        halves, cut, verification, kept_float = _within_gates(cfg, model, parts, exported, calibration, int8_form, precision)
+    with _calibration_set(cfg, subject) as calibration:
+        halves, cut, verification, kept_float = _within_gates(cfg, subject, parts, whole, calibration, int8_form, precision)
     with stage("lint") as s:
         lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt")
         s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
@@ -148,27 +169,28 @@ def build(cfg: BuildConfig) -> BuildResult:
             f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
             "nothing was written (--accept-accuracy-loss writes it anyway)"
         )
-    row_cache, row_cache_record = _history_cache(halves.encoder, c, deployment)
-    plans = _engines(cfg, model, halves, precision) if target == "tensorrt" else None
-    limits = RequestLimits.of(c)
-    warmup = with_cut(OrtGraph(halves.encoder), next(sample_requests(c, [min(cfg.emit.warmup_history, c.max_history)], seed=7,
-                                                         n_candidates=min(cfg.emit.warmup_candidates, c.max_candidates))).inputs)
+    row_cache, row_cache_record = _history_cache(halves.encoder, subject, deployment)
+    plans = _engines(cfg, subject, halves, precision) if target == "tensorrt" else None
+    warmup_request = subject.requests([min(cfg.emit.warmup_history, max(contract.max_history, 1))],
+                                      min(cfg.emit.warmup_candidates, contract.max_candidates), seed=7)[0]
+    warmup = with_cut(OrtGraph(halves.encoder), warmup_request.inputs)
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
     with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
-            checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint") if cfg.emit.baselines else None
-            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or exported.model, plans=plans.plans if plans else None,
+            eager = cfg.emit.baselines and subject.model is not None  # the PyTorch-eager baseline serves STCA checkpoints
+            checkpoint = save_checkpoint(subject.model, Path(scratch) / "checkpoint") if eager else None
+            graphs = Graphs(halves.encoder, halves.scorer, halves.whole or whole, plans=plans.plans if plans else None,
                             checkpoint=checkpoint, row_cache=row_cache)
-            emit_stage.emit(tmp, graphs, limits, c.tasks, warmup, deployment)
+            emit_stage.emit(tmp, graphs, contract, subject.tasks, warmup, deployment)
             s.summary = f"Triton repository for target {target} -> {cfg.out}"
         result = BuildResult(
-            out=Path(cfg.out), model=model, source=source, target=target, opset=exported.opset,
+            out=Path(cfg.out), subject=subject, target=target, opset=opset_of(whole),
             precision=least_precise(halves.encoder_precision, halves.scorer_precision),
             half_precisions=(halves.encoder_precision, halves.scorer_precision),
             precisions={**halves.details, **({"int8_form": int8_form, "int8_kept_float": kept_float}
                                              if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
-            cut=cut, placement=dict(cut.placement), limits=limits, verification=verification, lint=tuple(lint_reports),
+            cut=cut, placement=dict(cut.placement), contract=contract, verification=verification, lint=tuple(lint_reports),
             history_cache=row_cache_record,
             thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(deployment.serves_row_cache(row_cache)), "plan")
             if deployment.device == "cpu" else None,
@@ -184,7 +206,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     return result
 
 
-def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, int8_form: str, precision: str):
+def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration, int8_form: str, precision: str):
     """Convert, narrow the cut, verify; where an int8 build misses its gates, or passes within
     int8_fallback.MARGIN of one, keep the layers that cost the ranking most in float (compiler.int8_fallback),
     one more each round, and verify again. Returns (halves, cut, verification, the layers kept in float with
@@ -192,14 +214,14 @@ def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, i
     kept, ranking, passing, why = [], None, None, []
     while True:
         with stage("precision") as s:
-            halves = convert(parts, cfg.precision, calibration, exported.model if cfg.emit.baselines else None, int8_form,
+            halves = convert(parts, cfg.precision, calibration, whole if cfg.emit.baselines else None, int8_form,
                              keep_float=int8_fallback.keep_float(kept))
             s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}" + (
                 f"; {len(kept)} layer(s) kept in float" if kept else "")
         cut = parts.cut
         if cfg.precision.cut_precision == "fp16":
-            halves, cut = _narrow_cut(halves, cut, model.config)
-        verification = verify(model, SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer)).score, precision, cfg.verify)
+            halves, cut = _narrow_cut(halves, cut, subject)
+        verification = verify(subject, SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer)).score, precision, cfg.verify)
         if "int8" not in (halves.encoder_precision, halves.scorer_precision):
             break
         if verification.passed:
@@ -207,7 +229,7 @@ def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, i
         thin = int8_fallback.thin_cases(verification)
         if (verification.passed and not thin) or len(kept) >= int8_fallback.MAX_KEPT_FLOAT:
             break
-        ranking = ranking or int8_fallback.rank_layers(parts, cfg.precision, calibration, int8_form, model)
+        ranking = ranking or int8_fallback.rank_layers(parts, cfg.precision, calibration, int8_form, subject)
         remaining = [layer for layer in ranking if layer not in kept]
         if not remaining:
             break
@@ -221,15 +243,21 @@ def _within_gates(cfg: BuildConfig, model: STCA, parts, exported, calibration, i
     return halves, cut, verification, [{**layer.to_dict(), "why": w} for layer, w in zip(kept, why)]
 
 
-def _narrow_cut(halves, cut, c):
+def _narrow_cut(halves, cut, subject: Subject):
     """The cut in fp16 (compiler.cut_dtype), checked against the encoder's values on requests up to the longest
-    served history; returns the rewritten halves and the cut with its new dtypes."""
+    served history, and one half padding where the contract has a padding value; returns the rewritten halves
+    and the cut with its new dtypes."""
     with stage("cut dtype") as s:
-        encoder = OrtGraph(halves.encoder)
-        samples = [r.inputs for r in sample_requests(c, [1, min(512, c.max_history), c.max_history], seed=17, n_candidates=1)]
-        padded = {**samples[-1], "history_item_ids": samples[-1]["history_item_ids"].copy()}
-        padded["history_item_ids"][1::2] = PAD_ITEM_ID  # padding is part of the contract: its values must fit too
-        narrowed = narrow_cut(halves.encoder, halves.scorer, [encoder.run(r) for r in [*samples, padded]])
+        encoder, contract = OrtGraph(halves.encoder), subject.contract
+        longest = max(contract.max_history, 1)
+        samples = [r.inputs for r in subject.requests(sorted({1, min(512, longest), longest}), 1, seed=17)]
+        padding = {spec.name: spec.padding for spec in contract.inputs if spec.padding is not None}
+        if padding:  # padding is part of the contract: its values must fit too
+            padded = {**samples[-1], **{name: samples[-1][name].copy() for name in padding}}
+            for name, value in padding.items():
+                padded[name][1::2] = value
+            samples.append(padded)
+        narrowed = narrow_cut(halves.encoder, halves.scorer, [encoder.run(r) for r in samples])
         details = {**halves.details, "cut": {"precision": "fp16", "narrowed": list(narrowed.narrowed), "kept": narrowed.kept}}
         halves = replace(halves, encoder=narrowed.encoder, scorer=narrowed.scorer, details=details)
         cut = replace(cut, tensors=tuple(replace(t, dtype="float16") if t.name in narrowed.narrowed else t for t in cut.tensors))
@@ -238,17 +266,21 @@ def _narrow_cut(halves, cut, c):
     return halves, cut
 
 
-def _history_cache(encoder, c: STCAConfig, deployment: emit_stage.Deployment) -> tuple[RowCachePlan | None, dict]:
+def _history_cache(encoder, subject: Subject, deployment: emit_stage.Deployment) -> tuple[RowCachePlan | None, dict]:
     """The encoder's key and row graphs where its outputs are row-local (compiler.history_cache), confirmed on
     requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
     the cache; the analysis is recorded for every target."""
     with stage("history cache") as s:
         try:
-            plan = history_cache.plan(encoder)
-            lengths = sorted({1, min(64, c.max_history), min(2_000, c.max_history)})
-            requests = [r.inputs for r in sample_requests(c, lengths, seed=23, n_candidates=1)]
-            if lengths[-1] < c.max_history:  # padding rows are rows too: they must come out of the cache as the encoder makes them
-                requests.append(left_pad(requests[-1], min(16, c.max_history - lengths[-1])))
+            contract = subject.contract
+            if contract.history_dim is None:
+                raise history_cache.NotRowLocal("history cache: no request input has a history dim (one row per history item)")
+            plan = history_cache.plan(encoder, contract.history_dim)
+            longest = max(contract.max_history, 1)
+            lengths = sorted({1, min(64, longest), min(2_000, longest)})
+            requests = [r.inputs for r in subject.requests(lengths, 1, seed=23)]
+            if lengths[-1] < longest:  # padding rows are rows too: they must come out of the cache as the encoder makes them
+                requests.append(contract.left_pad(requests[-1], min(16, longest - lengths[-1])))
             worst = history_cache.confirm(plan, encoder, requests, OrtGraph)
         except history_cache.NotRowLocal as e:
             s.summary = f"no row cache: {e}"
@@ -262,16 +294,16 @@ def _history_cache(encoder, c: STCAConfig, deployment: emit_stage.Deployment) ->
                                             "confirmed_at_lengths": lengths, "served": served, "budget_bytes": budget_bytes if served else 0}
 
 
-def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):
+def _engines(cfg: BuildConfig, subject: Subject, halves, precision: str):
     """TensorRT plans of the served graphs, then the same parity check run on the plans themselves."""
-    c = model.config
-    profiles = cfg.engines.resolved_profiles(c.max_history, c.max_candidates)
+    contract = subject.contract
+    profiles = cfg.engines.resolved_profiles(contract.max_history, contract.max_candidates)
     with stage("engines") as s:
         graphs = {ENCODER: halves.encoder, SCORER: halves.scorer, **({FUSED: halves.whole} if halves.whole else {})}
         plans = build_plans(graphs, profiles, cfg.engines)
         s.summary = f"TensorRT {plans.details['tensorrt']} on {plans.details['gpu']['name']}: {len(plans.plans)} plans"
     runner = SplitRunner(TrtGraph(plans.plans[ENCODER], outputs_on_device=True), TrtGraph(plans.plans[SCORER]))
-    check = verify(model, runner.score, precision, cfg.verify)
+    check = verify(subject, runner.score, precision, cfg.verify)
     plans.details["verification"] = check.to_dict()
     if not check.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"engines: the TensorRT plans miss the {precision} gate ({'; '.join(check.failures[:3])})")
@@ -279,46 +311,51 @@ def _engines(cfg: BuildConfig, model: STCA, halves, precision: str):
 
 
 @contextlib.contextmanager
-def _calibration_set(cfg: BuildConfig, model: STCA):
-    """The int8 calibration set: the one given, or a generated one that lives as long as the conversion."""
+def _calibration_set(cfg: BuildConfig, subject: Subject):
+    """The int8 calibration set: the one given, or one made from the subject's requests (KuaiRand-1K history lengths,
+    or the user's --samples) that lives as long as the conversion."""
     p = cfg.precision
     if "int8" not in (p.encoder_precision, p.scorer_precision):
         yield None
     elif p.calibration is not None:
         yield calibrate.load(p.calibration)
     else:
-        log.info("precision: no --calibration given: generating %d synthetic requests at KuaiRand-1K lengths "
+        log.info("precision: no --calibration given: calibrating on %d of the model's requests at KuaiRand-1K lengths "
                  "(python -m compiler calibrate makes a reusable set, or one from your own requests)", DEFAULT_CALIBRATION_REQUESTS)
+        contract = subject.contract
+        lengths = kuairand_lengths(DEFAULT_CALIBRATION_REQUESTS, max(contract.max_history, 1), seed=1_234)
+        requests = (r.inputs for r in subject.requests(lengths, min(128, contract.max_candidates), seed=1_235))
         with tempfile.TemporaryDirectory(prefix="stca-calibration-") as tmp:
-            yield calibrate.generate(Path(tmp) / "set", model.config, count=DEFAULT_CALIBRATION_REQUESTS)
+            yield calibrate.write(Path(tmp) / "set", requests, len(lengths), {"generator": subject.describe()}, contract)
 
 
-def plan_cut(cfg: BuildConfig):
-    """Load, export and split: (model, source, exported, split). `python -m compiler cut` stops here."""
+def plan_cut(cfg: BuildConfig) -> tuple[Subject, onnx.ModelProto, Split]:
+    """Load, export and split: (subject, the whole fp32 graph, split). `python -m compiler cut` stops here."""
     with stage("load") as s:
-        model, source = _load(cfg)
-        c = model.config
-        s.summary = f"{source['kind']} model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
-    return (model, source, *cut_model(model, cfg.opset))
+        subject = load_user_model(cfg.user_model, cfg.max_history, cfg.max_candidates, cfg.opset) if cfg.user_model else _load(cfg)
+        s.summary = subject.describe()
+    return (subject, *cut_model(subject, cfg.opset))
 
 
-def cut_model(model: STCA, opset: int = 18):
-    """The export and partition stages: (exported, split) of a loaded model."""
-    c = model.config
+def cut_model(subject: Subject, opset: int = 18) -> tuple[onnx.ModelProto, Split]:
+    """The export and partition stages: (the whole graph, split) of a loaded subject."""
+    contract = subject.contract
     with stage("export") as s:
-        exported = export(model, opset)
-        s.summary = f"{len(exported.model.graph.node)} nodes, opset {opset}, dynamic L<={c.max_history}, N<={c.max_candidates}"
+        whole = subject.export(opset)
+        s.summary = (f"{len(whole.graph.node)} nodes, opset {opset_of(whole)}, dynamic "
+                     + ", ".join(f"{dim}<={size}" for dim, size in contract.limits.items()))
     with stage("partition") as s:
-        parts = split(exported.model, REQUEST_INPUTS, model.cut_tensor_names())
-        mb = (parts.cut.bytes_per_request({"L": c.max_history}) or 0) / 1e6
+        parts = split(whole, contract.request_inputs, subject.cut_names())
+        mb = (parts.cut.bytes_per_request(contract.limits) or 0) / 1e6
         s.summary = (
             f"{len(parts.encoder.graph.node)} nodes -> encoder, {len(parts.scorer.graph.node)} -> scorer; "
-            f"{len(parts.cut.tensors)} tensors cross, {mb:.1f} MB/request at L={c.max_history}"
+            f"{len(parts.cut.tensors)} tensors cross, {mb:.1f} MB/request at "
+            + ", ".join(f"{dim}={size}" for dim, size in contract.limits.items() if dim != contract.candidate_dim)
         )
-    return exported, parts
+    return whole, parts
 
 
-def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
+def _load(cfg: BuildConfig) -> StcaSubject:
     overrides = {
         k: v
         for k, v in (("attention", cfg.attention), ("max_history", cfg.max_history), ("max_candidates", cfg.max_candidates))
@@ -338,7 +375,7 @@ def _load(cfg: BuildConfig) -> tuple[STCA, dict]:
         source["attention_choice"] = {"chosen": form, "history": L, "candidates": N, "target": target, "cut_precision": cut,
                                       "flops": flops, "flops_with_cut_priced": cost}
         model = with_attention(model, form)
-    return model, source
+    return StcaSubject(model, source)
 
 
 def _load_with(cfg: BuildConfig, overrides: dict) -> tuple[STCA, dict]:
@@ -371,16 +408,16 @@ def _is_build(directory: Path) -> bool:
     )
 
 
-def cut_entries(cut, history_length: int) -> dict:
-    """The manifest's view of a Cut: each crossing tensor with its bytes per request at history_length."""
+def cut_entries(cut, contract: Contract) -> dict:
+    """The manifest's view of a Cut: each crossing tensor with its bytes per request at the served maximum dims."""
     return {
         "cut": [
             {"name": t.name, "source": t.source, "dtype": t.dtype, "shape": list(t.shape),
-             "bytes_per_request": t.bytes_per_request({"L": history_length})}
+             "bytes_per_request": t.bytes_per_request(contract.limits)}
             for t in cut.tensors
         ],
-        "cut_bytes_per_request": cut.bytes_per_request({"L": history_length}),
-        "cut_at_history_length": history_length,
+        "cut_bytes_per_request": cut.bytes_per_request(contract.limits),
+        "cut_at_history_length": contract.max_history,
         "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
     }
 

@@ -3,7 +3,7 @@
 A calibration set is a directory:
 
     calibration.json          {"format": "stca-calibration", "count", "lengths", "candidates", "source", "sha256"}
-    request-00000.npz ...     one request each: the six model inputs, named as in compiler.contract
+    request-00000.npz ...     one request each: the model's inputs, named as in its contract
 
 `python -m compiler calibrate` makes one from the synthetic generator (history lengths drawn from
 KuaiRand-1K, clipped at the served maximum) or from your own requests: a JSON-lines file with one
@@ -25,7 +25,7 @@ from compiler.data import kuairand_lengths, sample_requests
 from compiler.errors import CompilerError
 from compiler.log import Progress, stage
 from compiler.model import STCAConfig
-from compiler.contract import INPUT_NAMES, SPECS, RequestError, RequestLimits
+from compiler.contract import INPUT_NAMES, SPECS, Contract, RequestError, stca_contract
 
 CALIBRATION_FORMAT = "stca-calibration"
 INDEX = "calibration.json"
@@ -42,14 +42,14 @@ class CalibrationSet:
         """The requests in order, loaded one at a time."""
         for i in range(self.count):
             with np.load(self.path / _name(i)) as shard:
-                yield {name: shard[name] for name in INPUT_NAMES}
+                yield {name: shard[name] for name in shard.files}
 
 
 def generate(out: Path, config: STCAConfig, count: int = 32, n_candidates: int = 128, seed: int = 1_234) -> CalibrationSet:
     """Synthetic requests with KuaiRand-1K history lengths up to config.max_history."""
     lengths = kuairand_lengths(count, config.max_history, seed=seed)
     requests = (r.inputs for r in sample_requests(config, lengths, seed=seed + 1, n_candidates=min(n_candidates, config.max_candidates)))
-    return _write(out, requests, count, {"generator": "compiler.data (KuaiRand-1K lengths)", "seed": seed}, RequestLimits.of(config))
+    return write(out, requests, count, {"generator": "compiler.data (KuaiRand-1K lengths)", "seed": seed}, stca_contract(config))
 
 
 def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
@@ -70,7 +70,7 @@ def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise CompilerError(f"calibrate: {source} line {number}: not a request ({type(e).__name__}: {e})") from e
 
-    return _write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, RequestLimits.of(config))
+    return write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, stca_contract(config))
 
 
 def load(path: Path) -> CalibrationSet:
@@ -87,22 +87,23 @@ def load(path: Path) -> CalibrationSet:
     return CalibrationSet(path, index["count"], index["sha256"], tuple(index["lengths"]))
 
 
-def _write(out: Path, requests, count: int, source: dict, limits: RequestLimits) -> CalibrationSet:
+def write(out: Path, requests, count: int, source: dict, contract: Contract) -> CalibrationSet:
+    """`count` requests (each validated against `contract`) as a calibration set in `out`; `source` says where they came from."""
     lengths, candidates, digest = [], [], hashlib.sha256()
     with stage(f"calibrate: {count} requests -> {out}") as s, atomic_directory(out, _is_calibration, "a calibration set") as tmp:
         progress = Progress("request", count)
         for i, inputs in enumerate(requests):
             try:
-                L, N = limits.validate(inputs)
+                sizes = contract.validate(inputs)
             except RequestError as e:
                 raise CompilerError(f"calibrate: request {i}: {e}") from e
             np.savez(tmp / _name(i), **inputs)
             digest.update(sha256_file(tmp / _name(i)).encode())
-            lengths.append(L)
-            candidates.append(N)
+            lengths.append(sizes.get(contract.history_dim, 0))
+            candidates.append(sizes[contract.candidate_dim])
             progress.advance()
         index = {"format": CALIBRATION_FORMAT, "count": len(lengths), "lengths": lengths, "candidates": candidates,
-                 "source": source, "limits": limits.to_dict(), "sha256": digest.hexdigest()}
+                 "source": source, "contract": contract.to_dict(), "sha256": digest.hexdigest()}
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
         s.summary = f"L from {min(lengths)} to {max(lengths)} (median {int(np.median(lengths))}), sha256 {digest.hexdigest()[:12]}"
     return CalibrationSet(Path(out), len(lengths), digest.hexdigest(), tuple(lengths))

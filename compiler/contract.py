@@ -1,15 +1,17 @@
-"""The request contract, declared once: every input's name, dtype, dims and level, the limits a model is built
-for, one validator, and the request file format.
+"""The request contract: every input's name, dtype, dims and level, the limits a model is built for, one
+validator, and the request file format.
 
-The model's forward signature, the export's dynamic axes, the partition's request-level inputs, the synthetic
-requests, the Triton configs, the client and the benchmark all derive from INPUTS here. The same checks run
-in the client (before anything is sent), in the Triton models (so a bad request gets a named error and the
-server keeps serving), and on calibration sets. Only numpy: the file is copied next to the Python-backend
-models as stca_contract.py, which must not need torch or onnx.
+A Contract is a value: STCA's is declared here once (INPUTS, stca_contract), a user's model gets one derived
+from its own graph (compiler.user_model). Everything downstream derives from the Contract a build holds: the
+partition's request-level inputs, the Triton configs (which carry it as JSON), the client, the served models'
+checks, calibration sets and generated requests. The same checks run in the client (before anything is sent),
+in the Triton models (so a bad request gets a named error and the server keeps serving), and on calibration
+sets. Only numpy: the file is copied next to the Python-backend models as stca_contract.py, which must not need
+torch or onnx.
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,22 @@ REQUEST, CANDIDATE = "request", "candidate"  # encoded once per request | one ro
 class Input:
     name: str
     dtype: str  # numpy dtype name
-    dims: tuple[str, ...]  # "L" history length, "N" candidates (both per request); "K", "F" the model's field counts
+    dims: tuple  # symbolic dim names ("L", "N", ...) or fixed sizes (ints)
     level: str  # REQUEST or CANDIDATE: which half of the split reads it
-    meaning: str
+    meaning: str = ""
+    low: float | None = None  # smallest valid value: the server refuses a request below it
+    high: float | None = None  # largest valid value
+    padding: int | None = None  # the value that marks a padding row; a request that is all padding is refused
+    sample_range: tuple | None = None  # (lo, hi) generated requests draw from where no low/high is declared
 
-    @property
-    def per_history_item(self) -> bool:
-        """One row per history item (axis 0 is L): padding extends it, and a history cache keys on its rows."""
-        return self.dims[:1] == ("L",)
+    def generated_range(self) -> tuple[float, float]:
+        """The inclusive range generated values of this input take: the declared one, else sample_range, else 0..99."""
+        lo, hi = self.sample_range or (0, 99)
+        return (lo if self.low is None else self.low), (hi if self.high is None else self.high)
 
 
+# STCA's inputs, in its forward order. "L" history length, "N" candidates (both per request); "K", "F" the model's
+# field counts (stca_contract fixes them from the config).
 INPUTS = (
     Input("history_item_ids", "int64", ("L",), REQUEST, "raw item ids, most recent last; 0 = padding"),
     Input("history_actions", "int64", ("L",), REQUEST, "what the user did with each item"),
@@ -42,12 +50,9 @@ INPUTS = (
 SPECS = {i.name: i for i in INPUTS}
 INPUT_NAMES = tuple(SPECS)  # the model's forward order
 REQUEST_INPUTS = frozenset(i.name for i in INPUTS if i.level == REQUEST)
-CANDIDATE_INPUTS = tuple(i.name for i in INPUTS if i.level == CANDIDATE)
-HISTORY_INPUTS = tuple(i.name for i in INPUTS if i.per_history_item)
+HISTORY_INPUTS = tuple(i.name for i in INPUTS if i.dims[:1] == ("L",))
 OUTPUT_NAMES = ("scores",)  # (N, T) float32: one probability per candidate and task
 PAD_ITEM_ID = 0  # a history item with this id is padding: it gets no attention
-# Every input is an id, an action or an age, so no value is ever negative (ids are hashed in-graph, not bounded).
-MIN_VALUE = 0
 
 
 class RequestError(ValueError):
@@ -55,63 +60,146 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
-class RequestLimits:
-    max_history: int
-    max_candidates: int
-    n_user_fields: int
-    n_candidate_fields: int
-    n_actions: int | None = None  # history_actions < n_actions (None: a repository built before the check)
+class Contract:
+    inputs: tuple[Input, ...]  # in the model's input order
+    outputs: tuple[str, ...]
+    limits: dict = field(default_factory=dict)  # symbolic dim -> the largest size served (each dim is at least 1)
+    fixed: dict = field(default_factory=dict)  # named dim -> the one size the model has
+    candidate_dim: str = "N"  # the dim of one row per candidate
+    history_dim: str | None = "L"  # the dim of one row per history item, where the model has one
+    output_candidate_axis: int | None = 0  # the first output's axis along candidates (None: it has none to rank)
 
-    @classmethod
-    def of(cls, config) -> "RequestLimits":
-        """The limits a model config (compiler.model.STCAConfig) is built for."""
-        return cls(config.max_history, config.max_candidates, config.n_user_fields, config.n_candidate_fields, config.n_actions)
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    @property
+    def specs(self) -> dict[str, Input]:
+        return {i.name: i for i in self.inputs}
+
+    @property
+    def request_inputs(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs if i.level == REQUEST)
+
+    @property
+    def candidate_inputs(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs if i.level == CANDIDATE)
+
+    @property
+    def history_inputs(self) -> tuple[str, ...]:
+        """Inputs with one row per history item (axis 0): padding extends them, and a history cache keys on their rows."""
+        return tuple(i.name for i in self.inputs if self.history_dim is not None and i.dims[:1] == (self.history_dim,))
+
+    @property
+    def max_history(self) -> int:
+        return self.limits.get(self.history_dim, 0) if self.history_dim else 0
+
+    @property
+    def max_candidates(self) -> int:
+        return self.limits[self.candidate_dim]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self, inputs: dict, names=None) -> tuple[int, int]:
-        """Check the named inputs (all of them by default); return (L, N) where known (else 0)."""
-        names = list(INPUT_NAMES) if names is None else list(names)
+    @classmethod
+    def from_dict(cls, d: dict) -> "Contract":
+        inputs = tuple(Input(**{**i, "dims": tuple(i["dims"]), "sample_range": tuple(i["sample_range"]) if i.get("sample_range") else None})
+                       for i in d["inputs"])
+        return cls(inputs, tuple(d["outputs"]), dict(d["limits"]), dict(d["fixed"]), d["candidate_dim"], d["history_dim"],
+                   d["output_candidate_axis"])
+
+    def with_limits(self, **limits: int) -> "Contract":
+        return replace(self, limits={**self.limits, **limits})
+
+    def describe(self, dim: str, size: int) -> str:
+        if dim == self.history_dim:
+            return f"history length {size}"
+        if dim == self.candidate_dim:
+            return f"{size} candidates"
+        return f"{dim} = {size}"
+
+    def validate(self, inputs: dict, names=None) -> dict[str, int]:
+        """Check the named inputs (all of them by default); return the size of each symbolic dim they have."""
+        specs = self.specs
+        names = list(self.names) if names is None else list(names)
         missing = [n for n in names if n not in inputs]
         if missing:
-            raise RequestError(f"missing input(s) {missing}; a request has {list(INPUT_NAMES)}")
-        fixed = {"K": self.n_user_fields, "F": self.n_candidate_fields}
+            raise RequestError(f"missing input(s) {missing}; a request has {list(self.names)}")
         sizes: dict[str, tuple[int, str]] = {}
         for name in names:
-            value = inputs[name]
-            dtype, dims = SPECS[name].dtype, SPECS[name].dims
+            value, spec = inputs[name], specs[name]
             if not isinstance(value, np.ndarray):
                 raise RequestError(f"{name}: expected a numpy array, got {type(value).__name__}")
-            if value.dtype != np.dtype(dtype):
-                raise RequestError(f"{name}: dtype {value.dtype} is not {dtype}")
-            if value.ndim != len(dims):
-                raise RequestError(f"{name}: rank {value.ndim} (shape {list(value.shape)}) is not {len(dims)} ({list(dims)})")
-            for axis, (dim, size) in enumerate(zip(dims, value.shape)):
-                if dim in fixed and size != fixed[dim]:
-                    raise RequestError(f"{name}: dim {axis} is {size}, the model has {dim} = {fixed[dim]}")
+            if value.dtype != np.dtype(spec.dtype):
+                raise RequestError(f"{name}: dtype {value.dtype} is not {spec.dtype}")
+            if value.ndim != len(spec.dims):
+                raise RequestError(f"{name}: rank {value.ndim} (shape {list(value.shape)}) is not {len(spec.dims)} ({list(spec.dims)})")
+            for axis, (dim, size) in enumerate(zip(spec.dims, value.shape)):
+                exact = dim if isinstance(dim, int) else self.fixed.get(dim)
+                if exact is not None:
+                    if size != exact:
+                        raise RequestError(f"{name}: dim {axis} is {size}, the model has {dim if isinstance(dim, int) else f'{dim} = {exact}'}")
+                    continue
                 if dim in sizes and sizes[dim][0] != size:
                     raise RequestError(f"{name}: length {size} does not match {sizes[dim][1]} length {sizes[dim][0]} ({dim})")
                 sizes.setdefault(dim, (size, name))
-        L = sizes.get("L", (0, ""))[0]
-        N = sizes.get("N", (0, ""))[0]
-        if "L" in sizes and not 1 <= L <= self.max_history:
-            raise RequestError(f"{sizes['L'][1]}: history length {L} is outside 1..{self.max_history} (the built maximum)")
-        if "N" in sizes and not 1 <= N <= self.max_candidates:
-            raise RequestError(f"{sizes['N'][1]}: {N} candidates is outside 1..{self.max_candidates} (the built maximum)")
+        for dim, (size, name) in sizes.items():
+            if dim in self.limits and not 1 <= size <= self.limits[dim]:
+                raise RequestError(f"{name}: {self.describe(dim, size)} is outside 1..{self.limits[dim]} (the built maximum)")
         for name in names:
-            value = inputs[name]
+            value, spec = inputs[name], specs[name]
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise RequestError(f"{name}: {int((~np.isfinite(value)).sum())} value(s) are NaN or infinite")
-            if value.size and value.min() < MIN_VALUE:
-                raise RequestError(f"{name}: value {value.min()} is negative; ids, actions and ages must be >= {MIN_VALUE}")
-        if "history_actions" in names and self.n_actions is not None and inputs["history_actions"].size:
-            if inputs["history_actions"].max() >= self.n_actions:
-                raise RequestError(f"history_actions: action {inputs['history_actions'].max()} is outside 0..{self.n_actions - 1} "
-                                   f"(the model has {self.n_actions} action types)")
-        if "history_item_ids" in names and (inputs["history_item_ids"] == PAD_ITEM_ID).all():
-            raise RequestError(f"history_item_ids: every item is padding (id {PAD_ITEM_ID}); send at least one real item")
-        return L, N
+            if not value.size:
+                continue
+            if spec.low is not None and value.min() < spec.low:
+                raise RequestError(f"{name}: value {value.min()} is " + ("negative" if spec.low == 0 else f"below {spec.low}")
+                                   + f"; {name} must be {_range(spec)}")
+            if spec.high is not None and value.max() > spec.high:
+                raise RequestError(f"{name}: value {value.max()} is " + (f"outside {_range(spec)}" if spec.low is not None else f"above {spec.high:g}")
+                                   + (f" ({spec.meaning})" if spec.meaning else ""))
+            if spec.padding is not None and (value == spec.padding).all():
+                raise RequestError(f"{name}: every item is padding (value {spec.padding}); send at least one real item")
+        return {dim: size for dim, (size, _) in sizes.items()}
+
+    def left_pad(self, inputs: dict, n: int) -> dict:
+        """The same request with n padding rows before its oldest history item (each input's padding value, else 0)."""
+        padded = dict(inputs)
+        for name in self.history_inputs:
+            value, pad = inputs[name], self.specs[name].padding or 0
+            padded[name] = np.concatenate([np.full((n, *value.shape[1:]), pad, value.dtype), value])
+        return padded
+
+    def generate(self, sizes: dict[str, int], seed: int = 0) -> dict:
+        """A random request with the given symbolic dim sizes, each input drawn uniformly from its generated range."""
+        rng = np.random.default_rng(seed)
+        request = {}
+        for spec in self.inputs:
+            shape = [d if isinstance(d, int) else self.fixed.get(d, sizes.get(d, 1)) for d in spec.dims]
+            lo, hi = spec.generated_range()
+            if np.dtype(spec.dtype).kind in "iu":
+                value = rng.integers(int(lo), int(hi) + 1, size=shape)
+            elif np.dtype(spec.dtype).kind == "b":
+                value = rng.random(shape) < 0.5
+            else:
+                value = rng.uniform(lo, hi, size=shape)
+            request[spec.name] = value.astype(spec.dtype)
+        return request
+
+
+def _range(spec: Input) -> str:
+    if spec.high is None:
+        return f">= {spec.low:g}"
+    return f"{spec.low:g}..{spec.high:g}" if spec.low is not None else f"<= {spec.high:g}"
+
+
+def stca_contract(config) -> Contract:
+    """STCA's contract for a model config (compiler.model.STCAConfig): every input is an id, an action or an age, so
+    no value is negative (ids are hashed in-graph, not bounded); actions are a closed set; id 0 is padding."""
+    rules = {"history_item_ids": dict(padding=PAD_ITEM_ID), "history_actions": dict(high=config.n_actions - 1, meaning=f"the model has {config.n_actions} action types")}
+    inputs = tuple(replace(i, low=0, **rules.get(i.name, {})) for i in INPUTS)
+    return Contract(inputs, OUTPUT_NAMES, {"L": config.max_history, "N": config.max_candidates},
+                    {"K": config.n_user_fields, "F": config.n_candidate_fields})
 
 
 def save_request(path: Path, inputs: dict) -> None:
@@ -119,18 +207,44 @@ def save_request(path: Path, inputs: dict) -> None:
     Path(path).write_text(json.dumps({k: np.asarray(v).tolist() for k, v in inputs.items()}))
 
 
-def load_request(path: Path) -> dict:
+def load_request(path: Path, contract: Contract | None = None) -> dict:
+    """A request file's inputs with the dtypes `contract` declares (STCA's by default)."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RequestError(f"request file {path}: cannot read it as JSON ({e})") from e
-    unknown = sorted(set(raw) - set(SPECS))
+    return _parse(raw, contract, f"request file {path}")
+
+
+def load_requests(path: Path, contract: Contract) -> list[dict]:
+    """Requests as JSON lines: one {input name: nested list} object per line (blank lines skipped)."""
+    try:
+        lines = [(k, line) for k, line in enumerate(Path(path).read_text().splitlines(), start=1) if line.strip()]
+    except OSError as e:
+        raise RequestError(f"requests file {path}: cannot read it ({e})") from e
+    requests = []
+    for number, line in lines:
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"requests file {path} line {number}: not JSON ({e})") from e
+        requests.append(_parse(raw, contract, f"requests file {path} line {number}"))
+    if not requests:
+        raise RequestError(f"requests file {path}: holds no requests (one JSON object per line)")
+    return requests
+
+
+def _parse(raw, contract: Contract | None, where: str) -> dict:
+    specs = contract.specs if contract is not None else SPECS
+    if not isinstance(raw, dict):
+        raise RequestError(f"{where}: expected an object {{input name: list}}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(specs))
     if unknown:
-        raise RequestError(f"request file {path}: unknown input(s) {unknown}; expected {list(INPUT_NAMES)}")
+        raise RequestError(f"{where}: unknown input(s) {unknown}; expected {list(specs)}")
     inputs = {}
     for name, value in raw.items():
         try:
-            inputs[name] = np.asarray(value, dtype=SPECS[name].dtype)
+            inputs[name] = np.asarray(value, dtype=specs[name].dtype)
         except (TypeError, ValueError) as e:
-            raise RequestError(f"request file {path}: {name} is not a {SPECS[name].dtype} array ({e})") from e
+            raise RequestError(f"{where}: {name} is not a {specs[name].dtype} array ({e})") from e
     return inputs

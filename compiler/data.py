@@ -10,13 +10,13 @@ p25 4,370 / p50 8,327 / p75 14,990 / p90 24,418, interpolated log-linearly and c
 maximum, which puts about 40% of users at the cap of 10,000.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from compiler.contract import HISTORY_INPUTS, PAD_ITEM_ID
+from compiler.contract import INPUT_NAMES, Contract
 from compiler.errors import CompilerError
-from compiler.model import STCAConfig
+from compiler.model import PRESETS, STCAConfig
 
 KUAIRAND_QUANTILES = (  # (quantile, history length); the two ends are assumptions, the rest measured
     (0.0, 50),
@@ -172,13 +172,16 @@ def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 
         yield sample_request(world, config, rng, int(L), n_candidates, impressions)
 
 
-def left_pad(inputs: dict, n: int) -> dict:
-    """The same request with n padding items before its oldest history item."""
-    padded = dict(inputs)
-    for name in HISTORY_INPUTS:
-        value = inputs[name]
-        padded[name] = np.concatenate([np.full(n, PAD_ITEM_ID if name == "history_item_ids" else 0, value.dtype), value])
-    return padded
+def contract_requests(contract: Contract, lengths, n_candidates: int, seed: int) -> list[dict]:
+    """Requests for a served contract (the client's or a manifest's, no model at hand): this world's for STCA's
+    inputs, else drawn from the contract's dtypes and ranges. Every size is clipped to the served maximum."""
+    sizes = [{dim: min(n_candidates if dim == contract.candidate_dim else int(L), size) for dim, size in contract.limits.items()}
+             for L in lengths]
+    if contract.names != INPUT_NAMES:
+        return [contract.generate(s, seed=seed + k) for k, s in enumerate(sizes)]
+    shape = replace(PRESETS["small"], n_user_fields=contract.fixed["K"], n_candidate_fields=contract.fixed["F"])
+    rng, world = np.random.default_rng(seed), World()
+    return [sample_request(world, shape, rng, s["L"], s["N"]).inputs for s in sizes]
 
 
 @dataclass(frozen=True)

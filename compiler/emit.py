@@ -33,10 +33,11 @@ from compiler.errors import CompilerError
 from compiler.history_cache import RowCachePlan
 from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
-from compiler.contract import RequestLimits
+from compiler.contract import Contract
 
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 DEVICES = ("cpu", "gpu")
+CONTRACT_PARAMETER = "request_contract"  # every config carries the request contract as JSON (compiler.contract)
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
 TRITON_TYPES = {
     "float32": mc.TYPE_FP32,
@@ -119,7 +120,7 @@ class Graphs:
     checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
-def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ...], warmup: dict, cfg: Deployment) -> list[Path]:
+def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...], warmup: dict, cfg: Deployment) -> list[Path]:
     """Write every model directory of the repository into `repo` (which the caller owns); return the files.
     `warmup`: a real request's inputs and the encoder's outputs on it (compiler.runtime.with_cut), by name;
     each composing model warms up on the ones it reads."""
@@ -134,29 +135,29 @@ def emit(repo: Path, graphs: Graphs, limits: RequestLimits, tasks: tuple[str, ..
     request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
 
     placements = cfg.placements(row_cache=cfg.serves_row_cache(graphs.row_cache))
-    written += _composing_model(repo, ENCODER, graphs.encoder, limits, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
+    written += _composing_model(repo, ENCODER, graphs.encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
     if cfg.serves_row_cache(graphs.row_cache):
         written += _row_cache(repo / ENCODER, graphs.row_cache, cfg.options.history_cache_bytes)
-    written += _composing_model(repo, SCORER, graphs.scorer, limits, scorer_warmup, cfg, placements, graphs.plans)
+    written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
-        written += _validator_model(repo, graphs.whole, limits, cfg)
-    ensemble = _ensemble_config(graphs, limits, validated)  # its request_limits are what clients validate with
+        written += _validator_model(repo, graphs.whole, contract, cfg)
+    ensemble = _ensemble_config(graphs, contract, validated)  # its contract is what clients validate with
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
     if cfg.options.baselines:
-        written += _composing_model(repo, FUSED, graphs.whole, limits, request, cfg, placements, graphs.plans)
-        written += _naive_model(repo, graphs.whole, limits, cfg, placements[NAIVE])
+        written += _composing_model(repo, FUSED, graphs.whole, contract, request, cfg, placements, graphs.plans)
+        written += _naive_model(repo, graphs.whole, contract, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
-            written += _torch_model(repo, graphs.whole, graphs.checkpoint, limits, placements[TORCH])
+            written += _torch_model(repo, graphs.whole, graphs.checkpoint, contract, placements[TORCH])
     return written
 
 
-def _composing_model(repo, name, graph, limits, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False) -> list[Path]:
+def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False) -> list[Path]:
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = _model_config(name, graph, limits)
+    config = _model_config(name, graph, contract)
     written = []
     if cfg.target == "python":
         config.backend = "python"
@@ -207,10 +208,10 @@ def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[P
     return written + [version / "stca_row_cache.py"]
 
 
-def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: Deployment, placement: budget.Placement) -> list[Path]:
+def _naive_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg: Deployment, placement: budget.Placement) -> list[Path]:
     version = repo / NAIVE / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = _model_config(NAIVE, whole, limits, backend="python")
+    config = _model_config(NAIVE, whole, contract, backend="python")
     config.parameters["fused_model"].string_value = FUSED
     if cfg.device == "cpu":
         budget.configure(config, placement, "none")
@@ -219,20 +220,20 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg:
     return _python_files(version, "naive_model.py") + write_config(repo, config)
 
 
-def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, limits: RequestLimits, placement: budget.Placement) -> list[Path]:
+def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, contract: Contract, placement: budget.Placement) -> list[Path]:
     version = repo / TORCH / "1"
     shutil.copytree(checkpoint, version / "checkpoint")
-    config = _model_config(TORCH, whole, limits, backend="python")
+    config = _model_config(TORCH, whole, contract, backend="python")
     budget.configure(config, placement, "python")
     return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + write_config(repo, config)
 
 
-def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, cfg: Deployment) -> list[Path]:
+def _validator_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg: Deployment) -> list[Path]:
     """A Python-backend model that checks a request against the contract and passes every input on, renamed
     VALIDATED_PREFIX + name, so the ensemble's C++-backend steps only ever see checked inputs."""
     version = repo / VALIDATOR / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = _model_config(VALIDATOR, whole, limits, backend="python")
+    config = _model_config(VALIDATOR, whole, contract, backend="python")
     del config.output[:]
     for name, (dtype, dims) in _io(whole.graph.input).items():
         config.output.add(name=VALIDATED_PREFIX + name, data_type=TRITON_TYPES[dtype], dims=dims)
@@ -240,9 +241,9 @@ def _validator_model(repo: Path, whole: onnx.ModelProto, limits: RequestLimits, 
     return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 
-def _ensemble_config(graphs: Graphs, limits: RequestLimits, validated: bool) -> mc.ModelConfig:
+def _ensemble_config(graphs: Graphs, contract: Contract, validated: bool) -> mc.ModelConfig:
     """encoder -> scorer, wired by name; with `validated`, the request inputs reach both through the validator."""
-    config = _model_config(ENSEMBLE, graphs.whole, limits, platform="ensemble")
+    config = _model_config(ENSEMBLE, graphs.whole, contract, platform="ensemble")
     request_inputs = set(_io(graphs.whole.graph.input))
     source = {name: name for name in request_inputs}  # ensemble tensor that carries each request input
     if validated:
@@ -267,15 +268,15 @@ def _ensemble_config(graphs: Graphs, limits: RequestLimits, validated: bool) -> 
     return config
 
 
-def _model_config(name: str, graph: onnx.ModelProto, limits: RequestLimits, **fields) -> mc.ModelConfig:
+def _model_config(name: str, graph: onnx.ModelProto, contract: Contract, **fields) -> mc.ModelConfig:
     """What every model of the repository declares: no batch dim (L and N are -1 dims), the graph's inputs and
-    outputs, and the request limits its models (and clients) validate with."""
+    outputs, and the request contract its models (and clients) validate with."""
     config = mc.ModelConfig(name=name, max_batch_size=0, **fields)
     for tensor, (dtype, dims) in _io(graph.graph.input).items():
         config.input.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
     for tensor, (dtype, dims) in _io(graph.graph.output).items():
         config.output.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
-    config.parameters["request_limits"].string_value = json.dumps(limits.to_dict())
+    config.parameters[CONTRACT_PARAMETER].string_value = json.dumps(contract.to_dict())
     return config
 
 
@@ -292,9 +293,7 @@ def _io(values) -> dict:
 
 def _warmup(model_dir: Path, config: mc.ModelConfig, inputs: dict) -> list[Path]:
     """A real request as warmup data files: random ids could be negative and fail validation on load."""
-    L = int(inputs["history_item_ids"].shape[0]) if "history_item_ids" in inputs else None
-    N = int(inputs["candidate_item_ids"].shape[0]) if "candidate_item_ids" in inputs else None
-    label = ", ".join(f"{k}={v}" for k, v in (("L", L), ("N", N)) if v is not None) or "cut tensors"
+    label = ", ".join(f"{name} {list(np.shape(value))}" for name, value in list(inputs.items())[:2])
     warmup = config.model_warmup.add(name=f"sample request ({label})", count=1)
     folder = model_dir / "warmup"
     folder.mkdir(parents=True, exist_ok=True)

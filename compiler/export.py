@@ -43,13 +43,19 @@ def example_inputs(model: STCA, L: int = 16, N: int = 4) -> tuple[torch.Tensor, 
 
 
 def export(model: STCA, opset: int = 18) -> Exported:
-    if opset not in OPSETS:
-        raise CompilerError(f"export: opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1} (TensorRT's parser range)")
     c = model.config
     L = torch.export.Dim("L", min=1, max=c.max_history)
     N = torch.export.Dim("N", min=1, max=c.max_candidates)
     symbolic = {"L": L, "N": N}  # K and F are the model's fixed field counts
     dynamic = {name: {axis: symbolic[d] for axis, d in enumerate(spec.dims) if d in symbolic} or None for name, spec in SPECS.items()}
+    proto = to_onnx(model.eval(), example_inputs(model), dynamic, list(INPUT_NAMES), list(OUTPUT_NAMES), opset)
+    return Exported(proto, opset)
+
+
+def to_onnx(model, args=(), dynamic_shapes=None, input_names=None, output_names=None, opset: int = 18) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) of a module or an ExportedProgram, quietly, checked, within protobuf's 2 GB."""
+    if opset not in OPSETS:
+        raise CompilerError(f"export: opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1} (TensorRT's parser range)")
     chatter = io.StringIO()
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -57,15 +63,8 @@ def export(model: STCA, opset: int = 18) -> Exported:
     try:
         with contextlib.redirect_stdout(chatter), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and axis-renaming chatter
-            program = torch.onnx.export(
-                model.eval(),
-                example_inputs(model),
-                dynamo=True,
-                dynamic_shapes=dynamic,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                opset_version=opset,
-            )
+            program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
+                                        output_names=output_names, opset_version=opset)
     finally:
         quiet.setLevel(level)
     log.debug("exporter output:\n%s", chatter.getvalue())
@@ -73,7 +72,7 @@ def export(model: STCA, opset: int = 18) -> Exported:
     if proto.ByteSize() > EXTERNAL_DATA_BYTES:
         raise CompilerError(
             f"export: the model is {proto.ByteSize() / 1e9:.1f} GB, over ONNX's 2 GB single-file limit; "
-            "use a smaller item_vocab (hashed table rows)"
+            "external data is not supported (an STCA model: use a smaller item_vocab)"
         )
     onnx.checker.check_model(proto, full_check=True)
-    return Exported(proto, opset)
+    return proto

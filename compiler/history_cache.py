@@ -31,7 +31,7 @@ from compiler.errors import CompilerError
 from compiler.graph_index import GraphIndex, extract_model, node_inputs
 from compiler.row_cache import ENTRY_OVERHEAD_BYTES, CachedEncoder, RowCache, RowKey, RowSpec
 
-ROW_DIM = "L"  # the symbolic history axis of the exported graphs (compiler.export)
+ROW_DIM = "L"  # the symbolic history axis of STCA's exported graphs (compiler.export); a user model names its own
 KEY_PREFIX = "row_key_"
 # Ops that compute each output element from the elements at the same (broadcast) position of their inputs.
 ELEMENTWISE = frozenset({
@@ -90,22 +90,22 @@ class RowCachePlan:
         return CachedEncoder(run_keys, run_rows, list(self.keys), cache)
 
 
-def plan(encoder: onnx.ModelProto) -> RowCachePlan:
+def plan(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowCachePlan:
     """The key graph and row graph of `encoder` (see the module docstring), or NotRowLocal saying why not."""
     encoder = onnx.shape_inference.infer_shapes(encoder)  # ranks decide how rows broadcast; a later pass may not have typed its values
     index = GraphIndex(encoder.graph)
-    state = row_states(index)
+    state = row_states(index, row_dim)
     outputs = [o.name for o in encoder.graph.output]
     cached, passthrough = [], []
     for name in outputs:
         s = state[name]
         if isinstance(s, Mixed):
-            raise NotRowLocal(f"history cache: {name} is not row-local along {ROW_DIM}: {s.reason}")
+            raise NotRowLocal(f"history cache: {name} is not row-local along {row_dim}: {s.reason}")
         if isinstance(s, Rows) and s.axis != 0:
             raise NotRowLocal(f"history cache: {name} has its rows along axis {s.axis}, not 0")
         (cached if isinstance(s, Rows) else passthrough).append(name)
     if not cached:
-        raise NotRowLocal(f"history cache: no encoder output has rows along {ROW_DIM}; there is nothing per history item to cache")
+        raise NotRowLocal(f"history cache: no encoder output has rows along {row_dim}; there is nothing per history item to cache")
 
     keys_of, row_nodes, row_specs = {}, {}, {}
     for name in cached:
@@ -127,7 +127,7 @@ def plan(encoder: onnx.ModelProto) -> RowCachePlan:
     key_nodes = _ancestors(index, [*sources, *passthrough])
     key_nodes += [helper.make_node("Identity", [k.source], [k.name], name=f"{k.name}__out") for k in keys]
     for k in keys:  # the key graph's outputs, new names the index gets types for
-        index.types[k.name] = _row_type(index, k.source)
+        index.types[k.name] = _row_type(index, k.source, row_dim)
     key_graph = extract_model(index, encoder, key_nodes, key_inputs, [*[k.name for k in keys], *passthrough], {}, "history_row_keys")
     ordered = [n for n in index.nodes if id(n) in row_nodes]
     row_graph = extract_model(index, encoder, ordered, list(sources), cached, renamed, "history_rows")
@@ -139,20 +139,20 @@ def plan(encoder: onnx.ModelProto) -> RowCachePlan:
     return RowCachePlan(key_graph, row_graph, keys, tuple(cached), tuple(passthrough), keys_of, row_specs)
 
 
-def row_states(index: GraphIndex) -> dict:
+def row_states(index: GraphIndex, row_dim: str = ROW_DIM) -> dict:
     """Every value of the graph -> CONST, WIDE, SHAPE, Rows(axis) or Mixed(reason), in one pass in graph order."""
     state: dict[str, object] = {name: CONST for name in index.initializers}
     for i in index.graph.input:
         dims = index.shape(i.name) or ()
-        state[i.name] = Rows(dims.index(ROW_DIM)) if ROW_DIM in dims else WIDE
+        state[i.name] = Rows(dims.index(row_dim)) if row_dim in dims else WIDE
     for node in index.nodes:
-        result = _node_state(index, state, node)
+        result = _node_state(index, state, node, row_dim)
         for out in node.output:
             state[out] = result
     return state
 
 
-def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto):
+def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto, row_dim: str):
     ins = [name for name in node_inputs(node) if name]
     states = [state[name] for name in ins]
     mixed = next((s for s in states if isinstance(s, Mixed)), None)
@@ -165,7 +165,7 @@ def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto):
     op, attrs = node.op_type, {a.name: helper.get_attribute_value(a) for a in node.attribute}
     where = f"{op} node {node.name or node.output[0]!r}"
     if op in ELEMENTWISE:
-        return states[0] if len(ins) == 1 else _broadcast(index, ins, states, where)  # one input: nothing to broadcast
+        return states[0] if len(ins) == 1 else _broadcast(index, ins, states, where, row_dim)  # one input: nothing to broadcast
     data = states[0]
     rank = _rank(index, ins[0])
     if op == "Gather":
@@ -174,28 +174,28 @@ def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto):
             return Rows(axis + states[1].axis)
         if isinstance(data, Rows) and states[1] == CONST and axis != data.axis:
             return Rows(data.axis if axis > data.axis else data.axis + _rank(index, ins[1]) - 1)
-        return Mixed(f"{where} gathers across {ROW_DIM} or with per-request indices")
+        return Mixed(f"{where} gathers across {row_dim} or with per-request indices")
     if op == "Gemm":
         if data == Rows(0) and not attrs.get("transA", 0) and all(s == CONST for s in states[1:]):
             return Rows(0)
-        return Mixed(f"{where} contracts over {ROW_DIM} or multiplies by a non-constant")
+        return Mixed(f"{where} contracts over {row_dim} or multiplies by a non-constant")
     if op == "MatMul":
         if isinstance(data, Rows) and states[1] == CONST and _rank(index, ins[1]) == 2 and rank and data.axis < rank - 1:
             return data
-        return Mixed(f"{where} contracts over {ROW_DIM} or multiplies by a non-constant")
+        return Mixed(f"{where} contracts over {row_dim} or multiplies by a non-constant")
     if op == "LayerNormalization":
         if isinstance(data, Rows) and rank and data.axis < _positive(attrs.get("axis", -1), rank) and all(s == CONST for s in states[1:]):
             return data
-        return Mixed(f"{where} normalizes over {ROW_DIM}")
+        return Mixed(f"{where} normalizes over {row_dim}")
     if op in ("Softmax", "LogSoftmax", "Hardmax"):
-        return data if rank and data.axis != _positive(attrs.get("axis", -1), rank) else Mixed(f"{where} normalizes over {ROW_DIM}")
+        return data if rank and data.axis != _positive(attrs.get("axis", -1), rank) else Mixed(f"{where} normalizes over {row_dim}")
     if op in REDUCTIONS:
         axes = attrs.get("axes") or (list(index.constant(ins[1])) if len(ins) > 1 and index.is_constant(ins[1]) else None)
         if axes is None or not rank:
             return Mixed(f"{where} reduces over unknown axes")
         axes = sorted(_positive(a, rank) for a in axes)
         if data.axis in axes:
-            return Mixed(f"{where} reduces over {ROW_DIM}")
+            return Mixed(f"{where} reduces over {row_dim}")
         return data if attrs.get("keepdims", 1) else Rows(data.axis - sum(a < data.axis for a in axes))
     if op == "Transpose":
         perm = list(attrs.get("perm", range(rank or 0)[::-1]))
@@ -206,27 +206,27 @@ def _node_state(index: GraphIndex, state: dict, node: onnx.NodeProto):
             return Mixed(f"{where} has axes the graph does not fix")
         if op == "Squeeze":
             axes = [_positive(a, rank) for a in axes]
-            return Mixed(f"{where} squeezes {ROW_DIM}") if data.axis in axes else Rows(data.axis - sum(a < data.axis for a in axes))
+            return Mixed(f"{where} squeezes {row_dim}") if data.axis in axes else Rows(data.axis - sum(a < data.axis for a in axes))
         kept = [k for k in range(rank + len(axes)) if k not in {_positive(a, rank + len(axes)) for a in axes}]
         return Rows(kept[data.axis])
     if op == "Reshape":
         out = index.shape(node.output[0]) or ()
-        if data == Rows(0) and (index.shape(ins[0]) or ())[:1] == (ROW_DIM,) and out[:1] == (ROW_DIM,):
+        if data == Rows(0) and (index.shape(ins[0]) or ())[:1] == (row_dim,) and out[:1] == (row_dim,):
             return Rows(0)
-        return Mixed(f"{where} moves {ROW_DIM} (only a reshape keeping it first is known to keep rows apart)")
+        return Mixed(f"{where} moves {row_dim} (only a reshape keeping it first is known to keep rows apart)")
     if op == "Flatten":
-        return Rows(0) if data == Rows(0) and _positive(attrs.get("axis", 1), rank or 1) >= 1 else Mixed(f"{where} flattens {ROW_DIM}")
+        return Rows(0) if data == Rows(0) and _positive(attrs.get("axis", 1), rank or 1) >= 1 else Mixed(f"{where} flattens {row_dim}")
     if op == "Concat":
         if len(set(states)) == 1 and _positive(attrs["axis"], rank) != data.axis:  # every input rows, on one axis
             return data
-        return Mixed(f"{where} concatenates along {ROW_DIM} or with values that have no rows")
+        return Mixed(f"{where} concatenates along {row_dim} or with values that have no rows")
     return Mixed(f"{where}: {op} is not known to keep rows apart")
 
 
-def _broadcast(index: GraphIndex, ins: list[str], states: list, where: str):
+def _broadcast(index: GraphIndex, ins: list[str], states: list, where: str, row_dim: str):
     """Rows of an elementwise op: every row input on the same (right-aligned) axis; no L-derived or per-request input."""
     if SHAPE in states:
-        return Mixed(f"{where} reads a value derived from {ROW_DIM} itself (a position or a length)")
+        return Mixed(f"{where} reads a value derived from {row_dim} itself (a position or a length)")
     if WIDE in states:
         wide = [n for n, s in zip(ins, states) if s == WIDE]
         return Mixed(f"{where} mixes per-request values {wide} into every row")
@@ -289,8 +289,8 @@ def _in_graph_order(index: GraphIndex, names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: position[n])
 
 
-def _row_type(index: GraphIndex, name: str) -> onnx.TypeProto:
-    return helper.make_tensor_type_proto(index.elem_type(name), [ROW_DIM])
+def _row_type(index: GraphIndex, name: str, row_dim: str) -> onnx.TypeProto:
+    return helper.make_tensor_type_proto(index.elem_type(name), [row_dim])
 
 
 def _rank(index: GraphIndex, name: str) -> int | None:

@@ -1,6 +1,6 @@
 """int8 that meets its gates by construction: which quantized layers cost the ranking most, measured one at a time.
 
-    layers = rank_layers(parts, cfg, calibration, int8_form, reference)     # worst first
+    layers = rank_layers(parts, cfg, calibration, int8_form, subject)     # worst first
 
 Each weight GEMM of each int8 half is quantized alone (every other layer, and the other half, stay in float)
 and the split graphs score a fixed, seeded set of sensitivity requests, the short tail (L = 1..64) included:
@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from compiler.data import sample_requests
 from compiler.graph_index import GraphIndex
 from compiler.log import Progress, stage
 from compiler.metrics import kendall_tau
@@ -45,12 +44,13 @@ class Layer:
         return asdict(self)
 
 
-def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str, reference) -> list[Layer]:
+def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str, subject) -> list[Layer]:
     """Every quantizable layer of each int8 half, the most harmful first (see the module docstring)."""
-    c = reference.config
-    requests = [r.inputs for r in sample_requests(c, [min(L, c.max_history) for L in SENSITIVITY_LENGTHS], seed=SENSITIVITY_SEED,
-                                                    n_candidates=min(SENSITIVITY_CANDIDATES, c.max_candidates))]
-    expected = [reference.score(r) for r in requests]
+    contract = subject.contract
+    lengths = [min(L, max(contract.max_history, 1)) for L in SENSITIVITY_LENGTHS]
+    requests = [r.inputs for r in subject.requests(lengths, min(SENSITIVITY_CANDIDATES, contract.max_candidates), SENSITIVITY_SEED)]
+    columns = lambda scores: np.asarray(scores).reshape(len(scores), -1)  # noqa: E731  (one column per task)
+    expected = [columns(subject.reference(r)) for r in requests]
     graphs = {SHORT_NAMES[ENCODER]: (parts.encoder, cfg.encoder_precision), SHORT_NAMES[SCORER]: (parts.scorer, cfg.scorer_precision)}
     quantized = {half: weight_matmuls(graph) for half, (graph, precision) in graphs.items() if precision == "int8"}
     candidates = [(half, node) for half, nodes in quantized.items() for node in nodes]
@@ -65,7 +65,7 @@ def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str,
             halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others})
             runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
             deficit = np.mean([1 - kendall_tau(e[:, t], got[:, t]) for e, r in zip(expected, requests)
-                               for got in [runner.score(r)] for t in range(e.shape[1])])
+                               for got in [columns(runner.score(r))] for t in range(e.shape[1])])
             layers.append(Layer(half, node, float(deficit), sizes[half][node] / sum(sizes[half].values())))
             progress.advance(note=f"{half} {node}: 1 - tau {deficit:.4f}")
         layers.sort(key=lambda layer: -layer.tau_deficit)

@@ -30,8 +30,8 @@ def plot_error_vs_length(directory: Path, verification: Verification) -> Path:
                 label=f"N={N} mean")
     if verification.thresholds.max_abs_error is not None:
         ax.axhline(verification.thresholds.max_abs_error, color="red", linewidth=0.8, label="gate")
-    ax.set(xscale="log", yscale="log", xlabel="history length L", ylabel="|score - PyTorch fp32|",
-           title=f"{verification.precision} graphs (ONNX Runtime, CPU) vs PyTorch fp32")
+    ax.set(xscale="log", yscale="symlog" if verification.max_abs_error == 0 else "log", xlabel="history length L",
+           ylabel="|output - fp32 reference|", title=f"{verification.precision} graphs (ONNX Runtime, CPU) vs the fp32 model")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -40,10 +40,11 @@ def plot_error_vs_length(directory: Path, verification: Verification) -> Path:
     return path
 
 
-def cut_table(cut: Cut, history_length: int) -> list[str]:
-    """The cut (compiler.partition.Cut) as markdown table lines, with bytes per request at history_length."""
-    dims = {"L": history_length}
-    lines = [f"| tensor | dtype | shape | bytes/request at L={history_length} |", "|---|---|---|---:|"]
+def cut_table(cut: Cut, contract) -> list[str]:
+    """The cut (compiler.partition.Cut) as markdown table lines, with bytes per request at the served maximum dims."""
+    dims = contract.limits
+    at = ", ".join(f"{dim}={size}" for dim, size in dims.items() if dim != contract.candidate_dim) or "any size"
+    lines = [f"| tensor | dtype | shape | bytes/request at {at} |", "|---|---|---|---:|"]
     for t in cut.tensors:
         size = t.bytes_per_request(dims)
         lines.append(f"| `{t.name}` | {t.dtype} | {list(t.shape)} | {'?' if size is None else f'{size:,}'} |")
@@ -56,15 +57,15 @@ def cut_table(cut: Cut, history_length: int) -> list[str]:
 
 
 def _lines(r) -> list[str]:
-    c, v, L = r.config, r.verification, r.config.max_history
-    origin = f"preset `{r.source['preset']}`" if r.source["kind"] == "seeded" else f"`{r.source['path']}`"
+    v, contract = r.verification, r.contract
+    L = contract.max_history
+    limits = ", ".join(f"{dim} <= {size}" for dim, size in contract.limits.items())
     lines = [
         "# stca-compiler build report",
         "",
         f"- created {r.created} in {r.build_seconds} s on {r.machine['platform']} ({r.machine['cpus']} CPUs)",
-        f"- model: {r.source['kind']} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
-        f"attention `{c.attention}`, tasks {', '.join(c.tasks)}",
-        f"- served limits: L <= {c.max_history}, N <= {c.max_candidates}; opset {r.opset}; target `{r.target}`",
+        f"- model: {_model_line(r)}",
+        f"- served limits: {limits}; opset {r.opset}; target `{r.target}`",
         f"- precision: encoder {r.half_precisions[0]}, scorer {r.half_precisions[1]}",
         "- versions: " + ", ".join(f"{k} {value}" for k, value in r.versions.items()),
         "",
@@ -75,8 +76,11 @@ def _lines(r) -> list[str]:
     gates = [f"max abs error <= {th.max_abs_error:g}" if th.max_abs_error is not None else None,
              f"mean Kendall tau >= {th.kendall_tau} (cases with N >= {TAU_MIN_CANDIDATES})" if th.kendall_tau is not None else None,
              f"|AUC delta| <= {th.auc_delta}" if th.auc_delta is not None else None]
-    lines += [f"Gates: {'; '.join(g for g in gates if g)}. Scores of the compiled encoder + scorer (ONNX Runtime, CPU) "
-              "against the PyTorch fp32 model on held-out synthetic requests.", ""]
+    reference = "the PyTorch fp32 model" if r.model is not None else f"your fp32 model ({_REFERENCE[r.source['kind']]})"
+    lines += [f"Gates: {'; '.join(g for g in gates if g)}. Outputs of the compiled encoder + scorer (ONNX Runtime, CPU) "
+              f"against {reference} on held-out requests ({_requests_line(r)}).", ""]
+    if v.note:
+        lines += [f"Note: {v.note}.", ""]
     if r.accepted_accuracy_loss:
         lines += ["**Built with --accept-accuracy-loss: the gates below were missed.**", ""]
     lines += [
@@ -103,9 +107,9 @@ def _lines(r) -> list[str]:
         lines += [f"| {k['half']} | `{k['node']}` | {k['tau_deficit']:.4f} | {100 * k['weight_share']:.1f}% |" for k in kept]
     if r.plots.get("error_vs_length"):
         lines += ["", f"![score error against history length]({r.plots['error_vs_length']})"]
-    lines += ["", f"## The cut (bytes per request at L={L})", "",
+    lines += ["", f"## The cut (bytes per request at {contract.history_dim or 'the served maximum'}={L})", "",
               "Tensors the history encoder computes once per request and every candidate's scoring reads.", ""]
-    lines += cut_table(r.cut, L)
+    lines += cut_table(r.cut, contract)
     placed = Counter(reason.split(":")[0] for reason in r.placement.values())
     lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
@@ -113,6 +117,27 @@ def _lines(r) -> list[str]:
     lines += history_cache_lines(r.history_cache)
     lines += ["", "manifest.json lists the sha256 of every file of the build."]
     return lines
+
+
+_REFERENCE = {"onnx": "the ONNX file on ONNX Runtime", "exported": "the ExportedProgram in PyTorch"}
+
+
+def _model_line(r) -> str:
+    if r.model is None:
+        c = r.contract
+        return (f"{r.source['kind']} `{r.source['path']}` (sha256 {r.source['sha256'][:12]}); request inputs "
+                f"{', '.join(f'`{n}`' for n in c.request_inputs)}; per candidate along `{c.candidate_dim}`: "
+                f"{', '.join(f'`{n}`' for n in c.candidate_inputs)}; outputs {', '.join(f'`{n}`' for n in c.outputs)}")
+    c = r.config
+    origin = f"preset `{r.source['preset']}`" if r.source["kind"] == "seeded" else f"`{r.source['path']}`"
+    return (f"{r.source['kind']} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
+            f"attention `{c.attention}`, tasks {', '.join(c.tasks)}")
+
+
+def _requests_line(r) -> str:
+    if r.model is not None:
+        return "synthetic requests with planted labels"
+    return r.subject.generated
 
 
 def history_cache_lines(record: dict) -> list[str]:

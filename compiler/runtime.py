@@ -38,4 +38,5 @@ class SplitRunner:
     scorer: OrtGraph
 
     def score(self, inputs: dict) -> np.ndarray:
-        return self.scorer.run(with_cut(self.encoder, inputs))["scores"]
+        """The model's first output (STCA: scores (N, T))."""
+        return self.scorer.run(with_cut(self.encoder, inputs))[self.scorer.output_names[0]]

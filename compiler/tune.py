@@ -52,8 +52,8 @@ class TuneResult:
 
 def tune(cfg: TuneConfig) -> TuneResult:
     from compiler.bench import perf, write_input_file
-    from compiler.data import kuairand_lengths, sample_requests
-    from compiler.model import STCAConfig
+    from compiler.contract import Contract
+    from compiler.data import contract_requests, kuairand_lengths
     from compiler.serve import ServerConfig, TritonServer
 
     repo = Path(cfg.repo)
@@ -63,9 +63,9 @@ def tune(cfg: TuneConfig) -> TuneResult:
         raise CompilerError(f"tune: {repo} holds no CPU thread budget (built for a GPU target); nothing to tune")
     cpu_threads = cfg.cpu_threads or recorded["cpu_threads"]
     tuned = [m for m in TUNED if (repo / m / "config.pbtxt").is_file()]
-    config = STCAConfig.from_dict(manifest["model_config"])
-    lengths = [cfg.history] * cfg.requests if cfg.history else kuairand_lengths(cfg.requests, config.max_history, seed=11)
-    requests = [r.inputs for r in sample_requests(config, lengths, seed=12, n_candidates=cfg.candidates)]
+    contract = Contract.from_dict(manifest["contract"])
+    lengths = [cfg.history] * cfg.requests if cfg.history else kuairand_lengths(cfg.requests, max(contract.max_history, 1), seed=11)
+    requests = contract_requests(contract, lengths, cfg.candidates, seed=12)
     load = f"L={cfg.history}" if cfg.history else "KuaiRand-1K L"
     sweep = []
     with tempfile.TemporaryDirectory(prefix="stca-tune-") as scratch, stage(f"tune: {cpu_threads} cores, {load}, N={cfg.candidates}") as s:

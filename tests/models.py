@@ -67,21 +67,38 @@ def export_small(module: nn.Module, inputs: dict, dynamic: dict) -> onnx.ModelPr
     return program.model_proto
 
 
+# The two non-STCA ranking models: (module class, seed, example inputs, dynamic axes, request-level inputs).
+RANKING_MODELS = {
+    "din": (DINStyle, 1, {"history_item_ids": np.arange(1, 9, dtype=np.int64), "candidate_item_ids": np.arange(3, 7, dtype=np.int64)},
+            {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}}, {"history_item_ids"}),
+    "two_tower": (TwoTower, 2, {"user_ids": np.array([3, 5, 7], dtype=np.int64), "history_item_ids": np.arange(1, 9, dtype=np.int64),
+                                "candidate_item_ids": np.arange(3, 7, dtype=np.int64)},
+                  {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}}, {"user_ids", "history_item_ids"}),
+}
+
+
+def ranking_model(name: str) -> tuple[onnx.ModelProto, set[str]]:
+    module_class, seed, inputs, dynamic, request_inputs = RANKING_MODELS[name]
+    torch.manual_seed(seed)
+    return export_small(module_class(), inputs, dynamic), request_inputs
+
+
+def ranking_program(name: str) -> tuple[torch.export.ExportedProgram, set[str]]:
+    """The same model (same seed, same weights) as a torch.export program, as a user would torch.export.save it."""
+    module_class, seed, inputs, dynamic, request_inputs = RANKING_MODELS[name]
+    torch.manual_seed(seed)
+    dims = {d: torch.export.Dim(d, min=1, max=10_000) for spec in dynamic.values() for d in spec.values()}
+    shapes = {k: {axis: dims[d] for axis, d in dynamic.get(k, {}).items()} or None for k in inputs}
+    program = torch.export.export(module_class().eval(), tuple(torch.from_numpy(v) for v in inputs.values()), dynamic_shapes=shapes)
+    return program, request_inputs
+
+
 def din_model() -> tuple[onnx.ModelProto, set[str]]:
-    torch.manual_seed(1)
-    inputs = {"history_item_ids": np.arange(1, 9, dtype=np.int64), "candidate_item_ids": np.arange(3, 7, dtype=np.int64)}
-    return export_small(DINStyle(), inputs, {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}}), {"history_item_ids"}
+    return ranking_model("din")
 
 
 def two_tower_model() -> tuple[onnx.ModelProto, set[str]]:
-    torch.manual_seed(2)
-    inputs = {
-        "user_ids": np.array([3, 5, 7], dtype=np.int64),
-        "history_item_ids": np.arange(1, 9, dtype=np.int64),
-        "candidate_item_ids": np.arange(3, 7, dtype=np.int64),
-    }
-    dynamic = {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}}
-    return export_small(TwoTower(), inputs, dynamic), {"user_ids", "history_item_ids"}
+    return ranking_model("two_tower")
 
 
 def shape_read_model(scorer_sees_length: bool = True) -> tuple[onnx.ModelProto, set[str]]:

@@ -5,9 +5,9 @@ import pytest
 
 from compiler.data import sample_requests
 from compiler.model import preset
-from compiler.contract import RequestError, RequestLimits, load_request, save_request
+from compiler.contract import CANDIDATE, REQUEST, Contract, Input, RequestError, load_request, load_requests, save_request, stca_contract
 
-LIMITS = RequestLimits(max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3, n_actions=8)
+LIMITS = stca_contract(preset("tiny", max_history=100, max_candidates=10, n_user_fields=4, n_candidate_fields=3, n_actions=8))
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def request_inputs():
 
 
 def test_a_good_request_passes_and_reports_its_sizes(request_inputs):
-    assert LIMITS.validate(request_inputs) == (20, 5)
+    assert LIMITS.validate(request_inputs) == {"L": 20, "N": 5}
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_a_good_request_passes_and_reports_its_sizes(request_inputs):
         (lambda r: r.update(user_features=r["user_features"][:2]), "user_features: dim 0 is 2, the model has K = 4"),
         (lambda r: r["history_item_ids"].__setitem__(slice(None), 0), "every item is padding"),
         (lambda r: r.pop("history_actions"), "missing input"),
-        (lambda r: r["history_actions"].__setitem__(4, 8), r"history_actions: action 8 is outside 0\.\.7 \(the model has 8 action types\)"),
+        (lambda r: r["history_actions"].__setitem__(4, 8), r"history_actions: value 8 is outside 0\.\.7 \(the model has 8 action types\)"),
     ],
 )
 def test_bad_requests_name_the_input_and_the_limit(request_inputs, mutate, message):
@@ -46,7 +46,7 @@ def test_bad_requests_name_the_input_and_the_limit(request_inputs, mutate, messa
 def test_a_subset_of_inputs_is_checked_alone(request_inputs):
     """The scorer checks only the candidate inputs it receives."""
     only = {k: request_inputs[k] for k in ("candidate_item_ids", "candidate_features")}
-    assert LIMITS.validate(only, names=only) == (0, 5)
+    assert LIMITS.validate(only, names=only) == {"N": 5}
 
 
 def test_json_round_trip(tmp_path, request_inputs):
@@ -100,8 +100,44 @@ def test_the_model_and_the_exported_graph_follow_the_declared_contract():
     assert [v.name for v in graph.input] == list(INPUT_NAMES)
 
 
-def test_limits_of_a_repository_built_before_the_action_check_still_load(request_inputs):
-    """A served config's request_limits without n_actions (an older build) skip only that check."""
-    older = RequestLimits(**{k: v for k, v in LIMITS.to_dict().items() if k != "n_actions"})
+def test_the_contract_survives_json_as_the_served_configs_carry_it(request_inputs):
+    import json
+
+    again = Contract.from_dict(json.loads(json.dumps(LIMITS.to_dict())))
+    assert again == LIMITS
     request_inputs["history_actions"][4] = 8
-    assert older.validate(request_inputs) == (20, 5)
+    with pytest.raises(RequestError, match="history_actions: value 8"):
+        again.validate(request_inputs)
+
+
+# A user's model: its own names, a fixed int dim, one declared range, no padding rule.
+USER = Contract(
+    (Input("clicks", "int64", ("hist", 2), REQUEST, high=99), Input("items", "int32", ("cands",), CANDIDATE),
+     Input("price", "float32", ("cands",), CANDIDATE)),
+    ("p",), limits={"hist": 50, "cands": 8}, candidate_dim="cands", history_dim="hist", output_candidate_axis=0)
+
+
+def test_a_user_contract_checks_its_own_dims_and_declared_ranges_only():
+    good = USER.generate({"hist": 5, "cands": 3}, seed=1)
+    assert {k: v.shape for k, v in good.items()} == {"clicks": (5, 2), "items": (3,), "price": (3,)}
+    assert USER.validate(good) == {"hist": 5, "cands": 3}
+    assert good["clicks"].max() <= 99  # generated within the declared range
+    with pytest.raises(RequestError, match=r"clicks: dim 1 is 3, the model has 2"):
+        USER.validate({**good, "clicks": np.zeros((5, 3), np.int64)})
+    with pytest.raises(RequestError, match=r"clicks: value 100 is above 99$"):
+        USER.validate({**good, "clicks": np.full((5, 2), 100, np.int64)})
+    with pytest.raises(RequestError, match=r"items: 9 candidates is outside 1\.\.8"):
+        USER.validate({**USER.generate({"hist": 5, "cands": 9}), "items": np.zeros(9, np.int32)})
+    assert USER.validate({**good, "items": np.full(3, -7, np.int32)})  # no range declared: any id goes
+    padded = USER.left_pad(good, 2)
+    assert padded["clicks"].shape == (7, 2) and (padded["clicks"][:2] == 0).all()
+
+
+def test_requests_as_json_lines_take_the_contract_dtypes(tmp_path):
+    good = USER.generate({"hist": 4, "cands": 2}, seed=3)
+    (tmp_path / "r.jsonl").write_text("\n".join([__import__("json").dumps({k: v.tolist() for k, v in good.items()})] * 2) + "\n\n")
+    loaded = load_requests(tmp_path / "r.jsonl", USER)
+    assert len(loaded) == 2 and loaded[1]["items"].dtype == np.int32
+    (tmp_path / "bad.jsonl").write_text('{"clicks": [[1, 2]]}\n{"nope": 1}\n')
+    with pytest.raises(RequestError, match=r"line 2: unknown input\(s\) \['nope'\]"):
+        load_requests(tmp_path / "bad.jsonl", USER)

@@ -8,9 +8,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from compiler.data import sample_requests
 from compiler.emit import EmitConfig, Graphs, deployment, emit, read_config
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, VALIDATOR
-from compiler.contract import REQUEST_INPUTS
+from compiler.contract import REQUEST_INPUTS, stca_contract
 from compiler.partition import split
-from compiler.contract import RequestLimits
 from compiler.runtime import OrtGraph, with_cut
 from tests.models import stca
 
@@ -20,7 +19,7 @@ def graphs():
     model, whole = stca("tiny")
     parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
     c = model.config
-    limits = RequestLimits.of(c)
+    limits = stca_contract(c)
     warmup = with_cut(OrtGraph(parts.encoder), next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs)
     return Graphs(parts.encoder, parts.scorer, whole), limits, warmup, parts.cut
 

@@ -9,8 +9,10 @@ import pytest
 
 from compiler import calibrate, history_cache
 from compiler.build import cut_model
+from compiler.subject import StcaSubject
 from compiler.cut_dtype import narrow_cut
-from compiler.data import RepeatedUsers, left_pad, repeated_user_requests, sample_requests
+from compiler.contract import stca_contract
+from compiler.data import RepeatedUsers, repeated_user_requests, sample_requests
 from compiler.partition import split
 from compiler.precision import PrecisionConfig, convert
 from compiler.row_cache import ENTRY_OVERHEAD_BYTES
@@ -25,7 +27,7 @@ FP32_GATE = THRESHOLDS["fp32"].max_abs_error
 def tiny():
     """The tiny STCA model, its split, its row-cache plan and ONNX Runtime sessions of the graphs."""
     model, _ = stca("tiny")
-    _, parts = cut_model(model)
+    _, parts = cut_model(StcaSubject(model, {"kind": "seeded"}))
     plan = history_cache.plan(parts.encoder)
     graphs = {"keys": OrtGraph(plan.key_graph), "rows": OrtGraph(plan.row_graph), "scorer": OrtGraph(parts.scorer),
               "encoder": OrtGraph(parts.encoder)}
@@ -83,7 +85,7 @@ def test_cached_scores_match_pytorch_on_repeated_users_sharing_items_with_paddin
         assert np.abs(scores(graphs, encoder, request) - model.score(request)).max() <= FP32_GATE, f"request {k}"
         if k == 1:
             assert encoder.cache.hits > hits_at_second_user  # a new user's first request finds rows another user left
-    padded = left_pad(traffic[-1], 50)
+    padded = stca_contract(model.config).left_pad(traffic[-1], 50)
     assert np.abs(scores(graphs, encoder, padded) - model.score(padded)).max() <= FP32_GATE
     assert encoder.cache.hits > encoder.cache.misses  # the traffic is what the cache is for
 
@@ -171,15 +173,19 @@ def test_an_int8_encoder_is_row_local_with_its_weights_dequantized_in_the_row_gr
     assert max(history_cache.confirm(plan, encoder, requests, OrtGraph).values()) <= 1e-5
 
 
-def test_the_build_records_and_reports_why_a_model_gets_no_cache():
+def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
+    import onnx
+
     from compiler.build import _history_cache
     from compiler.emit import EmitConfig, deployment
-    from compiler.model import preset
     from compiler.report import history_cache_lines
+    from compiler.user_model import UserModelSpec, load_user_model
 
     model, request_inputs = history_model(HistorySelfAttention)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    subject = load_user_model(UserModelSpec(onnx=tmp_path / "model.onnx", request_inputs=tuple(request_inputs)))
     encoder = split(model, request_inputs).encoder
-    plan, record = _history_cache(encoder, preset("tiny"), deployment(EmitConfig(), "python"))
+    plan, record = _history_cache(encoder, subject, deployment(EmitConfig(), "python"))
     assert plan is None and not record["row_local"] and not record["served"]
     assert "MatMul" in record["why"]
     assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from compiler.data import left_pad, sample_requests
+from compiler.contract import stca_contract
+from compiler.data import sample_requests
 from compiler.errors import CompilerError
 from compiler.load import seeded_model
 from compiler.model import PRESETS, STCAConfig, preset, with_attention
@@ -25,14 +26,14 @@ def test_kv_and_reordered_forms_give_the_same_scores(L, N):
 def test_left_padding_with_id_zero_scores_as_the_unpadded_request(attention, pad):
     model = seeded_model(preset("tiny", attention=attention), seed=4)
     request = next(sample_requests(model.config, [50], seed=9, n_candidates=16)).inputs
-    np.testing.assert_allclose(model.score(left_pad(request, pad)), model.score(request), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.score(stca_contract(model.config).left_pad(request, pad)), model.score(request), rtol=0, atol=1e-6)
 
 
 def test_padding_is_masked_not_merely_small():
     """Without the mask a padded request would score differently: the test above can fail."""
     model = seeded_model(preset("tiny"), seed=4)
     request = next(sample_requests(model.config, [5], seed=9, n_candidates=8)).inputs
-    padded = left_pad(request, 500)
+    padded = stca_contract(model.config).left_pad(request, 500)
     padded["history_item_ids"][:500] = 7  # the same positions as real items instead of padding
     assert np.abs(model.score(padded) - model.score(request)).max() > 1e-3
 

@@ -6,6 +6,7 @@ import pytest
 from compiler.contract import REQUEST_INPUTS
 from compiler.partition import split
 from compiler.runtime import OrtGraph, SplitRunner
+from compiler.subject import StcaSubject
 from compiler.verify import VerifyConfig, least_precise, verify
 from tests.models import stca
 
@@ -16,7 +17,7 @@ QUICK = VerifyConfig(lengths=(1, 300), candidates=(3, 40), requests_per_case=2, 
 def tiny():
     model, graph = stca("tiny")
     parts = split(graph, REQUEST_INPUTS)
-    return model, SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    return StcaSubject(model, {"kind": "seeded"}), SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
 
 
 def test_the_split_graphs_pass_the_fp32_gate(tiny):

@@ -1,4 +1,4 @@
-"""What every stca-compiler Python-backend model shares: parameters, request limits, one answer per request.
+"""What every stca-compiler Python-backend model shares: parameters, the request contract, one answer per request.
 
 Copied beside each emitted model.py as stca_base_model.py (with stca_contract.py); numpy and Triton's
 Python-backend utilities only. A subclass sets `input_names` and `validated` in setup() and computes in
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from stca_contract import RequestError, RequestLimits
+from stca_contract import Contract, RequestError
 
 
 class StcaModel:
@@ -21,7 +21,7 @@ class StcaModel:
         config = json.loads(args["model_config"])
         self.name = config["name"]
         self.params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.limits = RequestLimits(**json.loads(self.params["request_limits"]))
+        self.contract = Contract.from_dict(json.loads(self.params["request_contract"]))
         self.setup(args)
 
     def setup(self, args):
@@ -36,7 +36,7 @@ class StcaModel:
     def _answer(self, request):
         inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
         try:
-            self.limits.validate(inputs, self.validated)
+            self.contract.validate(inputs, self.validated)
         except RequestError as e:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
         try:

@@ -13,21 +13,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
-from stca_contract import CANDIDATE_INPUTS, INPUT_NAMES  # noqa: E402
 
 
 class TritonPythonModel(StcaModel):
     def setup(self, args):
         self.fused = self.params["fused_model"]
-        self.input_names = self.validated = list(INPUT_NAMES)
+        self.input_names = self.validated = list(self.contract.names)
+        specs, dim = self.contract.specs, self.contract.candidate_dim
+        self.candidate_axis = {name: specs[name].dims.index(dim) for name in self.contract.candidate_inputs}
 
     def compute(self, inputs):
-        shared = [pb_utils.Tensor(name, inputs[name]) for name in INPUT_NAMES if name not in CANDIDATE_INPUTS]
-        scores = []
-        for j in range(len(inputs["candidate_item_ids"])):  # one candidate per call: the history is re-encoded every time
-            one = [pb_utils.Tensor(name, np.ascontiguousarray(inputs[name][j : j + 1])) for name in CANDIDATE_INPUTS]
-            response = pb_utils.InferenceRequest(model_name=self.fused, requested_output_names=["scores"], inputs=shared + one).exec()
+        shared = [pb_utils.Tensor(name, inputs[name]) for name in self.input_names if name not in self.candidate_axis]
+        first, axis = next(iter(self.candidate_axis.items()))
+        outputs = {name: [] for name in self.contract.outputs}
+        for j in range(inputs[first].shape[axis]):  # one candidate per call: the history is re-encoded every time
+            one = [pb_utils.Tensor(name, np.ascontiguousarray(np.take(inputs[name], [j], axis=a))) for name, a in self.candidate_axis.items()]
+            response = pb_utils.InferenceRequest(model_name=self.fused, requested_output_names=list(outputs), inputs=shared + one).exec()
             if response.has_error():
                 raise RuntimeError(response.error().message())
-            scores.append(pb_utils.get_output_tensor_by_name(response, "scores").as_numpy())
-        return {"scores": np.concatenate(scores)}
+            for name, parts in outputs.items():
+                parts.append(pb_utils.get_output_tensor_by_name(response, name).as_numpy())
+        return {name: np.concatenate(parts) for name, parts in outputs.items()}

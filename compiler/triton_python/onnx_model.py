@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
-from stca_contract import INPUT_NAMES  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,7 +30,7 @@ class TritonPythonModel(StcaModel):
             self.encoder = None
             self.session = OrtSession("model.onnx", self.params)
             self.input_names = self.session.input_names
-        self.validated = [name for name in self.input_names if name in INPUT_NAMES]
+        self.validated = [name for name in self.input_names if name in self.contract.specs]
 
     def compute(self, inputs):
         if self.encoder is None:

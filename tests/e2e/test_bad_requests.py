@@ -40,7 +40,7 @@ BAD = {
     "negative age": (set_value("history_age_s", 0, -1.0), r"history_age_s: value -1\.0 is negative"),
     "negative history id": (set_value("history_item_ids", 2, -3), r"history_item_ids: value -3 is negative"),
     "negative candidate id": (set_value("candidate_item_ids", 0, -1), r"candidate_item_ids: value -1 is negative"),
-    "unknown action": (set_value("history_actions", 1, 8), r"history_actions: action 8 is outside 0\.\.7"),
+    "unknown action": (set_value("history_actions", 1, 8), r"history_actions: value 8 is outside 0\.\.7"),
 }
 
 
@@ -119,7 +119,7 @@ def test_an_action_id_of_n_actions_is_refused_with_the_input_named(triton, model
     request = good_request(model, 3)
     request["history_actions"][5] = model.config.n_actions
     client = ScoringClient(triton.cfg.http_url if protocol == "http" else triton.cfg.grpc_url, protocol)
-    with pytest.raises(InferenceServerException, match=rf"history_actions: action {model.config.n_actions} is outside 0\.\.{model.config.n_actions - 1}"):
+    with pytest.raises(InferenceServerException, match=rf"history_actions: value {model.config.n_actions} is outside 0\.\.{model.config.n_actions - 1}"):
         client.infer(request)  # the server's own check
-    with pytest.raises(CompilerError, match="history_actions: action"):
+    with pytest.raises(CompilerError, match="history_actions: value"):
         client.score(request)  # and the client's, before sending

@@ -30,7 +30,7 @@ def test_ensemble_scores_equal_pytorch(triton, model, protocol, L, N):
 def test_the_client_reads_limits_and_tasks_from_the_server(triton, model):
     client = ScoringClient(triton.cfg.http_url)
     assert client.tasks == model.config.tasks
-    assert (client.limits.max_history, client.limits.max_candidates) == (model.config.max_history, model.config.max_candidates)
+    assert (client.contract.max_history, client.contract.max_candidates) == (model.config.max_history, model.config.max_candidates)
 
 
 @pytest.mark.parametrize("L,N", [(1, 1), (500, 40)])
