@@ -320,8 +320,8 @@ def _calibration_set(cfg: BuildConfig, subject: Subject):
     elif p.calibration is not None:
         yield calibrate.load(p.calibration)
     else:
-        log.info("precision: no --calibration given: calibrating on %d of the model's requests at KuaiRand-1K lengths "
-                 "(python -m compiler calibrate makes a reusable set, or one from your own requests)", DEFAULT_CALIBRATION_REQUESTS)
+        log.info("precision: no --calibration given: generating %d requests at KuaiRand-1K lengths (%s; python -m compiler "
+                 "calibrate makes a reusable set, or one from your own requests)", DEFAULT_CALIBRATION_REQUESTS, subject.request_source)
         contract = subject.contract
         lengths = kuairand_lengths(DEFAULT_CALIBRATION_REQUESTS, max(contract.max_history, 1), seed=1_234)
         requests = (r.inputs for r in subject.requests(lengths, min(128, contract.max_candidates), seed=1_235))

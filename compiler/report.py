@@ -78,7 +78,7 @@ def _lines(r) -> list[str]:
              f"|AUC delta| <= {th.auc_delta}" if th.auc_delta is not None else None]
     reference = "the PyTorch fp32 model" if r.model is not None else f"your fp32 model ({_REFERENCE[r.source['kind']]})"
     lines += [f"Gates: {'; '.join(g for g in gates if g)}. Outputs of the compiled encoder + scorer (ONNX Runtime, CPU) "
-              f"against {reference} on held-out requests ({_requests_line(r)}).", ""]
+              f"against {reference} on held-out requests ({r.subject.request_source}).", ""]
     if v.note:
         lines += [f"Note: {v.note}.", ""]
     if r.accepted_accuracy_loss:
@@ -132,12 +132,6 @@ def _model_line(r) -> str:
     origin = f"preset `{r.source['preset']}`" if r.source["kind"] == "seeded" else f"`{r.source['path']}`"
     return (f"{r.source['kind']} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
             f"attention `{c.attention}`, tasks {', '.join(c.tasks)}")
-
-
-def _requests_line(r) -> str:
-    if r.model is not None:
-        return "synthetic requests with planted labels"
-    return r.subject.generated
 
 
 def history_cache_lines(record: dict) -> list[str]:

@@ -25,6 +25,7 @@ class Subject:
     tasks: tuple[str, ...]  # the columns of the first output, where they have names
     source: dict  # where the model came from, for the manifest
     model: STCA | None  # this package's STCA module, where that is what is compiled
+    request_source: str  # where requests() come from, for the log and the report
 
     def export(self, opset: int) -> onnx.ModelProto:
         raise NotImplementedError
@@ -61,6 +62,10 @@ class StcaSubject(Subject):
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.model.config.tasks
+
+    @property
+    def request_source(self) -> str:
+        return "synthetic requests with planted labels (compiler.data)"
 
     def export(self, opset: int) -> onnx.ModelProto:
         from compiler.export import export

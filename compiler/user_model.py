@@ -66,7 +66,7 @@ class UserSubject(Subject):
     run_reference: object  # inputs -> the first output, in fp32
     samples: list[dict] | None = None
     tasks: tuple[str, ...] = ()
-    generated: str = ""  # how requests are made, for the report
+    request_source: str = ""
     model: None = None  # not an STCA module: the STCA-only features are off
 
     def export(self, opset: int) -> onnx.ModelProto:
@@ -91,7 +91,7 @@ class UserSubject(Subject):
         c = self.contract
         return (f"{self.source['kind']} model {Path(self.source['path']).name}: {len(c.request_inputs)} request input(s) "
                 f"{list(c.request_inputs)}, {len(c.candidate_inputs)} per candidate along {c.candidate_dim!r}, outputs "
-                f"{list(c.outputs)}; requests {self.generated}")
+                f"{list(c.outputs)}; requests {self.request_source}")
 
 
 def load_user_model(spec: UserModelSpec, max_history: int | None = None, max_candidates: int | None = None,
@@ -116,7 +116,7 @@ def load_user_model(spec: UserModelSpec, max_history: int | None = None, max_can
         graph, run_reference, dim_caps = _load_exported(path, opset)
     contract = derive_contract(graph, spec.request_inputs, spec.candidate_axis, spec.input_ranges,
                                max_history or DEFAULT_MAX_HISTORY, max_candidates or DEFAULT_MAX_CANDIDATES, dim_caps)
-    samples, generated = None, "generated from the inputs' dtypes and ranges; no --samples given"
+    samples, request_source = None, "generated from the inputs' dtypes and ranges; no --samples given"
     if spec.samples is not None:
         try:
             samples = load_requests(spec.samples, contract)
@@ -124,11 +124,11 @@ def load_user_model(spec: UserModelSpec, max_history: int | None = None, max_can
                 contract.validate(sample)
         except RequestError as e:
             raise CompilerError(f"--samples: request {k + 1 if samples else 1}: {e}") from e
-        generated = f"from {len(samples)} sample request(s) in {spec.samples}"
+        request_source = f"from {len(samples)} sample request(s) in {spec.samples}"
     outputs = [o for o in graph.graph.output if o.name == contract.outputs[0]]
     columns = _dims(outputs[0])[-1] if outputs and len(_dims(outputs[0])) > 1 else 1
     tasks = (contract.outputs[0],) if columns == 1 else ()
-    return UserSubject(graph, contract, source, run_reference, samples, tasks, generated)
+    return UserSubject(graph, contract, source, run_reference, samples, tasks, request_source)
 
 
 def opset_of(graph: onnx.ModelProto) -> int:

@@ -226,7 +226,7 @@ def test_int8_without_a_calibration_set_makes_one_and_says_so(tmp_path, tiny_che
     result = run_cli("build", "--precision", "int8", "--checkpoint", tiny_checkpoint, "--max-history", "1000",
                      "--accept-accuracy-loss", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert "no --calibration given: generating 32 synthetic requests" in result.stderr
+    assert "no --calibration given: generating 32 requests at KuaiRand-1K lengths" in result.stderr
     calibration = json.loads((out / "manifest.json").read_text())["precisions"]["calibration"]
     assert calibration["count"] == 32 and len(calibration["sha256"]) == 64
 

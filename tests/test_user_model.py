@@ -102,6 +102,32 @@ class NoCandidateUse(nn.Module):
         return torch.sigmoid(self.embedding(history_item_ids % 50).mean(0))
 
 
+class BestCandidate(nn.Module):
+    """Reads every candidate but answers one number per request (the best score): no candidate axis to rank along."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(50, 4)
+
+    def forward(self, history_item_ids, candidate_item_ids):
+        h, c = self.embedding(history_item_ids % 50).mean(0), self.embedding(candidate_item_ids % 50)
+        return torch.sigmoid(c @ h).max().reshape(1)
+
+
+def test_an_output_without_a_candidate_axis_is_gated_on_error_and_says_so(tmp_path):
+    from tests.models import export_small
+
+    graph = export_small(BestCandidate(), {"history_item_ids": np.arange(1, 9), "candidate_item_ids": np.arange(3, 7)},
+                         {"history_item_ids": {0: "L"}, "candidate_item_ids": {0: "N"}})
+    onnx.save(graph, str(tmp_path / "best.onnx"))
+    result = build(BuildConfig(out=tmp_path / "repo", user_model=UserModelSpec(onnx=tmp_path / "best.onnx", request_inputs=("history_item_ids",)),
+                               precision=PrecisionConfig("fp16"), verify=QUICK))
+    v = result.verification
+    assert result.contract.output_candidate_axis is None
+    assert v.thresholds.kendall_tau is None and v.thresholds.max_abs_error == 1e-2 and v.passed
+    assert "no candidate axis" in v.note and "no candidate axis" in (result.out / "report.md").read_text()
+
+
 def test_refusals_name_the_problem_in_one_line(tmp_path, files):
     with pytest.raises(CompilerError, match=r"^--request-inputs: \['history_ids'\] are not inputs of the model; its inputs are "
                                             r"\['history_item_ids', 'candidate_item_ids'\]$"):

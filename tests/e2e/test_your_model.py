@@ -13,6 +13,7 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from compiler.__main__ import main
+from compiler.bench import BenchConfig, perf, write_input_file
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.emit import EmitConfig
@@ -89,3 +90,8 @@ def test_the_test_models_serve_as_they_score_in_pytorch(tmp_path, name, form, pr
             for model in ("stca", "stca_fused", "stca_naive"):
                 got = ScoringClient(server.cfg.http_url, model=model).score(request.inputs)
                 np.testing.assert_allclose(got, expected, rtol=0, atol=atol, err_msg=f"{model} {name} {form} {precision}")
+        # a small bench: the real perf_analyzer on the model's own requests, split and unsplit
+        inputs = write_input_file(tmp_path / "load.json", [r.inputs for r in result.subject.requests([50, 400], 16, seed=9)])
+        for model in ("stca", "stca_fused"):
+            row = perf(model, server.cfg.http_url, inputs, 1, tmp_path / "perf.csv", **BenchConfig(window_requests=4).perf_settings())
+            assert row["throughput"] > 0 and row["server_compute_ms"] > 0
