@@ -160,3 +160,19 @@ def test_the_cli_refuses_with_one_line(tmp_path, files, capsys):
     assert len(errors) == 1 and "['nope'] are not inputs of the model" in errors[0]
     assert main(["build", "--request-inputs", "x", "--out", str(tmp_path / "r")]) == 2  # STCA's build has no request inputs to name
     assert "--request-inputs goes with --onnx or --exported" in capsys.readouterr().err
+
+
+def test_the_onnxruntime_target_puts_the_users_contract_in_front_of_the_cpp_backend(tmp_path, files):
+    """That backend cannot run here: the configs parse with Triton's schema, and the validator step carries the contract."""
+    from compiler.emit import VALIDATED_PREFIX, read_config
+    from compiler.names import ENSEMBLE, VALIDATOR
+
+    result = build(BuildConfig(out=tmp_path / "ort", user_model=spec(files, "din", "onnx", input_ranges={"candidate_item_ids": (0, 499)}),
+                               verify=QUICK, emit=EmitConfig(target="onnxruntime", device="cpu")))
+    validator, ensemble = read_config(result.out / VALIDATOR / "config.pbtxt"), read_config(result.out / ENSEMBLE / "config.pbtxt")
+    carried = Contract.from_dict(json.loads(validator.parameters["request_contract"].string_value))
+    assert carried == result.contract and carried.specs["candidate_item_ids"].high == 499
+    assert [o.name for o in validator.output] == [VALIDATED_PREFIX + "history_item_ids", VALIDATED_PREFIX + "candidate_item_ids"]
+    assert ensemble.ensemble_scheduling.step[0].model_name == VALIDATOR
+    for model in (ENCODER, SCORER):
+        assert read_config(result.out / model / "config.pbtxt").platform == "onnxruntime_onnx"
