@@ -37,7 +37,7 @@ def cmd_build(args) -> int:
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache,
-                        history_cache_bytes=args.history_cache_bytes),
+                        history_cache_bytes=args.history_cache_bytes, history_cache_at=args.history_cache_at),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
@@ -268,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--history-cache-bytes", type=byte_size, default=DEFAULT_HISTORY_CACHE_BYTES, metavar="BYTES",
                    help="python target: the history encoder's row cache, over all its instances, e.g. 512M or 2G "
                         "(default 1G; 0 turns it off)")
+    b.add_argument("--history-cache-at", choices=["encoder", "scorer"], default="encoder",
+                   help="the process holding the row cache: the history encoder's (default), or the scorer's, so only the "
+                        "row keys cross between the two steps instead of the cut")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
     add_user_model_arguments(b)
     b.set_defaults(handler=cmd_build)

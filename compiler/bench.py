@@ -356,7 +356,9 @@ def run(cfg: BenchConfig) -> Path:
             if cfg.tune:  # without its cache the encoder does more work: its own best budget, as every model gets
                 budgets[f"{cfg.precisions[0]} without the row cache"] = tune(TuneConfig(
                     repo=uncached, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol)).thread_budget
-            repeated = repeated_users(first.out, uncached, first.config, cfg.repeated, work)
+            at_scorer, budgets[f"{cfg.precisions[0]} with the row cache in the scorer"] = repo(
+                "row-cache-at-scorer", cfg.precisions[0], tuned=cfg.tune, history_cache_at="scorer")
+            repeated = repeated_users(first.out, at_scorer.out, uncached, first.config, cfg.repeated, work)
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,

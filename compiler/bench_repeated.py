@@ -1,9 +1,11 @@
 """Bench: repeated-user traffic, the load the history row cache is for.
 
-    repeated_users(repo, tuned_uncached_repo, config, RepeatedConfig(...), work) -> results.json's "repeated_users"
+    repeated_users(repo, scorer_cached_repo, tuned_uncached_repo, config, RepeatedConfig(...), work) -> results.json's "repeated_users"
 
-Four ways to serve the same traffic (compiler.data.RepeatedUsers), each on a fresh server, so each starts empty:
+Five ways to serve the same traffic (compiler.data.RepeatedUsers), each on a fresh server, so each starts empty:
   row cache       `stca` as built: the history encoder serves rows from its row cache (compiler/row_cache.py)
+  row cache in the scorer   the same weights built with --history-cache-at scorer: the encoder step runs the key
+                  graph and the scorer holds the cache, so row keys cross between the steps instead of the cut
   no cache        `stca` with the encoder's history_cache_bytes set to 0: every request encodes its whole history
   response cache  `stca` without the row cache, with Triton's response cache on the encoder
   fused           `stca_fused`, the unsplit graph
@@ -13,7 +15,7 @@ a request byte for byte (ages move, histories grow). Per variant: a warm-up pass
 service has seen other users), then at each concurrency level a fresh set of users; throughput is requests over
 wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
 each request's encoder time against the rows it had to compute (the row cache's misses) and its length; and the
-resident memory of the encoder's processes before and after.
+resident memory of the processes holding the cache (the encoder's without one) before and after.
 """
 
 import os
@@ -32,7 +34,7 @@ from compiler.log import stage
 from compiler.model import STCAConfig
 from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED
 
-VARIANTS = ("row cache", "no cache", "response cache", "fused")
+VARIANTS = ("row cache", "row cache in the scorer", "no cache", "response cache", "fused")
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,11 @@ class RepeatedConfig:
     profile_users: int = 4  # users of the per-request pass at concurrency 1
 
 
-def repeated_users(repo: Path, uncached_repo: Path, config: STCAConfig, cfg: RepeatedConfig, work: Path) -> dict:
-    """Measure the four variants (module docstring). `repo` serves the row cache and the fused baseline; `uncached_repo`
-    the other two (a copy whose encoder has history_cache_bytes 0, with its own thread budget where it was tuned)."""
+def repeated_users(repo: Path, scorer_cached_repo: Path, uncached_repo: Path, config: STCAConfig, cfg: RepeatedConfig, work: Path) -> dict:
+    """Measure the variants (module docstring). `repo` serves the row cache and the fused baseline; `scorer_cached_repo`
+    the cache in the scorer; `uncached_repo` the other two (a copy whose encoder has history_cache_bytes 0, with its own
+    thread budget where it was tuned)."""
+    from compiler.emit import cache_holder
     from compiler.serve import ServerConfig, TritonServer
 
     levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
@@ -54,30 +58,31 @@ def repeated_users(repo: Path, uncached_repo: Path, config: STCAConfig, cfg: Rep
                                     seed=999, n_candidates=cfg.candidates)
     profile = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.profile_users, "visits": 3}),
                                      seed=2_000, n_candidates=cfg.candidates)
-    served = {"row cache": (repo, ENSEMBLE), "no cache": (uncached_repo, ENSEMBLE),
+    served = {"row cache": (repo, ENSEMBLE), "row cache in the scorer": (scorer_cached_repo, ENSEMBLE), "no cache": (uncached_repo, ENSEMBLE),
               "response cache": (_with_response_cache(uncached_repo, work / "repo-response-cache"), ENSEMBLE), "fused": (repo, FUSED)}
     results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,
                "mean_history": statistics.mean(len(r["history_item_ids"]) for rs in levels.values() for r in rs), "variants": {}}
     for variant in VARIANTS:
         path, model = served[variant]
+        holder = cache_holder(path) or ENCODER  # whose counters and memory to read
         with stage(f"bench: repeated users, {variant}") as s, TritonServer(ServerConfig.on_free_ports(path)) as triton:
             url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
-            memory_before = encoder_memory(triton.process.pid)
+            memory_before = holder_memory(triton.process.pid, holder)
             drive(url, model, warmup, concurrency=1)
             rows = []
             for concurrency, requests in levels.items():
-                before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
+                before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, holder)
                 seconds, latencies = drive(url, model, requests, concurrency)
-                after = server_stats.history_cache_counters(metrics, ENCODER)
+                after = server_stats.history_cache_counters(metrics, holder)
                 rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
                              "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
                              "stages": [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])],
                              "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
-            per_request = encoder_profile(url, metrics, model, profile) if model == ENSEMBLE else []
+            per_request = encoder_profile(url, metrics, model, profile) if model == ENSEMBLE and holder == ENCODER else []
             results["variants"][variant] = {
-                "model": model, "rows": rows, "per_request": per_request,
-                "cache": server_stats.history_cache_counters(metrics, ENCODER),
-                "memory_before": memory_before, "memory_after": encoder_memory(triton.process.pid)}
+                "model": model, "cache_holder": holder, "rows": rows, "per_request": per_request,
+                "cache": server_stats.history_cache_counters(metrics, holder),
+                "memory_before": memory_before, "memory_after": holder_memory(triton.process.pid, holder)}
             best = max(r["throughput"] for r in rows)
             s.summary = f"best {best:.1f} req/s" + "".join(
                 f"; conc {r['concurrency']}: hit rate {hit_rate(r['cache']):.2f}" for r in rows if r["cache"])
@@ -136,8 +141,8 @@ def encoder_profile(url: str, metrics: str, model: str, requests: list[dict]) ->
     return out
 
 
-def encoder_memory(server_pid: int) -> list[int]:
-    """Resident bytes of each of the history encoder's Python-backend processes (children of the server)."""
+def holder_memory(server_pid: int, model: str = ENCODER) -> list[int]:
+    """Resident bytes of each of a model's Python-backend processes (children of the server)."""
     resident = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -147,7 +152,7 @@ def encoder_memory(server_pid: int) -> list[int]:
             status = (proc / "status").read_text()
         except OSError:  # gone, or not ours to read
             continue
-        if f"/{ENCODER}/1/model.py" in cmdline and f"PPid:\t{server_pid}\n" in status:
+        if f"/{model}/1/model.py" in cmdline and f"PPid:\t{server_pid}\n" in status:
             resident.append(int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024)
     return sorted(resident)
 

@@ -125,8 +125,8 @@ def _markdown(r: dict, stamp: str) -> list[str]:
 
 
 def _repeated_markdown(rep: dict, precision: str) -> list[str]:
-    """The repeated-users suite (compiler.bench_repeated): four ways to serve the same traffic, where the encoder's
-    time goes, and its memory."""
+    """The repeated-users suite (compiler.bench_repeated): the ways to serve the same traffic, where the encoder's
+    time goes, and the memory of the process holding the cache."""
     t, variants = rep["traffic"], rep["variants"]
     fused_best = max(row["throughput"] for row in variants["fused"]["rows"])
     levels = [row["concurrency"] for row in variants["fused"]["rows"]]
@@ -165,13 +165,14 @@ def _repeated_markdown(rep: dict, precision: str) -> list[str]:
                   + ", ".join(f"L={p['history']}: {p['encoder_ms']:.1f} ms" for p in sorted(variants['no cache']['per_request'],
                                                                                         key=lambda p: p['history'])[::3]) + ".", "",
                   "![encoder time against computed rows](encoder_vs_computed_rows.png)", ""]
-    lines += ["Resident memory of the history encoder's processes (one per instance), MiB:", "",
-              "| variant | before the traffic | after | the cache's bytes gauge | rows held | rows evicted |", "|---|---|---|---:|---:|---:|"]
-    for name in ("row cache", "no cache"):
+    lines += ["Resident memory of the processes holding the cache (the history encoder's without one; one per instance), MiB:", "",
+              "| variant | process | before the traffic | after | the cache's bytes gauge | rows held | rows evicted |",
+              "|---|---|---|---|---:|---:|---:|"]
+    for name in (n for n in ("row cache", "row cache in the scorer", "no cache") if n in variants):
         v = variants[name]
         mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs) or "-"  # noqa: E731
         held = v["cache"]
-        lines.append(f"| {name} | {mib(v['memory_before'])} | {mib(v['memory_after'])} | "
+        lines.append(f"| {name} | `{v.get('cache_holder', ENCODER)}` | {mib(v['memory_before'])} | {mib(v['memory_after'])} | "
                      + (f"{held['bytes'] / 2**20:.0f} | {held['entries']:,.0f} | {held['evictions']:,.0f}" if held else "- | - | -") + " |")
     return lines + [""]
 

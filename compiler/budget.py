@@ -51,31 +51,34 @@ def machine_threads() -> int:
 MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of the graph's weights
 
 
-def plan(cpu_threads: int, instances: int | None = None, row_cache: bool = False) -> dict[str, Placement]:
+def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
-    --instances) fixes the copies of each model, which split the cores between them. A history encoder with a
-    row cache (compiler/row_cache.py) runs one instance: each instance is a process with its own cache, so a
-    second one would compute every row a second time, and with its rows cached the encoder is the lighter half."""
+    --instances) fixes the copies of each model, which split the cores between them. The model holding the history
+    row cache (compiler/row_cache.py; `cache_holder`, ENCODER or SCORER) runs one instance: each instance is a process
+    with its own cache, so a second one would compute every row a second time. In the encoder it keeps the plan's
+    threads (with its rows cached the encoder is the lighter half); in the scorer it takes every core."""
     if cpu_threads < 1:
         raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
     copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
     composing = Placement(copies, max(1, cpu_threads // copies))
-    encoder = Placement(instances or 1, composing.threads) if row_cache else composing
     whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
-    return {ENCODER: encoder, SCORER: composing, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
+    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole}.get(cache_holder)
+    placements = {ENCODER: composing, SCORER: composing, **({cache_holder: held} if held else {})}
+    return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
 
 
-def candidates(cpu_threads: int, row_cache: bool = False) -> list[dict[str, Placement]]:
+def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[str, Placement]]:
     """The budgets tune measures, one server start each: for the ensemble, the plan's, pipelined halves (one
     instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
-    default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. With a row cache the
-    encoder keeps one instance (see plan) and the candidates vary its threads and the scorer's."""
-    t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, row_cache=row_cache)
+    default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. The model holding a row
+    cache keeps one instance (see plan): the candidates vary its threads and the other half's."""
+    t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
-    encoder = [base[ENCODER], Placement(1, t), Placement(1, half), Placement(1, t)] if row_cache else split
+    encoder = [base[ENCODER], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder == ENCODER else split
+    scorer = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)] if cache_holder == SCORER else split
     fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
-    return [{**base, ENCODER: e, SCORER: s, FUSED: f} for e, s, f in zip(encoder, split, fused)]
+    return [{**base, ENCODER: e, SCORER: s, FUSED: f} for e, s, f in zip(encoder, scorer, fused)]
 
 
 def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:

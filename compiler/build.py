@@ -192,7 +192,7 @@ def build(cfg: BuildConfig) -> BuildResult:
                                              if "int8" in (halves.encoder_precision, halves.scorer_precision) else {})},
             cut=cut, placement=dict(cut.placement), contract=contract, verification=verification, lint=tuple(lint_reports),
             history_cache=row_cache_record,
-            thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(deployment.serves_row_cache(row_cache)), "plan")
+            thread_budget=thread_budget(deployment.cpu_threads, deployment.placements(deployment.cache_holder(row_cache)), "plan")
             if deployment.device == "cpu" else None,
             engines=plans.details if plans else None,
             accepted_accuracy_loss=bool(cfg.accept_accuracy_loss and not verification.passed),

@@ -34,8 +34,10 @@ from compiler.history_cache import RowCachePlan
 from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
 from compiler.contract import Contract
+from compiler.runtime import OrtGraph
 
-TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
+TARGETS = ("python", "onnxruntime", "tensorrt")
+CACHE_HOLDERS = {"encoder": ENCODER, "scorer": SCORER}  # --history-cache-at -> the model whose process holds the row cache  # and "auto", which build() resolves before emitting
 DEVICES = ("cpu", "gpu")
 CONTRACT_PARAMETER = "request_contract"  # every config carries the request contract as JSON (compiler.contract)
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
@@ -58,6 +60,8 @@ class EmitConfig:
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
+    history_cache_at: str = "encoder"  # the process holding the row cache: the history encoder's, or the scorer's, where
+    # only the row keys cross between the ensemble's steps instead of the cut tensors
     warmup_history: int = 2_000
     warmup_candidates: int = 128
 
@@ -66,6 +70,8 @@ class EmitConfig:
             raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
         if self.instances is not None and self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
+        if self.history_cache_at not in CACHE_HOLDERS:
+            raise CompilerError(f"history cache at: {self.history_cache_at!r} is not one of {tuple(CACHE_HOLDERS)}")
         if self.history_cache_bytes < 0:
             raise CompilerError(f"history cache bytes: {self.history_cache_bytes} must be at least 0 (0 turns the cache off)")
         if self.cpu_threads < 0:
@@ -90,14 +96,18 @@ class Deployment:
     cpu_threads: int  # the cores the CPU thread budget shares
     tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
 
-    def placements(self, row_cache: bool = False) -> dict[str, budget.Placement]:
-        """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores); `row_cache`: the
-        history encoder serves from a row cache."""
-        return budget.plan(self.cpu_threads, self.options.instances, row_cache)
+    def placements(self, cache_holder: str | None = None) -> dict[str, budget.Placement]:
+        """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores); `cache_holder`: the
+        model whose process holds the history row cache (see cache_holder), if any."""
+        return budget.plan(self.cpu_threads, self.options.instances, cache_holder)
 
     def serves_row_cache(self, plan) -> bool:
         """Whether a repository of these graphs serves the history encoder's row cache (`plan`, or None: not row-local)."""
         return plan is not None and self.target == "python" and self.options.history_cache_bytes > 0
+
+    def cache_holder(self, plan) -> str | None:
+        """The model (ENCODER or SCORER) whose process holds the row cache, or None where none is served."""
+        return CACHE_HOLDERS[self.options.history_cache_at] if self.serves_row_cache(plan) else None
 
 
 def deployment(cfg: EmitConfig, target: str, tensorrt_profiles: int = 1) -> Deployment:
@@ -130,19 +140,25 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
     if missing:
         raise CompilerError(f"emit: the warmup values lack {missing}; give the request with the encoder's outputs on it")
     written: list[Path] = []
-    encoder_warmup = {name: warmup[name] for name in _io(graphs.encoder.graph.input)}
-    scorer_warmup = {name: warmup[name] for name in _io(graphs.scorer.graph.input)}
     request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
-
-    placements = cfg.placements(row_cache=cfg.serves_row_cache(graphs.row_cache))
-    written += _composing_model(repo, ENCODER, graphs.encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
-    if cfg.serves_row_cache(graphs.row_cache):
-        written += _row_cache(repo / ENCODER, graphs.row_cache, cfg.options.history_cache_bytes)
-    written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans)
+    holder = cfg.cache_holder(graphs.row_cache)
+    placements = cfg.placements(holder)
+    encoder, scorer_inputs = graphs.encoder, _io(graphs.scorer.graph.input)
+    if holder == SCORER:  # the encoder step serves the key graph; the scorer turns keys into the cut from its cache
+        encoder = graphs.row_cache.key_graph
+        warmup = {**warmup, **OrtGraph(encoder).run(request)}
+        scorer_inputs = {**_io(encoder.graph.output), **{n: v for n, v in scorer_inputs.items() if n not in graphs.row_cache.cached}}
+    encoder_warmup = {name: warmup[name] for name in _io(encoder.graph.input)}
+    scorer_warmup = {name: warmup[name] for name in scorer_inputs}
+    written += _composing_model(repo, ENCODER, encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
+    written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
+    if holder is not None:
+        written += _row_cache(repo / holder, graphs.row_cache, cfg.options.history_cache_bytes)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
         written += _validator_model(repo, graphs.whole, contract, cfg)
-    ensemble = _ensemble_config(graphs, contract, validated)  # its contract is what clients validate with
+    ensemble = _ensemble_config(graphs.whole, _io(encoder.graph.input), _io(encoder.graph.output), scorer_inputs,
+                                _io(graphs.scorer.graph.output), contract, validated)  # its contract is what clients validate with
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
@@ -154,10 +170,13 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
     return written
 
 
-def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False) -> list[Path]:
+def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False,
+                     inputs: dict | None = None) -> list[Path]:
+    """One composing model; `inputs` (name -> (dtype, dims)) where its config declares other inputs than its graph has
+    (a scorer holding the row cache takes row keys instead of the cut)."""
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    config = _model_config(name, graph, contract)
+    config = _model_config(name, graph, contract, inputs)
     written = []
     if cfg.target == "python":
         config.backend = "python"
@@ -191,9 +210,11 @@ def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, place
 
 
 def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[Path]:
-    """The history encoder's row cache: the key and row graphs beside model.onnx, the cache module, and the
-    parameters the served model reads (compiler/triton_python/onnx_model.py). model.onnx stays: with
-    history_cache_bytes set to 0 the model serves from it, uncached."""
+    """The row cache in the model that holds it: the key and row graphs beside model.onnx, the cache module, and the
+    parameters the served model reads (compiler/triton_python/onnx_model.py). In the history encoder, model.onnx
+    stays the whole encoder: with history_cache_bytes set to 0 the model serves from it, uncached. In the scorer,
+    model.onnx is the scorer, its inputs are the row keys, and with history_cache_bytes 0 it computes every distinct
+    row of each request."""
     version = model_dir / "1"
     written = [_save_onnx(plan.key_graph, version / "key_graph.onnx"), _save_onnx(plan.row_graph, version / "row_graph.onnx")]
     (version / "stca_row_cache.py").write_text((resources.files("compiler") / "row_cache.py").read_text())
@@ -203,6 +224,7 @@ def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[P
         "keys": [[k.name, k.dtype] for k in plan.keys],
         "rows": {name: [s.dtype, list(s.row_shape)] for name, s in plan.row_specs.items()},
         "weights_sha256": sha256_file(written[1]),
+        "keys_arrive": model_dir.name == SCORER,  # the key graph ran in the step before: look the keys up directly
     })
     write_config(model_dir.parent, config)  # replaces the encoder's config, already in the caller's list
     return written + [version / "stca_row_cache.py"]
@@ -241,10 +263,11 @@ def _validator_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg
     return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 
-def _ensemble_config(graphs: Graphs, contract: Contract, validated: bool) -> mc.ModelConfig:
+def _ensemble_config(whole: onnx.ModelProto, encoder_inputs: dict, encoder_outputs: dict, scorer_inputs: dict, scorer_outputs: dict,
+                     contract: Contract, validated: bool) -> mc.ModelConfig:
     """encoder -> scorer, wired by name; with `validated`, the request inputs reach both through the validator."""
-    config = _model_config(ENSEMBLE, graphs.whole, contract, platform="ensemble")
-    request_inputs = set(_io(graphs.whole.graph.input))
+    config = _model_config(ENSEMBLE, whole, contract, platform="ensemble")
+    request_inputs = set(_io(whole.graph.input))
     source = {name: name for name in request_inputs}  # ensemble tensor that carries each request input
     if validated:
         step = config.ensemble_scheduling.step.add(model_name=VALIDATOR, model_version=-1)
@@ -252,14 +275,14 @@ def _ensemble_config(graphs: Graphs, contract: Contract, validated: bool) -> mc.
             step.input_map[name] = name
             step.output_map[VALIDATED_PREFIX + name] = source[name] = VALIDATED_PREFIX + name
     encoder_step = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
-    for name in _io(graphs.encoder.graph.input):
+    for name in encoder_inputs:
         encoder_step.input_map[name] = source[name]
-    for name in _io(graphs.encoder.graph.output):
+    for name in encoder_outputs:
         encoder_step.output_map[name] = name
     scorer_step = config.ensemble_scheduling.step.add(model_name=SCORER, model_version=-1)
-    for name in _io(graphs.scorer.graph.input):
-        scorer_step.input_map[name] = source.get(name, name)  # a cut tensor, or a request input passed straight through
-    for name in _io(graphs.scorer.graph.output):
+    for name in scorer_inputs:
+        scorer_step.input_map[name] = source.get(name, name)  # a cut tensor (or row key), or a request input passed straight through
+    for name in scorer_outputs:
         scorer_step.output_map[name] = name
     read = set(encoder_step.input_map.values()) | set(scorer_step.input_map.values())
     unused = [name for name in request_inputs if source[name] not in read]
@@ -268,11 +291,11 @@ def _ensemble_config(graphs: Graphs, contract: Contract, validated: bool) -> mc.
     return config
 
 
-def _model_config(name: str, graph: onnx.ModelProto, contract: Contract, **fields) -> mc.ModelConfig:
+def _model_config(name: str, graph: onnx.ModelProto, contract: Contract, inputs: dict | None = None, **fields) -> mc.ModelConfig:
     """What every model of the repository declares: no batch dim (L and N are -1 dims), the graph's inputs and
     outputs, and the request contract its models (and clients) validate with."""
     config = mc.ModelConfig(name=name, max_batch_size=0, **fields)
-    for tensor, (dtype, dims) in _io(graph.graph.input).items():
+    for tensor, (dtype, dims) in (inputs or _io(graph.graph.input)).items():
         config.input.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
     for tensor, (dtype, dims) in _io(graph.graph.output).items():
         config.output.add(name=tensor, data_type=TRITON_TYPES[dtype], dims=dims)
@@ -343,6 +366,16 @@ def _save_onnx(graph: onnx.ModelProto, path: Path) -> Path:
 
 def _has_fp16(graph: onnx.ModelProto) -> bool:
     return any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
+
+
+def cache_holder(repo: Path) -> str | None:
+    """The model of a built repository whose process serves the history row cache (history_cache_bytes > 0), if any."""
+    for model in CACHE_HOLDERS.values():
+        path = Path(repo) / model / "config.pbtxt"
+        param = read_config(path).parameters.get("history_cache_bytes") if path.is_file() else None
+        if param is not None and int(param.string_value or 0) > 0:
+            return model
+    return None
 
 
 def read_config(path: Path) -> mc.ModelConfig:

@@ -177,7 +177,12 @@ class CachedEncoder:
         self.run_keys, self.run_rows, self.keys, self.cache = run_keys, run_rows, keys, cache
 
     def __call__(self, inputs: dict) -> dict:
-        keyed = self.run_keys(inputs)
+        return self.assemble(self.run_keys(inputs))
+
+    def assemble(self, keyed: dict) -> dict:
+        """The key graph's outputs (its key columns and passthrough values) -> the encoder's outputs: where the cache
+        lives beside the scorer, the key graph runs in another process and only its outputs arrive here."""
+        keyed = dict(keyed)
         codes = key_codes([keyed.pop(k.name) for k in self.keys])
         if self.cache is None or self.cache.capacity == 0:
             unique, inverse = distinct(codes)

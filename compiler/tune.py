@@ -55,6 +55,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     from compiler.contract import Contract
     from compiler.data import contract_requests, kuairand_lengths
     from compiler.serve import ServerConfig, TritonServer
+    from compiler.emit import cache_holder
 
     repo = Path(cfg.repo)
     manifest = _read_manifest(repo)
@@ -70,8 +71,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
     sweep = []
     with tempfile.TemporaryDirectory(prefix="stca-tune-") as scratch, stage(f"tune: {cpu_threads} cores, {load}, N={cfg.candidates}") as s:
         inputs = write_input_file(Path(scratch) / "load.json", requests)
-        row_cache = _serves_row_cache(repo)
-        candidates = budget.candidates(cpu_threads, row_cache)
+        holder = cache_holder(repo)
+        candidates = budget.candidates(cpu_threads, holder)
         progress = Progress("budget", len(candidates), every_s=0)
         for index, placements in enumerate(candidates):
             copy = _copy_with(repo, Path(scratch) / f"candidate-{index}", placements, kind=_kind(repo))
@@ -85,7 +86,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
                     entry["throughput"][model], entry["at_concurrency"][model] = top["throughput"], top["concurrency"]
             sweep.append(entry)
             progress.advance(note=", ".join(f"{m} {placements[COMPOSING[m][0]].label()}: {entry['throughput'][m]:.1f} req/s" for m in tuned))
-        chosen = dict(budget.plan(cpu_threads, row_cache=row_cache))
+        chosen = dict(budget.plan(cpu_threads, cache_holder=holder))
         choice = {}
         for model in tuned:
             best = max(range(len(sweep)), key=lambda i: sweep[i]["throughput"][model])
@@ -107,14 +108,6 @@ def _read_manifest(repo: Path) -> dict:
         return json.loads((repo / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CompilerError(f"tune: {repo} is not a built repository ({MANIFEST}: {e})") from e
-
-
-def _serves_row_cache(repo: Path) -> bool:
-    """Whether the history encoder serves from a row cache (compiler/row_cache.py): its tuned placements differ."""
-    from compiler.emit import read_config
-
-    param = read_config(repo / ENCODER / "config.pbtxt").parameters.get("history_cache_bytes")
-    return param is not None and int(param.string_value or 0) > 0
 
 
 def _kind(repo: Path) -> str:

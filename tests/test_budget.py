@@ -30,14 +30,16 @@ def test_candidates_differ_and_each_keeps_the_baselines_plan():
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
-def test_a_row_cached_encoder_keeps_one_instance_so_no_row_is_computed_twice():
+@pytest.mark.parametrize("holder, other", [(ENCODER, SCORER), (SCORER, ENCODER)])
+def test_the_model_holding_the_row_cache_keeps_one_instance_so_no_row_is_computed_twice(holder, other):
     for cores in (1, 2, 16):
-        assert budget.plan(cores, row_cache=True)[ENCODER].instances == 1
-        assert budget.plan(cores, row_cache=True)[SCORER] == budget.plan(cores)[SCORER]
-        found = budget.candidates(cores, row_cache=True)
-        assert all(c[ENCODER].instances == 1 for c in found)
-    assert len({(c[ENCODER], c[SCORER], c[FUSED]) for c in budget.candidates(2, row_cache=True)}) == 4
-    assert budget.plan(8, instances=2, row_cache=True)[ENCODER] == budget.Placement(2, 4)  # --instances is the user's word
+        assert budget.plan(cores, cache_holder=holder)[holder].instances == 1
+        assert budget.plan(cores, cache_holder=holder)[other] == budget.plan(cores)[other]
+        found = budget.candidates(cores, cache_holder=holder)
+        assert all(c[holder].instances == 1 for c in found)
+    assert len({(c[ENCODER], c[SCORER], c[FUSED]) for c in budget.candidates(2, cache_holder=holder)}) == 4
+    assert budget.plan(8, instances=2, cache_holder=holder)[holder].instances == 2  # --instances is the user's word
+    assert budget.plan(4, cache_holder=SCORER)[SCORER] == budget.Placement(1, 4)  # the scorer with the cache takes every core
 
 
 def test_configure_writes_each_backends_own_parameters():

@@ -4,7 +4,9 @@ Emitted by stca-compiler as <model>/1/model.py beside model.onnx, stca_base_mode
 needs numpy and onnxruntime in the server's Python. The history encoder may also carry a row cache
 (parameter history_cache_bytes > 0, with key_graph.onnx, row_graph.onnx and stca_row_cache.py beside it): it
 then answers from the key graph, the cache and the row graph (stca_row_cache.CachedEncoder) instead of
-model.onnx, and reports the cache's counters on Triton's /metrics.
+model.onnx, and reports the cache's counters on Triton's /metrics. Or the scorer carries it (history_cache's
+keys_arrive): its inputs are the row keys the encoder step's key graph made, and it assembles the cut from its
+cache before running model.onnx, the scorer (with history_cache_bytes 0 it computes each request's distinct rows).
 """
 
 import hashlib
@@ -23,19 +25,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class TritonPythonModel(StcaModel):
     def setup(self, args):
         self.cache_bytes = int(self.params.get("history_cache_bytes", "0"))
-        if self.cache_bytes > 0:
-            self.encoder = self._cached_encoder(args)
+        self.keys_arrive = json.loads(self.params.get("history_cache", "{}")).get("keys_arrive", False)
+        self.encoder = self._cached_encoder(args) if self.cache_bytes > 0 or self.keys_arrive else None
+        if self.encoder is not None and not self.keys_arrive:
             self.input_names = self.key_session.input_names
         else:
-            self.encoder = None
             self.session = OrtSession("model.onnx", self.params)
-            self.input_names = self.session.input_names
+            self.input_names = [i["name"] for i in json.loads(args["model_config"])["input"]]
         self.validated = [name for name in self.input_names if name in self.contract.specs]
 
     def compute(self, inputs):
         if self.encoder is None:
             return self.session.run(inputs)
-        outputs = self.encoder(inputs)
+        if self.keys_arrive:  # the scorer: row keys in, the cut assembled here, then the scorer's graph
+            outputs = self.session.run({**inputs, **self.encoder.assemble(inputs)})
+        else:
+            outputs = self.encoder(inputs)
         self._report()
         return outputs
 
@@ -48,11 +53,13 @@ class TritonPythonModel(StcaModel):
         if digest != spec["weights_sha256"]:  # rows of other weights must never be served
             raise RuntimeError(f"{self.name}: row_graph.onnx is not the graph this config was built for (sha256 {digest[:12]} "
                                f"is not {spec['weights_sha256'][:12]})")
-        self.key_session, self.row_session = OrtSession("key_graph.onnx", self.params), OrtSession("row_graph.onnx", self.params)
+        self.key_session = None if spec.get("keys_arrive") else OrtSession("key_graph.onnx", self.params)
+        self.row_session = OrtSession("row_graph.onnx", self.params)
         rows = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
         keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
         instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
-        cache = RowCache(self.cache_bytes // instances, rows, len(keys))  # each instance is a process with its own cache
+        # each instance is a process with its own cache; none with a budget of 0 (every distinct row computed)
+        cache = RowCache(self.cache_bytes // instances, rows, len(keys)) if self.cache_bytes > 0 else None
         labels = {"model": self.name, "instance": args["model_instance_name"], "weights": digest[:12]}
         # A Metric must not outlive its MetricFamily, so the families are kept as long as the model.
         self.metric_families = {
@@ -67,9 +74,11 @@ class TritonPythonModel(StcaModel):
         }
         self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
         self.reported = {name: 0 for name in self.metrics}
-        return CachedEncoder(self.key_session.run, self.row_session.run, keys, cache)
+        return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache)
 
     def _report(self):
+        if self.encoder.cache is None:
+            return
         for name, value in self.encoder.cache.counters().items():
             if name not in self.metrics:
                 continue

@@ -54,3 +54,30 @@ def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_ch
         counters = cache_counters(server.cfg.metrics_url)
     assert counters["evictions"] > 0
     assert counters["bytes"] <= budget
+
+
+def test_the_cache_in_the_scorer_takes_row_keys_and_stays_exact(tmp_path, tiny_checkpoint):
+    """--history-cache-at scorer: the encoder step serves the key graph, only row keys cross to the scorer, which
+    assembles the cut from its own cache; scores equal PyTorch's and the scorer reports the counters."""
+    from compiler.emit import cache_holder, read_config
+    from compiler.names import ENSEMBLE, SCORER
+
+    model = load_model(tiny_checkpoint)
+    out = tmp_path / "repo"
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(history_cache_at="scorer"), verify=QUICK_VERIFY))
+    assert cache_holder(out) == SCORER
+    encoder, scorer = read_config(out / ENCODER / "config.pbtxt"), read_config(out / SCORER / "config.pbtxt")
+    keys = [o.name for o in encoder.output if o.name.startswith("row_key_")]
+    assert keys and {i.name for i in scorer.input} >= set(keys) and not {"K_1", "V_1"} & {i.name for i in scorer.input}
+    assert scorer.instance_group[0].count == 1  # one process, one cache
+    step = read_config(out / ENSEMBLE / "config.pbtxt").ensemble_scheduling.step[1]
+    assert set(keys) <= set(step.input_map)
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=3), seed=24, n_candidates=16)
+    with TritonServer(ServerConfig.on_free_ports(out)) as server:
+        client = ScoringClient(server.cfg.http_url)
+        for k, request in enumerate(traffic):
+            np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4, err_msg=f"request {k}")
+        client.close()
+        counters = history_cache_counters(server.cfg.metrics_url, SCORER)
+        assert counters["hits"] > 0 and counters["misses"] > 0
+        assert history_cache_counters(server.cfg.metrics_url, ENCODER) == {}
