@@ -72,11 +72,15 @@ def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[s
     instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
     default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. The model holding a row
-    cache keeps one instance (see plan): the candidates vary its threads and the other half's."""
+    cache keeps one instance (see plan) and never spins: the candidates vary its threads and the other half's. Tune's
+    load repeats a few requests, so their rows are all cached after one pass, and there a spinning holder measured
+    best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
+    between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
+    docs/benchmarks.md)."""
     t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
-    encoder = [base[ENCODER], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder == ENCODER else split
-    scorer = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)] if cache_holder == SCORER else split
+    held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
+    encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)
     fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
     return [{**base, ENCODER: e, SCORER: s, FUSED: f} for e, s, f in zip(encoder, scorer, fused)]
 

@@ -57,3 +57,8 @@ def test_configure_writes_each_backends_own_parameters():
 def test_impossible_budgets_are_refused(make):
     with pytest.raises(CompilerError):
         make()
+
+
+@pytest.mark.parametrize("holder", [ENCODER, SCORER])
+def test_the_model_holding_the_row_cache_never_spins(holder):
+    assert not any(c[holder].spinning for c in budget.candidates(2, cache_holder=holder))
