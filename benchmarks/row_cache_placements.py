@@ -1,0 +1,66 @@
+"""Serve one built repository under several thread placements on the repeated-users suite's traffic.
+
+    .venv/bin/python benchmarks/row_cache_placements.py --repo REPO 1x2,1x2 1x2,1x2spin 1x1,2x1
+
+REPO is a python-target build with the row cache (either placement, `--history-cache-at`). Each PLACEMENT is
+ENCODER,SCORER as INSTANCESxTHREADS[spin]; for each, the repository's configs are rewritten (compiler.budget), a
+fresh server is started (an empty cache), the suite's warm-up users are sent, then each concurrency level's users
+(the same seeds as compiler/bench_repeated.py), and req/s and the row-key hit rate per level are printed. The
+recorded suite (`python -m compiler bench --suites repeated_users`) measures one placement per variant, the one
+tune chose; this measures the others on the traffic the cache is for.
+"""
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from compiler import budget, server_stats
+from compiler.artifacts import MANIFEST
+from compiler.bench_repeated import RepeatedConfig, drive, hit_rate
+from compiler.data import RepeatedUsers, repeated_user_requests
+from compiler.emit import cache_holder, read_config, write_config
+from compiler.model import STCAConfig
+from compiler.names import ENCODER, ENSEMBLE, SCORER
+from compiler.serve import ServerConfig, TritonServer
+
+
+def placement(text: str) -> budget.Placement:
+    spinning = text.endswith("spin")
+    instances, threads = text.removesuffix("spin").split("x")
+    return budget.Placement(int(instances), int(threads), spinning)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("placements", nargs="+", metavar="ENCODER,SCORER")
+    args = parser.parse_args()
+    config = STCAConfig.from_dict(json.loads((args.repo / MANIFEST).read_text())["model_config"])
+    cfg = RepeatedConfig()
+    levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
+    warmup = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.warmup_users, "visits": 2}),
+                                    seed=999, n_candidates=cfg.candidates)
+    holder = cache_holder(args.repo)
+    for label in args.placements:
+        for model, text in zip((ENCODER, SCORER), label.split(",")):
+            path = args.repo / model / "config.pbtxt"
+            model_config = read_config(path)
+            budget.configure(model_config, placement(text), "python")
+            path.unlink()  # a build's files may be hard links (compiler.tune); write a fresh one
+            write_config(args.repo, model_config)
+        with TritonServer(ServerConfig.on_free_ports(args.repo)) as triton:
+            url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
+            drive(url, ENSEMBLE, warmup, 1)
+            cells = []
+            for concurrency, requests in levels.items():
+                before = server_stats.history_cache_counters(metrics, holder)
+                seconds, _ = drive(url, ENSEMBLE, requests, concurrency)
+                after = server_stats.history_cache_counters(metrics, holder)
+                rate = hit_rate({k: after[k] - before.get(k, 0.0) for k in ("hits", "misses")})
+                cells.append(f"concurrency {concurrency}: {len(requests) / seconds:.1f} req/s, hit rate {rate:.2f}")
+        print(f"{label} (cache in {holder}): " + "; ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
