@@ -50,7 +50,6 @@ INPUTS = (
 SPECS = {i.name: i for i in INPUTS}
 INPUT_NAMES = tuple(SPECS)  # the model's forward order
 REQUEST_INPUTS = frozenset(i.name for i in INPUTS if i.level == REQUEST)
-HISTORY_INPUTS = tuple(i.name for i in INPUTS if i.dims[:1] == ("L",))
 OUTPUT_NAMES = ("scores",)  # (N, T) float32: one probability per candidate and task
 PAD_ITEM_ID = 0  # a history item with this id is padding: it gets no attention
 

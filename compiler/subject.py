@@ -1,7 +1,7 @@
 """What a build compiles: a model as the gates' fp32 reference, its request contract, and requests to check it on.
 
     StcaSubject(model, source)                  this package's STCA class (a checkpoint, the demo model, a preset)
-    compiler.user_model.load_onnx / load_exported   the user's own model: an ONNX file or a torch.export program
+    compiler.user_model.load_user_model(spec)   the user's own model: an ONNX file or a torch.export program
 
 build(), verify and the stages after export ask a subject only these questions, so both kinds go through the
 same partition, precision, verification, history-cache analysis and emit. STCA-only features (the attention
