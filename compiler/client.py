@@ -15,7 +15,7 @@ import numpy as np
 
 from compiler.errors import CompilerError
 from compiler.names import ENSEMBLE
-from compiler.contract import Contract, RequestError
+from compiler.contract import CONTRACT_PARAMETER, Contract, RequestError
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,10 @@ class ScoringClient:
             params = {k: v.string_value for k, v in config.config.parameters.items()}
         else:
             params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        if "request_contract" not in params:
-            raise CompilerError(f"client: model {self.model!r} has no request_contract parameter; was it built by this "
+        if CONTRACT_PARAMETER not in params:
+            raise CompilerError(f"client: model {self.model!r} has no {CONTRACT_PARAMETER} parameter; was it built by this "
                                 "version of stca-compiler?")
-        return Contract.from_dict(json.loads(params["request_contract"])), tuple(filter(None, params.get("tasks", "").split(",")))
+        return Contract.from_dict(json.loads(params[CONTRACT_PARAMETER])), tuple(filter(None, params.get("tasks", "").split(",")))
 
     def score(self, inputs: dict) -> np.ndarray:
         """Scores (N, T) of one request; a request that breaks the contract raises before it is sent."""

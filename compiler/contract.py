@@ -52,6 +52,7 @@ INPUT_NAMES = tuple(SPECS)  # the model's forward order
 REQUEST_INPUTS = frozenset(i.name for i in INPUTS if i.level == REQUEST)
 OUTPUT_NAMES = ("scores",)  # (N, T) float32: one probability per candidate and task
 PAD_ITEM_ID = 0  # a history item with this id is padding: it gets no attention
+CONTRACT_PARAMETER = "request_contract"  # every served config carries its Contract as JSON under this parameter
 
 
 class RequestError(ValueError):
@@ -107,8 +108,10 @@ class Contract:
         return cls(inputs, tuple(d["outputs"]), dict(d["limits"]), dict(d["fixed"]), d["candidate_dim"], d["history_dim"],
                    d["output_candidate_axis"])
 
-    def with_limits(self, **limits: int) -> "Contract":
-        return replace(self, limits={**self.limits, **limits})
+    def sizes(self, history: int, candidates: int) -> dict[str, int]:
+        """The symbolic dims of a request with `history` items and `candidates` candidates, each within its served limit
+        (every dim other than the candidate dim is history-like)."""
+        return {dim: min(candidates if dim == self.candidate_dim else int(history), size) for dim, size in self.limits.items()}
 
     def describe(self, dim: str, size: int) -> str:
         if dim == self.history_dim:
@@ -163,9 +166,9 @@ class Contract:
 
     def left_pad(self, inputs: dict, n: int) -> dict:
         """The same request with n padding rows before its oldest history item (each input's padding value, else 0)."""
-        padded = dict(inputs)
+        padded, specs = dict(inputs), self.specs
         for name in self.history_inputs:
-            value, pad = inputs[name], self.specs[name].padding or 0
+            value, pad = inputs[name], specs[name].padding or 0
             padded[name] = np.concatenate([np.full((n, *value.shape[1:]), pad, value.dtype), value])
         return padded
 

@@ -175,8 +175,7 @@ def sample_requests(config: STCAConfig, lengths, seed: int, n_candidates: int = 
 def contract_requests(contract: Contract, lengths, n_candidates: int, seed: int) -> list[dict]:
     """Requests for a served contract (the client's or a manifest's, no model at hand): this world's for STCA's
     inputs, else drawn from the contract's dtypes and ranges. Every size is clipped to the served maximum."""
-    sizes = [{dim: min(n_candidates if dim == contract.candidate_dim else int(L), size) for dim, size in contract.limits.items()}
-             for L in lengths]
+    sizes = [contract.sizes(L, n_candidates) for L in lengths]
     if contract.names != INPUT_NAMES:
         return [contract.generate(s, seed=seed + k) for k, s in enumerate(sizes)]
     shape = replace(PRESETS["small"], n_user_fields=contract.fixed["K"], n_candidate_fields=contract.fixed["F"])

@@ -33,13 +33,12 @@ from compiler.errors import CompilerError
 from compiler.history_cache import RowCachePlan
 from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
-from compiler.contract import Contract
+from compiler.contract import CONTRACT_PARAMETER, Contract
 from compiler.runtime import OrtGraph
 
-TARGETS = ("python", "onnxruntime", "tensorrt")
-CACHE_HOLDERS = {"encoder": ENCODER, "scorer": SCORER}  # --history-cache-at -> the model whose process holds the row cache  # and "auto", which build() resolves before emitting
+TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
+CACHE_HOLDERS = {"encoder": ENCODER, "scorer": SCORER}  # --history-cache-at -> the model whose process holds the row cache
 DEVICES = ("cpu", "gpu")
-CONTRACT_PARAMETER = "request_contract"  # every config carries the request contract as JSON (compiler.contract)
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
 TRITON_TYPES = {
     "float32": mc.TYPE_FP32,

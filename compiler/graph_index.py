@@ -78,6 +78,13 @@ class GraphIndex:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type(name))).name
 
 
+def served_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a client sends. An input with an initializer of its name is a weight with an overridable default
+    (IR < 4 exporters list every weight so): served, it is a weight, never something a client sends."""
+    weights = {init.name for init in graph.initializer}
+    return [i for i in graph.input if i.name not in weights]
+
+
 def extract_model(
     a: GraphIndex,
     model: onnx.ModelProto,

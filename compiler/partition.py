@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.errors import CompilerError
-from compiler.graph_index import LAYOUT_OPS, GraphIndex, extract_model, node_inputs
+from compiler.graph_index import LAYOUT_OPS, GraphIndex, extract_model, node_inputs, served_inputs
 
 CONSTANT, SHAPE_ONLY, REQUEST, CANDIDATE = "constant", "shape-only", "request-level", "candidate"
 SHAPE_OPS = frozenset({"Shape", "Size"})  # read the shape of their input, never its values
@@ -92,10 +92,8 @@ def split(model: onnx.ModelProto, request_inputs: Iterable[str], names: Mapping[
     """
     model = onnx.shape_inference.infer_shapes(copy.deepcopy(model))
     graph = model.graph
-    # An input with an initializer of its name is a weight with an overridable default (IR < 4 exporters list
-    # every weight so): served, it is a weight, never something a client sends.
-    weights = {init.name for init in graph.initializer}
-    for weight_input in [i for i in graph.input if i.name in weights]:
+    served = {i.name for i in served_inputs(graph)}
+    for weight_input in [i for i in graph.input if i.name not in served]:
         graph.input.remove(weight_input)
     request_inputs = set(request_inputs)
     graph_inputs = [i.name for i in graph.input]

@@ -26,7 +26,7 @@ from compiler.artifacts import sha256_file
 from compiler.contract import CANDIDATE, REQUEST, Contract, Input, RequestError, load_requests
 from compiler.data import Request
 from compiler.errors import CompilerError
-from compiler.graph_index import GraphIndex
+from compiler.graph_index import GraphIndex, served_inputs
 from compiler.lint import OPSETS
 from compiler.runtime import OrtGraph
 from compiler.subject import Subject
@@ -80,7 +80,7 @@ class UserSubject(Subject):
         contract = self.contract
         out = []
         for k, L in enumerate(lengths):
-            sizes = {dim: (n_candidates if dim == contract.candidate_dim else int(L)) for dim in contract.limits}
+            sizes = contract.sizes(L, n_candidates)
             if self.samples:
                 out.append(Request(_fit(self.samples[(seed + k) % len(self.samples)], contract, sizes)))
             else:
@@ -120,14 +120,16 @@ def load_user_model(spec: UserModelSpec, max_history: int | None = None, max_can
     if spec.samples is not None:
         try:
             samples = load_requests(spec.samples, contract)
-            for k, sample in enumerate(samples):
-                contract.validate(sample)
         except RequestError as e:
-            raise CompilerError(f"--samples: request {k + 1 if samples else 1}: {e}") from e
+            raise CompilerError(f"--samples: {e}") from e
+        for k, sample in enumerate(samples, start=1):
+            try:
+                contract.validate(sample)
+            except RequestError as e:
+                raise CompilerError(f"--samples: request {k}: {e}") from e
         request_source = f"from {len(samples)} sample request(s) in {spec.samples}"
-    outputs = [o for o in graph.graph.output if o.name == contract.outputs[0]]
-    columns = _dims(outputs[0])[-1] if outputs and len(_dims(outputs[0])) > 1 else 1
-    tasks = (contract.outputs[0],) if columns == 1 else ()
+    first = _dims(graph.graph.output[0])
+    tasks = (contract.outputs[0],) if len(first) < 2 or first[-1] == 1 else ()  # one column: it is named after the output
     return UserSubject(graph, contract, source, run_reference, samples, tasks, request_source)
 
 
@@ -138,8 +140,7 @@ def opset_of(graph: onnx.ModelProto) -> int:
 def derive_contract(graph: onnx.ModelProto, request_inputs, candidate_axis: int | None, ranges: dict,
                     max_history: int, max_candidates: int, dim_caps: dict | None = None) -> Contract:
     """The contract the graph's own inputs declare (see the module docstring); a one-line CompilerError where it cannot."""
-    weights = {init.name for init in graph.graph.initializer}
-    values = [v for v in graph.graph.input if v.name not in weights]
+    values = served_inputs(graph.graph)
     names = [v.name for v in values]
     unknown = sorted(set(request_inputs) - set(names))
     if unknown:
@@ -235,7 +236,7 @@ def _load_exported(path: Path, opset: int):
         raise CompilerError(f"build: {path} is not a torch.export program ({type(e).__name__}: {e})") from e
     graph = to_onnx(program, opset=opset)
     module = program.module()
-    names = [i.name for i in graph.graph.input if i.name not in {init.name for init in graph.graph.initializer}]
+    names = [i.name for i in served_inputs(graph.graph)]
 
     def run_reference(inputs: dict) -> np.ndarray:
         with torch.no_grad():

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from stca_contract import Contract, RequestError
+from stca_contract import CONTRACT_PARAMETER, Contract, RequestError
 
 
 class StcaModel:
@@ -21,7 +21,7 @@ class StcaModel:
         config = json.loads(args["model_config"])
         self.name = config["name"]
         self.params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.contract = Contract.from_dict(json.loads(self.params["request_contract"]))
+        self.contract = Contract.from_dict(json.loads(self.params[CONTRACT_PARAMETER]))
         self.setup(args)
 
     def setup(self, args):
