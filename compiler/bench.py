@@ -198,7 +198,7 @@ def bench_server(url: str, subject: Subject, precision: str, cfg: BenchConfig, w
                         cell.unstable.append(str(e))
                         continue
                     if before is not None:
-                        row["stages"] = [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])]
+                        row["stages"] = [asdict(t) for t in server_stats.since(url, before, COMPOSING[model])]
                     cell.rows.append(row)
                 for row in cell.rows:
                     row["fraction_of_peak"] = row["throughput"] * flops / peak if flops is not None else None

@@ -76,7 +76,7 @@ def repeated_users(repo: Path, scorer_cached_repo: Path, uncached_repo: Path, co
                 after = server_stats.history_cache_counters(metrics, holder)
                 rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
                              "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
-                             "stages": [asdict(t) for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])],
+                             "stages": [asdict(t) for t in server_stats.since(url, before, COMPOSING[model])],
                              "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
             per_request = encoder_profile(url, metrics, model, profile) if model == ENSEMBLE and holder == ENCODER else []
             results["variants"][variant] = {
@@ -133,7 +133,7 @@ def encoder_profile(url: str, metrics: str, model: str, requests: list[dict]) ->
     for request in requests:
         before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
         drive(url, model, [request], 1)
-        times = {t.model: t for t in server_stats.between(before, server_stats.snapshot(url), COMPOSING[model])}
+        times = {t.model: t for t in server_stats.since(url, before, COMPOSING[model])}
         after = server_stats.history_cache_counters(metrics, ENCODER)
         length = len(request["history_item_ids"])
         out.append({"history": length, "computed_rows": after["misses"] - counters["misses"] if after else length,

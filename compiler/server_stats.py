@@ -9,6 +9,7 @@ request, under exactly that load.
 """
 
 import json
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -45,6 +46,22 @@ def snapshot(http_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, int]
     return counts
 
 
+def settled_snapshot(http_url: str, before: dict, models: list[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+    """A snapshot taken once the named models have each answered as many requests since `before` as the busiest of them.
+
+    Every model in a COMPOSING tuple answers once per request of its pipeline, but Triton records a composing model's
+    statistics when its response is released, which can come a moment after the client already holds the pipeline's
+    answer: a snapshot taken at once can miss the last request of one half (seen as a missing scorer in CI). After
+    `timeout_s` the last snapshot is returned as it is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = snapshot(http_url)
+        answered = [after.get(m, {}).get("success", 0) - before.get(m, {}).get("success", 0) for m in models]
+        if min(answered) == max(answered) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.01)
+
+
 def between(before: dict, after: dict, models: list[str]) -> list[StageTimes]:
     """Each named model's stage times per request over the requests it answered between two snapshots
     (a model that answered none is left out)."""
@@ -59,6 +76,11 @@ def between(before: dict, after: dict, models: list[str]) -> list[StageTimes]:
         ms = {stage: (new[stage] - old.get(stage, 0)) / requests / 1e6 for stage in STAGES}
         times.append(StageTimes(model, requests, *(ms[s] for s in STAGES)))
     return times
+
+
+def since(http_url: str, before: dict, models: list[str]) -> list[StageTimes]:
+    """`between` a snapshot and the server's settled statistics now."""
+    return between(before, settled_snapshot(http_url, before, models), models)
 
 
 def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0) -> dict[str, float]:
