@@ -16,7 +16,8 @@ import numpy as np
 
 from compiler.build import machine, versions
 from compiler.data import sample_requests
-from compiler.names import ENCODER, FUSED, SCORER
+from compiler.emit import half_files
+from compiler.names import FUSED
 from compiler.model import STCAConfig
 from compiler.runtime import OrtGraph
 
@@ -45,7 +46,7 @@ def main() -> None:
         label, repo = spec.split("=", 1)
         repo = Path(repo)
         config = STCAConfig.from_dict(json.loads((repo / "manifest.json").read_text())["model_config"])
-        encoder, scorer = (OrtGraph(repo / m / "1" / "model.onnx", args.threads) for m in (ENCODER, SCORER))
+        encoder, scorer = (OrtGraph(path, args.threads) for path in half_files(repo))
         fused = OrtGraph(repo / FUSED / "1" / "model.onnx", args.threads) if (repo / FUSED).is_dir() else None
         for L in args.history:
             for N in args.candidates:

@@ -37,7 +37,8 @@ def cmd_build(args) -> int:
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines,
                         ort_trt_accelerator=args.ort_trt_accelerator, response_cache=args.response_cache,
-                        history_cache_bytes=args.history_cache_bytes, history_cache_at=args.history_cache_at),
+                        history_cache_bytes=args.history_cache_bytes, history_cache_at=args.history_cache_at,
+                        split_processes=args.split_processes),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
@@ -100,21 +101,22 @@ def cmd_tune(args) -> int:
 
     result = tune(TuneConfig(repo=args.repo, history=args.history_length, candidates=args.candidates, requests=args.requests,
                              concurrency=tuple(int(x) for x in args.concurrency.split(",")), cpu_threads=args.cpu_threads))
-    for line in _sweep_table(result):
+    for line in _sweep_table(result, args.repo):
         print(line)
     return 0
 
 
-def _sweep_table(result) -> list[str]:
+def _sweep_table(result, repo) -> list[str]:
     from compiler.budget import Placement
-    from compiler.names import COMPOSING
+    from compiler.emit import composing
 
     models = list(result.sweep[0]["throughput"])
     lines = ["| budget (instances x threads) | " + " | ".join(f"{m} req/s" for m in models) + " |", "|---|" + "---:|" * len(models)]
     for entry in result.sweep:
         label = "; ".join(f"{m} {Placement(**p).label()}" for m, p in entry["placements"].items())
         lines.append(f"| {label} | " + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
-    lines.append("chosen: " + "; ".join(f"{m} -> {result.chosen[COMPOSING[m][0]].label()}" for m in models))
+    served = composing(repo)
+    lines.append("chosen: " + "; ".join(f"{m} -> {'/'.join(result.chosen[p].label() for p in served[m])}" for m in models))
     return lines
 
 
@@ -264,13 +266,18 @@ def parser() -> argparse.ArgumentParser:
                         "machine's); python -m compiler tune then measures the best split of them")
     b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
-    b.add_argument("--response-cache", action="store_true", help="enable Triton's response cache on the history encoder")
+    b.add_argument("--split-processes", type=int, choices=[1, 2],
+                   help="python target: serve both halves in one Python-backend process (1, the default: the cut is handed "
+                        "over in memory) or as two models, each its own process (2: the cut is copied between them)")
+    b.add_argument("--response-cache", action="store_true",
+                   help="enable Triton's response cache on the history encoder (on the python target, the halves then "
+                        "serve in two processes)")
     b.add_argument("--history-cache-bytes", type=byte_size, default=DEFAULT_HISTORY_CACHE_BYTES, metavar="BYTES",
                    help="python target: the history encoder's row cache, over all its instances, e.g. 512M or 2G "
                         "(default 1G; 0 turns it off)")
-    b.add_argument("--history-cache-at", choices=["encoder", "scorer"], default="encoder",
-                   help="the process holding the row cache: the history encoder's (default), or the scorer's, so only the "
-                        "row keys cross between the two steps instead of the cut")
+    b.add_argument("--history-cache-at", choices=["encoder", "scorer"],
+                   help="with the halves in two processes: the one holding the row cache, the history encoder's (default), "
+                        "or the scorer's, so only the row keys cross between the two steps instead of the cut")
     b.add_argument("--accept-accuracy-loss", action="store_true", help="write the repository even if a gate fails")
     add_user_model_arguments(b)
     b.set_defaults(handler=cmd_build)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from compiler import server_stats
-from compiler.bench_repeated import RepeatedConfig, repeated_users, uncached_copy
+from compiler.bench_repeated import RepeatedConfig, repeated_users, served_repositories, uncached_copy
 from compiler.client import ScoringClient
 from compiler.costmodel import best_attention, gemm_peak_flops, naive_cost, split_cost
 from compiler.data import kuairand_lengths, sample_requests
-from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, NAIVE, TORCH
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SPLIT, TORCH
 from compiler.errors import CompilerError
 from compiler.log import Progress, log, stage
 from compiler.contract import REQUEST_INPUTS
@@ -166,10 +166,12 @@ def perf(model: str, url: str, inputs: Path, concurrency: int, csv_path: Path, *
             "server_queue_ms": float(row["Server Queue"]) / 1e3, "server_compute_ms": float(row["Server Compute Infer"]) / 1e3}
 
 
-def bench_server(url: str, subject: Subject, precision: str, cfg: BenchConfig, work: Path, peak: float) -> list[Cell]:
+def bench_server(url: str, metrics_url: str, subject: Subject, precision: str, cfg: BenchConfig, work: Path, peak: float,
+                 served: dict) -> list[Cell]:
     """Every model x every load, on one server with the same input files (the subject's requests: STCA's synthetic
     world, or the user's samples or generated ones); each perf_analyzer run also records where its requests' time went
-    in each composing model (server_stats). FLOPs per request come from the cost model, for STCA only."""
+    in each composing model (server_stats; `served`: compiler.emit.composing of the repository), and in stca_split,
+    in each half. FLOPs per request come from the cost model, for STCA only."""
     contract = subject.contract
     loads = [(load_label(L, N), [L] * cfg.requests_per_input, N) for L in cfg.histories for N in cfg.candidates]
     mixed = kuairand_lengths(4 * cfg.requests_per_input, max(contract.max_history, 1), seed=3)
@@ -192,13 +194,18 @@ def bench_server(url: str, subject: Subject, precision: str, cfg: BenchConfig, w
             else:
                 for concurrency in cfg.concurrency:
                     before = server_stats.snapshot(url) if cfg.protocol == "http" else None
+                    halves = server_stats.split_half_ms(metrics_url) if before is not None and served[model] == (SPLIT,) else None
                     try:
                         row = perf(model, url, inputs, concurrency, work / "last.csv", **cfg.perf_settings())
                     except UnstableMeasurement as e:
                         cell.unstable.append(str(e))
                         continue
                     if before is not None:
-                        row["stages"] = [asdict(t) for t in server_stats.since(url, before, COMPOSING[model])]
+                        stages = server_stats.since(url, before, served[model])
+                        row["stages"] = [asdict(t) for t in stages]
+                        if halves is not None and stages:
+                            after = server_stats.split_half_ms(metrics_url)
+                            row["split_halves_ms"] = {half: (ms - halves.get(half, 0.0)) / stages[0].requests for half, ms in after.items()}
                     cell.rows.append(row)
                 for row in cell.rows:
                     row["fraction_of_peak"] = row["throughput"] * flops / peak if flops is not None else None
@@ -296,7 +303,7 @@ def run(cfg: BenchConfig) -> Path:
     """Build, serve and measure; write benchmarks/results/<name>/ and return that directory."""
     from compiler import bench_report
     from compiler.build import BuildConfig, build, machine, versions
-    from compiler.emit import EmitConfig
+    from compiler.emit import EmitConfig, composing
     from compiler.precision import PrecisionConfig
     from compiler.serve import ServerConfig, TritonServer
     from compiler.tune import TuneConfig, tune
@@ -331,20 +338,22 @@ def run(cfg: BenchConfig) -> Path:
 
         cells, built, budgets = [], {}, {}
         for precision in cfg.precisions:
-            built[precision], budgets[precision] = repo(precision, precision, baselines=True)
+            # no row cache: perf_analyzer cycles through a few requests, so the cache would serve their rows, not compute them
+            built[precision], budgets[precision] = repo(precision, precision, baselines=True, history_cache_bytes=0)
             if "grid" not in cfg.suites:
                 continue
             with server(built[precision].out) as triton:
                 url = triton.cfg.http_url if cfg.protocol == "http" else triton.cfg.grpc_url
                 with stage(f"bench: {precision} repository, {len(cfg.models)} models") as s:
-                    cells += bench_server(url, built[precision].subject, precision, cfg, work, peak)
+                    cells += bench_server(url, triton.cfg.metrics_url, built[precision].subject, precision, cfg, work, peak,
+                                          composing(built[precision].out))
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
         first = built[cfg.precisions[0]]
         cache, attention, repeated = None, [], None
         if "response_cache" in cfg.suites:
             cached, _ = repo("cache", cfg.precisions[0], tuned=False, response_cache=True, history_cache_bytes=0)
-            plain = uncached_copy(first.out, work / "repo-plain")
-            with stage("bench: response cache on the history encoder") as s, server(cached.out) as cache_server, server(plain) as plain_server:
+            plain, _ = repo("plain", cfg.precisions[0], tuned=False, history_cache_bytes=0, split_processes=2)
+            with stage("bench: response cache on the history encoder") as s, server(cached.out) as cache_server, server(plain.out) as plain_server:
                 cache = cache_experiment(cache_server.cfg.http_url, plain_server.cfg.http_url, cache_server.cfg.metrics_url, first.config, cfg, work)
                 s.summary = f"hit rate {cache['hit_rate']:.2f}, {cache['speedup']:.2f}x throughput"
         if "attention" in cfg.suites:
@@ -352,13 +361,15 @@ def run(cfg: BenchConfig) -> Path:
                 attention = attention_check(first.model, min(2_000, first.config.max_history), (4, 8, 16, 32, 64, 128, 512))
                 s.summary = f"{sum(r['agree'] for r in attention)}/{len(attention)} agree"
         if "repeated_users" in cfg.suites:
-            uncached = uncached_copy(first.out, work / "repo-no-row-cache")
+            base = cfg.precisions[0]
+            one, budgets[f"{base} with the row cache, one process"] = repo("row-cache-one-process", base)
+            at_encoder, budgets[f"{base} with the row cache in the encoder"] = repo("row-cache", base, baselines=True, split_processes=2)
+            uncached = uncached_copy(at_encoder.out, work / "repo-no-row-cache")
             if cfg.tune:  # without its cache the encoder does more work: its own best budget, as every model gets
-                budgets[f"{cfg.precisions[0]} without the row cache"] = tune(TuneConfig(
+                budgets[f"{base} without the row cache"] = tune(TuneConfig(
                     repo=uncached, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol)).thread_budget
-            at_scorer, budgets[f"{cfg.precisions[0]} with the row cache in the scorer"] = repo(
-                "row-cache-at-scorer", cfg.precisions[0], tuned=cfg.tune, history_cache_at="scorer")
-            repeated = repeated_users(first.out, at_scorer.out, uncached, first.config, cfg.repeated, work)
+            at_scorer, budgets[f"{base} with the row cache in the scorer"] = repo("row-cache-at-scorer", base, history_cache_at="scorer")
+            repeated = repeated_users(served_repositories(one.out, at_encoder.out, at_scorer.out, uncached, work), first.config, cfg.repeated)
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
         "machine": machine(), "versions": versions(), "gemm_peak_flops": peak,

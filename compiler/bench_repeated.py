@@ -1,13 +1,15 @@
 """Bench: repeated-user traffic, the load the history row cache is for.
 
-    repeated_users(repo, scorer_cached_repo, tuned_uncached_repo, config, RepeatedConfig(...), work) -> results.json's "repeated_users"
+    repeated_users(served_repositories(...), config, RepeatedConfig(...)) -> results.json's "repeated_users"
 
-Five ways to serve the same traffic (compiler.data.RepeatedUsers), each on a fresh server, so each starts empty:
-  row cache       `stca` as built: the history encoder serves rows from its row cache (compiler/row_cache.py)
-  row cache in the scorer   the same weights built with --history-cache-at scorer: the encoder step runs the key
-                  graph and the scorer holds the cache, so row keys cross between the steps instead of the cut
-  no cache        `stca` with the encoder's history_cache_bytes set to 0: every request encodes its whole history
-  response cache  `stca` without the row cache, with Triton's response cache on the encoder
+Six ways to serve the same traffic (compiler.data.RepeatedUsers), each on a fresh server, so each starts empty:
+  row cache, one process    `stca` as built by default: both halves in one process (stca_split), which holds the
+                  row cache (compiler/row_cache.py)
+  row cache       the halves in two processes (--split-processes 2): the history encoder serves rows from its row cache
+  row cache in the scorer   two processes with --history-cache-at scorer: the encoder step runs the key graph and the
+                  scorer holds the cache, so row keys cross between the steps instead of the cut
+  no cache        two processes, the encoder's history_cache_bytes set to 0: every request encodes its whole history
+  response cache  two processes without the row cache, with Triton's response cache on the encoder
   fused           `stca_fused`, the unsplit graph
 Every request is sent once, in order, by `concurrency` client threads: perf_analyzer cycles through a fixed set
 of requests, which a response cache would answer from memory after one pass, and real traffic never repeats
@@ -32,9 +34,9 @@ from compiler.client import ScoringClient
 from compiler.data import RepeatedUsers, repeated_user_requests
 from compiler.log import stage
 from compiler.model import STCAConfig
-from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED
+from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER
 
-VARIANTS = ("row cache", "row cache in the scorer", "no cache", "response cache", "fused")
+VARIANTS = ("row cache, one process", "row cache", "row cache in the scorer", "no cache", "response cache", "fused")
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,18 @@ class RepeatedConfig:
     profile_users: int = 4  # users of the per-request pass at concurrency 1
 
 
-def repeated_users(repo: Path, scorer_cached_repo: Path, uncached_repo: Path, config: STCAConfig, cfg: RepeatedConfig, work: Path) -> dict:
-    """Measure the variants (module docstring). `repo` serves the row cache and the fused baseline; `scorer_cached_repo`
-    the cache in the scorer; `uncached_repo` the other two (a copy whose encoder has history_cache_bytes 0, with its own
-    thread budget where it was tuned)."""
-    from compiler.emit import cache_holder
+def served_repositories(one_process: Path, encoder_cached: Path, scorer_cached: Path, uncached: Path, work: Path) -> dict[str, tuple[Path, str]]:
+    """variant -> (repository, the model to call). `encoder_cached` (two processes, the cache in the encoder) also serves
+    the fused baseline; `uncached` (a copy of it whose encoder has history_cache_bytes 0, with its own thread budget
+    where it was tuned) also gets the response cache."""
+    return {"row cache, one process": (one_process, ENSEMBLE), "row cache": (encoder_cached, ENSEMBLE),
+            "row cache in the scorer": (scorer_cached, ENSEMBLE), "no cache": (uncached, ENSEMBLE),
+            "response cache": (_with_response_cache(uncached, work / "repo-response-cache"), ENSEMBLE), "fused": (encoder_cached, FUSED)}
+
+
+def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg: RepeatedConfig) -> dict:
+    """Measure the variants (module docstring) in `served` (served_repositories)."""
+    from compiler.emit import cache_holder, composing
     from compiler.serve import ServerConfig, TritonServer
 
     levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
@@ -58,13 +67,12 @@ def repeated_users(repo: Path, scorer_cached_repo: Path, uncached_repo: Path, co
                                     seed=999, n_candidates=cfg.candidates)
     profile = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.profile_users, "visits": 3}),
                                      seed=2_000, n_candidates=cfg.candidates)
-    served = {"row cache": (repo, ENSEMBLE), "row cache in the scorer": (scorer_cached_repo, ENSEMBLE), "no cache": (uncached_repo, ENSEMBLE),
-              "response cache": (_with_response_cache(uncached_repo, work / "repo-response-cache"), ENSEMBLE), "fused": (repo, FUSED)}
     results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,
                "mean_history": statistics.mean(len(r["history_item_ids"]) for rs in levels.values() for r in rs), "variants": {}}
     for variant in VARIANTS:
         path, model = served[variant]
         holder = cache_holder(path) or ENCODER  # whose counters and memory to read
+        parts = composing(path)[model]
         with stage(f"bench: repeated users, {variant}") as s, TritonServer(ServerConfig.on_free_ports(path)) as triton:
             url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
             memory_before = holder_memory(triton.process.pid, holder)
@@ -76,9 +84,9 @@ def repeated_users(repo: Path, scorer_cached_repo: Path, uncached_repo: Path, co
                 after = server_stats.history_cache_counters(metrics, holder)
                 rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
                              "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
-                             "stages": [asdict(t) for t in server_stats.since(url, before, COMPOSING[model])],
+                             "stages": [asdict(t) for t in server_stats.since(url, before, parts)],
                              "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
-            per_request = encoder_profile(url, metrics, model, profile) if model == ENSEMBLE and holder == ENCODER else []
+            per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
             results["variants"][variant] = {
                 "model": model, "cache_holder": holder, "rows": rows, "per_request": per_request,
                 "cache": server_stats.history_cache_counters(metrics, holder),
@@ -126,18 +134,19 @@ def drive(url: str, model: str, requests: list[dict], concurrency: int) -> tuple
     return time.perf_counter() - start, latencies
 
 
-def encoder_profile(url: str, metrics: str, model: str, requests: list[dict]) -> list[dict]:
-    """One request at a time: its history length, the rows the encoder computed for it (the row cache's misses;
-    all of them without a cache) and the encoder's compute time, from Triton's statistics around it."""
+def encoder_profile(url: str, metrics: str, parts: tuple[str, ...], requests: list[dict]) -> list[dict]:
+    """One request at a time through the ensemble's two halves (`parts`): its history length, the rows the encoder
+    computed for it (the row cache's misses; all of them without a cache) and the encoder's compute time, from
+    Triton's statistics around it."""
     out = []
     for request in requests:
         before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
-        drive(url, model, [request], 1)
-        times = {t.model: t for t in server_stats.since(url, before, COMPOSING[model])}
+        drive(url, ENSEMBLE, [request], 1)
+        times = {t.model: t for t in server_stats.since(url, before, parts)}
         after = server_stats.history_cache_counters(metrics, ENCODER)
         length = len(request["history_item_ids"])
         out.append({"history": length, "computed_rows": after["misses"] - counters["misses"] if after else length,
-                    "encoder_ms": times[ENCODER].compute_infer_ms, "scorer_ms": times[COMPOSING[model][1]].compute_infer_ms})
+                    "encoder_ms": times[ENCODER].compute_infer_ms, "scorer_ms": times[SCORER].compute_infer_ms})
     return out
 
 

@@ -168,7 +168,7 @@ def _repeated_markdown(rep: dict, precision: str) -> list[str]:
     lines += ["Resident memory of the processes holding the cache (the history encoder's without one; one per instance), MiB:", "",
               "| variant | process | before the traffic | after | the cache's bytes gauge | rows held | rows evicted |",
               "|---|---|---|---|---:|---:|---:|"]
-    for name in (n for n in ("row cache", "row cache in the scorer", "no cache") if n in variants):
+    for name in (n for n in ("row cache, one process", "row cache", "row cache in the scorer", "no cache") if n in variants):
         v = variants[name]
         mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs) or "-"  # noqa: E731
         held = v["cache"]
@@ -213,15 +213,17 @@ def stage_rows(cell: dict) -> dict[int, dict]:
 
 
 def _breakdown_markdown(r: dict) -> list[str]:
-    """Per load: each stage of each composing model of stca, and stca_fused's, at concurrency 1 (what one
-    request costs) and at stca's best concurrency (where the queue shows which half is the bottleneck)."""
+    """Per load: each stage of each composing model of stca (and, for stca_split, each half inside its infer), and
+    stca_fused's, at concurrency 1 (what one request costs) and at stca's best concurrency (where the queue shows
+    which model is the bottleneck)."""
     lines = ["## Where the time goes: Triton's per-model statistics", "",
              "Mean ms per request in each stage (`/v2/models/stats`, deltas over each perf_analyzer run): queue = waiting "
              "for an instance; in/out = copying inputs into and outputs out of the model (for a Python-backend model, "
-             "through its stub's shared memory); infer = running it.", ""]
+             "through its stub's shared memory); infer = running it. `stca_split` runs both halves in one process; the "
+             "milliseconds of each half inside its infer come from its own `stca_split_half_ms` metric.", ""]
     by_key = {(c["precision"], c["load"], c["model"]): c for c in r["cells"]}
-    head = "| precision | load | conc. | encoder q / in / infer / out | scorer q / in / infer / out | fused q / infer | stca req/s | fused req/s |"
-    lines += [head, "|---|---|---:|---|---|---|---:|---:|"]
+    head = "| precision | load | conc. | stca: q / in / infer / out per model | fused q / infer | stca req/s | fused req/s |"
+    lines += [head, "|---|---|---:|---|---|---:|---:|"]
     for (precision, load, model), cell in by_key.items():
         fused = by_key.get((precision, load, FUSED))
         if model != ENSEMBLE or not cell["rows"]:
@@ -230,16 +232,33 @@ def _breakdown_markdown(r: dict) -> list[str]:
         top = best(cell)["concurrency"]
         for conc in sorted({min(mine), top}):
             stages = mine.get(conc, {})
-            if ENCODER not in stages or SCORER not in stages:
+            if not stages:
                 continue
-            half = lambda t: " / ".join(f"{t[s]:.1f}" for s in STAGES)  # noqa: E731
+            s_row = next(x for x in cell["rows"] if x["concurrency"] == conc)
+            parts = "; ".join(f"{SHORT_NAMES[m]} " + " / ".join(f"{t[s]:.1f}" for s in STAGES) for m, t in stages.items())
+            if s_row.get("split_halves_ms"):
+                parts += " (infer: encoder {encoder:.1f} + scorer {scorer:.1f})".format(**s_row["split_halves_ms"])
             f = theirs.get(conc, {}).get(FUSED)
             f_row = next((x for x in fused["rows"] if x["concurrency"] == conc), None) if fused else None
-            s_row = next(x for x in cell["rows"] if x["concurrency"] == conc)
-            lines.append(f"| {precision} | {load} | {conc} | {half(stages[ENCODER])} | {half(stages[SCORER])} | "
+            lines.append(f"| {precision} | {load} | {conc} | {parts} | "
                          + (f"{f['queue_ms']:.1f} / {f['compute_infer_ms']:.1f} | " if f else "| ")
                          + f"{s_row['throughput']:.1f} | " + (f"{f_row['throughput']:.1f} |" if f_row else " |"))
     return lines + [""]
+
+
+def bar_segments(row: dict) -> list[tuple[str, float]]:
+    """One perf_analyzer row's ms per request as (label, ms) segments, in order: each composing model's stages; for
+    stca_split, its infer divided into the encoder, the scorer and the rest (the stub's own work)."""
+    segments = []
+    for t in row.get("stages", []):
+        for stage in STAGES:
+            if stage == "compute_infer_ms" and row.get("split_halves_ms"):
+                halves = row["split_halves_ms"]
+                segments += [("encoder (in split)", halves["encoder"]), ("scorer (in split)", halves["scorer"]),
+                             ("split infer, rest", max(0.0, t[stage] - halves["encoder"] - halves["scorer"]))]
+            else:
+                segments.append((f"{SHORT_NAMES[t['model']]} {STAGE_NAMES[stage]}", t[stage]))
+    return segments
 
 
 def _budget_markdown(r: dict) -> list[str]:
@@ -250,43 +269,39 @@ def _budget_markdown(r: dict) -> list[str]:
         lines += [f"## CPU thread budget, {precision} repository ({budget['cpu_threads']} cores, chosen by {budget['chosen_by']})", ""]
         tuning = budget.get("tuning")
         if tuning:
-            models = list(tuning["sweep"][0]["throughput"])
+            models, placed = list(tuning["sweep"][0]["throughput"]), list(tuning["sweep"][0]["placements"])
             lines += [f"`python -m compiler tune` on {tuning['load']}, N={tuning['candidates_per_request']}, best over concurrency "
                       f"{tuning['concurrency']}; instances x intra-op threads per model:", "",
-                      "| encoder | scorer | fused | " + " | ".join(f"{m} req/s" for m in models) + " |",
-                      "|---|---|---|" + "---:|" * len(models)]
+                      "| " + " | ".join(SHORT_NAMES[m] for m in placed) + " | " + " | ".join(f"{m} req/s" for m in models) + " |",
+                      "|" + "---|" * len(placed) + "---:|" * len(models)]
             for entry in tuning["sweep"]:
-                label = {m: Placement(**p).label() for m, p in entry["placements"].items()}
-                lines.append(f"| {label[ENCODER]} | {label[SCORER]} | {label[FUSED]} | "
+                lines.append("| " + " | ".join(Placement(**entry["placements"][m]).label() for m in placed) + " | "
                              + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
             lines.append("")
     return lines
 
 
 def _plot_breakdown(path: Path, r: dict, stamp: str) -> None:
-    """Stacked bars per load: stca's encoder and scorer stages beside stca_fused's, ms per request at concurrency 1."""
+    """Stacked bars per load: stca's composing models' stages (stca_split's infer by half) beside stca_fused's, ms per
+    request at concurrency 1."""
     precisions = r["config"]["precisions"]
     plt, fig, axes = _figure(len(precisions), "Where one request's time goes (concurrency 1, Triton per-model statistics)", stamp)
-    colors = {ENCODER: ("#1f77b4", "#6baed6", "#08306b", "#9ecae1"), SCORER: ("#ff7f0e", "#fdae6b", "#7f2704", "#fdd0a2"),
-              FUSED: ("#2ca02c", "#a1d99b", "#00441b", "#c7e9c0")}
+    colors: dict[str, str] = {}  # segment label -> its color, the same in every bar and panel
+    palette = plt.get_cmap("tab20").colors
     for ax, precision in zip(axes, precisions):
         by_key = {(c["load"], c["model"]): c for c in r["cells"] if c["precision"] == precision}
         loads = [load for (load, model), c in by_key.items() if model == ENSEMBLE and c["rows"]]
         labelled = set()
         for i, load in enumerate(loads):
-            for offset, model, parts in ((-0.2, ENSEMBLE, (ENCODER, SCORER)), (0.2, FUSED, (FUSED,))):
+            for offset, model in ((-0.2, ENSEMBLE), (0.2, FUSED)):
                 cell = by_key.get((load, model))
-                stages = stage_rows(cell).get(1, {}) if cell and cell["rows"] else {}
+                row = next((x for x in cell["rows"] if x["concurrency"] == 1), None) if cell else None
                 bottom = 0.0
-                for part in parts:
-                    for k, stage in enumerate(STAGES):
-                        if part not in stages:
-                            continue
-                        value = stages[part][stage]
-                        name = f"{SHORT_NAMES[part]} {STAGE_NAMES[stage]}"
-                        ax.bar(i + offset, value, 0.38, bottom=bottom, color=colors[part][k], label=None if name in labelled else name)
-                        labelled.add(name)
-                        bottom += value
+                for name, value in bar_segments(row) if row else []:
+                    color = colors.setdefault(name, palette[len(colors) % len(palette)])
+                    ax.bar(i + offset, value, 0.38, bottom=bottom, color=color, label=None if name in labelled else name)
+                    labelled.add(name)
+                    bottom += value
         ax.set_xticks(range(len(loads)), loads, rotation=45, ha="right", fontsize=7)
         ax.set(title=f"{precision}: left bar stca (split), right bar stca_fused", ylabel="ms per request")
         _legend(ax)

@@ -8,8 +8,9 @@ scorer 40.8 ms with the default, 24-30 ms each with spinning off (docs/benchmark
 
 `plan` is the budget a build writes without measuring: spinning off; the encoder and the scorer each run
 several single-threaded (or few-threaded) instances over all the cores, so under concurrent load requests
-interleave between the halves instead of waiting for one multi-threaded run; a baseline (one model doing
-the whole request) gets every core in one instance. On 2 cores that is what `tune` chose for both the demo
+interleave between the halves instead of waiting for one multi-threaded run; so does stca_split, which runs
+both halves of a request in one process; a baseline (one model doing the whole request) gets every core in one
+instance. On 2 cores that is what `tune` chose for both the demo
 and the medium model (two 1-thread instances per half: 33.6 and 5.2 req/s on the mixed load, against 26.5
 and 3.2 with one 1-thread instance per half, 29.3 and 4.6 with one 2-thread instance). `candidates` are the
 budgets `compiler.tune` measures to replace the plan with the best measured one on the serving machine.
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.errors import CompilerError
-from compiler.names import ENCODER, FUSED, NAIVE, SCORER, TORCH
+from compiler.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH
 
 
 @dataclass(frozen=True)
@@ -54,24 +55,25 @@ MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of 
 def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
     --instances) fixes the copies of each model, which split the cores between them. The model holding the history
-    row cache (compiler/row_cache.py; `cache_holder`, ENCODER or SCORER) runs one instance: each instance is a process
-    with its own cache, so a second one would compute every row a second time. In the encoder it keeps the plan's
-    threads (with its rows cached the encoder is the lighter half); in the scorer it takes every core."""
+    row cache (compiler/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) runs one instance: each instance is a
+    process with its own cache, so a second one would compute every row a second time. In the encoder it keeps the
+    plan's threads (with its rows cached the encoder is the lighter half); in the scorer or stca_split it takes every
+    core."""
     if cpu_threads < 1:
         raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
     copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
     composing = Placement(copies, max(1, cpu_threads // copies))
     whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
-    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole}.get(cache_holder)
-    placements = {ENCODER: composing, SCORER: composing, **({cache_holder: held} if held else {})}
+    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole, SPLIT: whole}.get(cache_holder)
+    placements = {ENCODER: composing, SCORER: composing, SPLIT: composing, **({cache_holder: held} if held else {})}
     return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
 
 
 def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[str, Placement]]:
-    """The budgets tune measures, one server start each: for the ensemble, the plan's, pipelined halves (one
-    instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
-    default; for the fused baseline, all cores in one instance, one instance per core, ONNX Runtime's
-    default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. The model holding a row
+    """The budgets tune measures, one server start each: for the ensemble's two halves, the plan's, pipelined halves
+    (one instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
+    default; for stca_split and the fused baseline (each runs a whole request), the plan's, all cores in one
+    instance, ONNX Runtime's default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. The model holding a row
     cache keeps one instance (see plan) and never spins: the candidates vary its threads and the other half's. Tune's
     load repeats a few requests, so their rows are all cached after one pass, and there a spinning holder measured
     best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
@@ -81,8 +83,9 @@ def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[s
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
     held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
     encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)
-    fused = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
-    return [{**base, ENCODER: e, SCORER: s, FUSED: f} for e, s, f in zip(encoder, scorer, fused)]
+    whole = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
+    one = held if cache_holder == SPLIT else whole  # the plan's stca_split budget is among the four up to 8 cores
+    return [{**base, ENCODER: e, SCORER: s, SPLIT: o, FUSED: f} for e, s, o, f in zip(encoder, scorer, one, whole)]
 
 
 def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:

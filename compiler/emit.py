@@ -2,7 +2,9 @@
 
     stca_history_encoder/   per request: history + user inputs -> the cut tensors
     stca_candidate_scorer/  per candidate set: cut tensors + candidate inputs -> scores
-    stca/                   the ensemble clients call; wires the cut tensors from encoder to scorer
+    stca_split/             (python target, the default) both halves in one Python-backend process instead of the
+                            two above: the encoder's graph, then the scorer's, the cut handed over in memory
+    stca/                   the ensemble clients call; wires the cut tensors from encoder to scorer (or calls stca_split)
     stca_request_validator/ (onnxruntime and tensorrt targets) the ensemble's first step: those backends do not
                             check a request, so this Python-backend model does, and passes the inputs on
     stca_fused/, stca_naive/   (--baselines) the unsplit graph, and the point-wise baseline
@@ -13,6 +15,14 @@ format, so every field name and enum is checked by construction. L and N are -1 
 max_batch_size 0 (ensembles neither broadcast nor batch as a whole); concurrency comes from instance
 groups, sized on a CPU by the thread budget (compiler.budget); warmup runs a real request on the composing
 models, never on the ensemble.
+
+Why one process on the python target: each Python-backend model is a stub process, and every tensor into or out
+of one is copied through shared memory. Two stubs cost the split a second round trip and the cut's copies out of
+the encoder and into the scorer (20 MB per request at L=10,000 for the demo model), which the unsplit graph never
+pays: served in two processes the split ran 0.70-0.92x the fused graph's throughput on the demo model, though in
+one ONNX Runtime process its two graphs together take 6-12% less time than the fused graph (docs/benchmarks.md).
+The C++ backends (onnxruntime, tensorrt) hand tensors between ensemble steps in one process already; there the
+halves stay two models.
 """
 
 import json
@@ -32,12 +42,13 @@ from compiler.artifacts import sha256_file
 from compiler.errors import CompilerError
 from compiler.history_cache import RowCachePlan
 from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
-from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, TORCH, VALIDATOR
+from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
 from compiler.contract import CONTRACT_PARAMETER, Contract
 from compiler.runtime import OrtGraph
 
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 CACHE_HOLDERS = {"encoder": ENCODER, "scorer": SCORER}  # --history-cache-at -> the model whose process holds the row cache
+SPLIT_ENCODER_FILE = "encoder.onnx"  # beside stca_split's model.onnx (the scorer): the graph that runs first
 DEVICES = ("cpu", "gpu")
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
 TRITON_TYPES = {
@@ -59,8 +70,10 @@ class EmitConfig:
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
-    history_cache_at: str = "encoder"  # the process holding the row cache: the history encoder's, or the scorer's, where
-    # only the row keys cross between the ensemble's steps instead of the cut tensors
+    split_processes: int | None = None  # python target: the halves in 1 process (stca_split) or 2; None: 1 there (2 where
+    # response_cache or history_cache_at names a model of two), 2 on the other targets
+    history_cache_at: str | None = None  # two processes: the one holding the row cache, the history encoder's (None) or the
+    # scorer's, where only the row keys cross between the ensemble's steps instead of the cut tensors
     warmup_history: int = 2_000
     warmup_candidates: int = 128
 
@@ -69,8 +82,19 @@ class EmitConfig:
             raise CompilerError(f"target: {self.target!r} is not one of {(*TARGETS, 'auto')}")
         if self.instances is not None and self.instances < 1:
             raise CompilerError(f"instances: {self.instances} must be at least 1")
-        if self.history_cache_at not in CACHE_HOLDERS:
+        if self.history_cache_at not in (None, *CACHE_HOLDERS):
             raise CompilerError(f"history cache at: {self.history_cache_at!r} is not one of {tuple(CACHE_HOLDERS)}")
+        if self.split_processes not in (None, 1, 2):
+            raise CompilerError(f"split processes: {self.split_processes} is not 1 or 2")
+        if self.split_processes == 1 and self.target in ("onnxruntime", "tensorrt"):
+            raise CompilerError(f"split processes 1: the {self.target} backend already hands the cut between the halves in one "
+                                "process; --split-processes applies to the python target")
+        if self.split_processes == 1 and self.history_cache_at is not None:
+            raise CompilerError("history cache at: with the halves in one process, that process holds the row cache "
+                                "(--history-cache-at needs --split-processes 2)")
+        if self.split_processes == 1 and self.response_cache:
+            raise CompilerError("response cache: it caches the history encoder's answers, which needs the encoder as its own "
+                                "model (--split-processes 2)")
         if self.history_cache_bytes < 0:
             raise CompilerError(f"history cache bytes: {self.history_cache_bytes} must be at least 0 (0 turns the cache off)")
         if self.cpu_threads < 0:
@@ -95,6 +119,12 @@ class Deployment:
     cpu_threads: int  # the cores the CPU thread budget shares
     tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
 
+    @property
+    def split_processes(self) -> int:
+        """1: the halves in one Python-backend model (stca_split); 2: an encoder and a scorer model."""
+        two = self.target != "python" or self.options.response_cache or self.options.history_cache_at is not None
+        return self.options.split_processes or (2 if two else 1)
+
     def placements(self, cache_holder: str | None = None) -> dict[str, budget.Placement]:
         """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores); `cache_holder`: the
         model whose process holds the history row cache (see cache_holder), if any."""
@@ -105,8 +135,10 @@ class Deployment:
         return plan is not None and self.target == "python" and self.options.history_cache_bytes > 0
 
     def cache_holder(self, plan) -> str | None:
-        """The model (ENCODER or SCORER) whose process holds the row cache, or None where none is served."""
-        return CACHE_HOLDERS[self.options.history_cache_at] if self.serves_row_cache(plan) else None
+        """The model (SPLIT, ENCODER or SCORER) whose process holds the row cache, or None where none is served."""
+        if not self.serves_row_cache(plan):
+            return None
+        return SPLIT if self.split_processes == 1 else CACHE_HOLDERS[self.options.history_cache_at or "encoder"]
 
 
 def deployment(cfg: EmitConfig, target: str, tensorrt_profiles: int = 1) -> Deployment:
@@ -139,25 +171,30 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
     if missing:
         raise CompilerError(f"emit: the warmup values lack {missing}; give the request with the encoder's outputs on it")
     written: list[Path] = []
-    request = {name: warmup[name] for name in _io(graphs.whole.graph.input)}
+    request_inputs = _io(graphs.whole.graph.input)
+    request = {name: warmup[name] for name in request_inputs}
     holder = cfg.cache_holder(graphs.row_cache)
     placements = cfg.placements(holder)
-    encoder, scorer_inputs = graphs.encoder, _io(graphs.scorer.graph.input)
-    if holder == SCORER:  # the encoder step serves the key graph; the scorer turns keys into the cut from its cache
-        encoder = graphs.row_cache.key_graph
-        warmup = {**warmup, **OrtGraph(encoder).run(request)}
-        scorer_inputs = {**_io(encoder.graph.output), **{n: v for n, v in scorer_inputs.items() if n not in graphs.row_cache.cached}}
-    encoder_warmup = {name: warmup[name] for name in _io(encoder.graph.input)}
-    scorer_warmup = {name: warmup[name] for name in scorer_inputs}
-    written += _composing_model(repo, ENCODER, encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
-    written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
+    if cfg.split_processes == 1:
+        written += _split_model(repo, graphs, contract, request, cfg, placements)
+        steps = [(SPLIT, request_inputs, _io(graphs.whole.graph.output))]
+    else:
+        encoder, scorer_inputs = graphs.encoder, _io(graphs.scorer.graph.input)
+        if holder == SCORER:  # the encoder step serves the key graph; the scorer turns keys into the cut from its cache
+            encoder = graphs.row_cache.key_graph
+            warmup = {**warmup, **OrtGraph(encoder).run(request)}
+            scorer_inputs = {**_io(encoder.graph.output), **{n: v for n, v in scorer_inputs.items() if n not in graphs.row_cache.cached}}
+        encoder_warmup = {name: warmup[name] for name in _io(encoder.graph.input)}
+        scorer_warmup = {name: warmup[name] for name in scorer_inputs}
+        written += _composing_model(repo, ENCODER, encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
+        written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
+        steps = [(ENCODER, _io(encoder.graph.input), _io(encoder.graph.output)), (SCORER, scorer_inputs, _io(graphs.scorer.graph.output))]
     if holder is not None:
         written += _row_cache(repo / holder, graphs.row_cache, cfg.options.history_cache_bytes)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
         written += _validator_model(repo, graphs.whole, contract, cfg)
-    ensemble = _ensemble_config(graphs.whole, _io(encoder.graph.input), _io(encoder.graph.output), scorer_inputs,
-                                _io(graphs.scorer.graph.output), contract, validated)  # its contract is what clients validate with
+    ensemble = _ensemble_config(graphs.whole, steps, contract, validated)  # its contract is what clients validate with
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
@@ -208,12 +245,19 @@ def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, place
     return written
 
 
+def _split_model(repo: Path, graphs: Graphs, contract: Contract, request: dict, cfg: Deployment, placements: dict) -> list[Path]:
+    """Both halves in one Python-backend model: the scorer as its model.onnx, taking the request's inputs, and the
+    encoder beside it (SPLIT_ENCODER_FILE), which runs first (compiler/triton_python/onnx_model.py)."""
+    written = _composing_model(repo, SPLIT, graphs.scorer, contract, request, cfg, placements, inputs=_io(graphs.whole.graph.input))
+    return written + [_save_onnx(graphs.encoder, repo / SPLIT / "1" / SPLIT_ENCODER_FILE)]
+
+
 def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[Path]:
     """The row cache in the model that holds it: the key and row graphs beside model.onnx, the cache module, and the
     parameters the served model reads (compiler/triton_python/onnx_model.py). In the history encoder, model.onnx
-    stays the whole encoder: with history_cache_bytes set to 0 the model serves from it, uncached. In the scorer,
-    model.onnx is the scorer, its inputs are the row keys, and with history_cache_bytes 0 it computes every distinct
-    row of each request."""
+    stays the whole encoder (in stca_split, encoder.onnx does): with history_cache_bytes set to 0 the model serves
+    from it, uncached. In the scorer, model.onnx is the scorer, its inputs are the row keys, and with
+    history_cache_bytes 0 it computes every distinct row of each request."""
     version = model_dir / "1"
     written = [_save_onnx(plan.key_graph, version / "key_graph.onnx"), _save_onnx(plan.row_graph, version / "row_graph.onnx")]
     (version / "stca_row_cache.py").write_text((resources.files("compiler") / "row_cache.py").read_text())
@@ -262,9 +306,9 @@ def _validator_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg
     return _python_files(version, "validator_model.py") + write_config(repo, config)
 
 
-def _ensemble_config(whole: onnx.ModelProto, encoder_inputs: dict, encoder_outputs: dict, scorer_inputs: dict, scorer_outputs: dict,
-                     contract: Contract, validated: bool) -> mc.ModelConfig:
-    """encoder -> scorer, wired by name; with `validated`, the request inputs reach both through the validator."""
+def _ensemble_config(whole: onnx.ModelProto, steps: list[tuple[str, dict, dict]], contract: Contract, validated: bool) -> mc.ModelConfig:
+    """The steps (model, its inputs, its outputs) in order, wired by name: encoder -> scorer, or stca_split alone; with
+    `validated`, the request inputs reach them through the validator."""
     config = _model_config(ENSEMBLE, whole, contract, platform="ensemble")
     request_inputs = set(_io(whole.graph.input))
     source = {name: name for name in request_inputs}  # ensemble tensor that carries each request input
@@ -273,17 +317,14 @@ def _ensemble_config(whole: onnx.ModelProto, encoder_inputs: dict, encoder_outpu
         for name in sorted(request_inputs):
             step.input_map[name] = name
             step.output_map[VALIDATED_PREFIX + name] = source[name] = VALIDATED_PREFIX + name
-    encoder_step = config.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
-    for name in encoder_inputs:
-        encoder_step.input_map[name] = source[name]
-    for name in encoder_outputs:
-        encoder_step.output_map[name] = name
-    scorer_step = config.ensemble_scheduling.step.add(model_name=SCORER, model_version=-1)
-    for name in scorer_inputs:
-        scorer_step.input_map[name] = source.get(name, name)  # a cut tensor (or row key), or a request input passed straight through
-    for name in scorer_outputs:
-        scorer_step.output_map[name] = name
-    read = set(encoder_step.input_map.values()) | set(scorer_step.input_map.values())
+    read = set()
+    for model, inputs, outputs in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        for name in inputs:
+            step.input_map[name] = source.get(name, name)  # a request input, or a cut tensor (or row key) an earlier step made
+        for name in outputs:
+            step.output_map[name] = name
+        read |= set(step.input_map.values())
     unused = [name for name in request_inputs if source[name] not in read]
     if unused:
         raise CompilerError(f"emit: model input(s) {sorted(unused)} are read by neither half; the ensemble would reject them")
@@ -367,9 +408,24 @@ def _has_fp16(graph: onnx.ModelProto) -> bool:
     return any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
 
 
+def composing(repo: Path) -> dict[str, tuple[str, ...]]:
+    """names.COMPOSING as a built repository serves it: the ensemble's work is stca_split's where the halves share a
+    process."""
+    return {**COMPOSING, ENSEMBLE: (SPLIT,)} if (Path(repo) / SPLIT).is_dir() else COMPOSING
+
+
+def half_files(repo: Path) -> tuple[Path, Path]:
+    """The history encoder's and the scorer's ONNX files in a built repository (python or onnxruntime target), whether
+    its halves are one model (stca_split) or two."""
+    split = Path(repo) / SPLIT / "1"
+    if split.is_dir():
+        return split / SPLIT_ENCODER_FILE, split / "model.onnx"
+    return Path(repo) / ENCODER / "1" / "model.onnx", Path(repo) / SCORER / "1" / "model.onnx"
+
+
 def cache_holder(repo: Path) -> str | None:
     """The model of a built repository whose process serves the history row cache (history_cache_bytes > 0), if any."""
-    for model in CACHE_HOLDERS.values():
+    for model in (SPLIT, *CACHE_HOLDERS.values()):
         path = Path(repo) / model / "config.pbtxt"
         param = read_config(path).parameters.get("history_cache_bytes") if path.is_file() else None
         if param is not None and int(param.string_value or 0) > 0:

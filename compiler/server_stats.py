@@ -1,5 +1,5 @@
-"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots; and the history
-row cache's counters from the metrics endpoint.
+"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots; and, from the
+metrics endpoint, the history row cache's counters and the time stca_split spent in each of its halves.
 
 Triton's statistics extension (GET /v2/models/stats) keeps, per model, cumulative counts and nanoseconds
 for each stage of a request: waiting in the scheduler queue, copying inputs in (compute_input), running
@@ -86,11 +86,25 @@ def since(http_url: str, before: dict, models: list[str]) -> list[StageTimes]:
 def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0) -> dict[str, float]:
     """A model's stca_history_cache_* metrics (compiler/row_cache.py: hits, misses, evictions, entries, bytes) from
     Triton's Prometheus endpoint, summed over its instances; empty where the model keeps no row cache."""
-    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
-        text = r.read().decode()
     totals: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _metrics(metrics_url, timeout_s):
         if line.startswith("stca_history_cache_") and f'model="{model}"' in line:
             name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
             totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """stca_split's cumulative milliseconds in each half ({"encoder": ms, "scorer": ms}; HALF_TIME_METRIC in
+    compiler/triton_python/onnx_model.py), summed over its instances; empty where the server has no stca_split."""
+    totals: dict[str, float] = {}
+    for line in _metrics(metrics_url, timeout_s):
+        if line.startswith("stca_split_half_ms{"):
+            half = line.split('half="', 1)[1].split('"', 1)[0]
+            totals[half] = totals.get(half, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _metrics(metrics_url: str, timeout_s: float) -> list[str]:
+    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
+        return r.read().decode().splitlines()

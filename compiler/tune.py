@@ -25,10 +25,10 @@ from compiler import budget
 from compiler.artifacts import MANIFEST, hash_tree
 from compiler.errors import CompilerError
 from compiler.log import Progress, stage
-from compiler.names import COMPOSING, ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
+from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
 
 TUNED = (ENSEMBLE, FUSED)  # each keeps its own best budget
-PLACED = tuple(m for tuned in TUNED for m in COMPOSING[tuned])  # the models whose configs tune rewrites
+PLACED = (ENCODER, SCORER, SPLIT, FUSED)  # the models whose configs tune rewrites, where the repository has them
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     from compiler.contract import Contract
     from compiler.data import contract_requests, kuairand_lengths
     from compiler.serve import ServerConfig, TritonServer
-    from compiler.emit import cache_holder
+    from compiler.emit import cache_holder, composing
 
     repo = Path(cfg.repo)
     manifest = _read_manifest(repo)
@@ -64,6 +64,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
         raise CompilerError(f"tune: {repo} holds no CPU thread budget (built for a GPU target); nothing to tune")
     cpu_threads = cfg.cpu_threads or recorded["cpu_threads"]
     tuned = [m for m in TUNED if (repo / m / "config.pbtxt").is_file()]
+    served = composing(repo)
+    placed = [m for model in tuned for m in served[model]]
     contract = Contract.from_dict(manifest["contract"])
     lengths = [cfg.history] * cfg.requests if cfg.history else kuairand_lengths(cfg.requests, max(contract.max_history, 1), seed=11)
     requests = contract_requests(contract, lengths, cfg.candidates, seed=12)
@@ -76,7 +78,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
         progress = Progress("budget", len(candidates), every_s=0)
         for index, placements in enumerate(candidates):
             copy = _copy_with(repo, Path(scratch) / f"candidate-{index}", placements, kind=_kind(repo))
-            entry = {"placements": {m: placements[m].to_dict() for m in (ENCODER, SCORER, FUSED)}, "throughput": {}, "at_concurrency": {}}
+            entry = {"placements": {m: placements[m].to_dict() for m in placed}, "throughput": {}, "at_concurrency": {}}
             with TritonServer(ServerConfig.on_free_ports(copy)) as server:
                 url = server.cfg.http_url if cfg.protocol == "http" else server.cfg.grpc_url
                 for model in tuned:
@@ -85,14 +87,15 @@ def tune(cfg: TuneConfig) -> TuneResult:
                     top = max(rows, key=lambda r: r["throughput"])
                     entry["throughput"][model], entry["at_concurrency"][model] = top["throughput"], top["concurrency"]
             sweep.append(entry)
-            progress.advance(note=", ".join(f"{m} {placements[COMPOSING[m][0]].label()}: {entry['throughput'][m]:.1f} req/s" for m in tuned))
+            progress.advance(note=", ".join(f"{m} {'/'.join(placements[p].label() for p in served[m])}: {entry['throughput'][m]:.1f} req/s"
+                                            for m in tuned))
         chosen = dict(budget.plan(cpu_threads, cache_holder=holder))
         choice = {}
         for model in tuned:
             best = max(range(len(sweep)), key=lambda i: sweep[i]["throughput"][model])
-            chosen.update({m: candidates[best][m] for m in COMPOSING[model]})
+            chosen.update({m: candidates[best][m] for m in served[model]})
             choice[model] = {"candidate": best, "throughput": sweep[best]["throughput"][model]}
-        s.summary = "; ".join(f"{m}: {chosen[COMPOSING[m][0]].label()} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
+        s.summary = "; ".join(f"{m}: {'/'.join(chosen[p].label() for p in served[m])} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
     _write_configs(repo, chosen, _kind(repo))
     from compiler.build import thread_budget
 

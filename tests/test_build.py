@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
-from compiler.emit import read_config
+from compiler.emit import SPLIT_ENCODER_FILE, half_files
+from compiler.names import SPLIT
 
 CLI = [sys.executable, "-m", "compiler"]
 
@@ -27,8 +29,8 @@ def built(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.mark.slow
 def test_build_writes_the_two_graphs_manifest_and_report(built):
-    assert (built / "stca_history_encoder" / "1" / "model.onnx").is_file()
-    assert (built / "stca_candidate_scorer" / "1" / "model.onnx").is_file()
+    assert (built / SPLIT / "1" / SPLIT_ENCODER_FILE).is_file()  # the python target: both halves in one model
+    assert (built / SPLIT / "1" / "model.onnx").is_file()
     assert (built / "report.md").read_text().startswith("# stca-compiler build report")
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["precision"] == "fp32"
@@ -52,8 +54,8 @@ def test_manifest_cut_lists_each_crossing_tensor_with_its_bytes(built):
     assert cut["K_1"]["shape"] == ["L", 16] and cut["K_1"]["dtype"] == "float32"
     assert cut["K_1"]["bytes_per_request"] == 10_000 * 16 * 4
     assert manifest["cut_bytes_per_request"] == sum(t["bytes_per_request"] for t in manifest["cut"])
-    encoder_outputs = {o.name for o in read_config(built / "stca_history_encoder" / "config.pbtxt").output}
-    assert encoder_outputs == set(cut) - {"history_item_ids"}  # the same names reach the Triton configs
+    encoder_outputs = {o.name for o in onnx.load(str(half_files(built)[0])).graph.output}
+    assert encoder_outputs == set(cut) - {"history_item_ids"}  # the same names reach the served graphs
 
 
 @pytest.mark.slow
@@ -263,7 +265,6 @@ def test_an_int8_miss_keeps_the_most_harmful_layers_in_float_until_the_limit(tmp
     worst in float one round at a time up to MAX_KEPT_FLOAT, then fails as any missed gate does; accepted,
     the manifest and the report name each kept layer, and in the served graphs those layers read no
     dequantized input."""
-    import onnx
 
     from compiler import int8_fallback
     from compiler.build import BuildConfig, build
@@ -288,7 +289,7 @@ def test_an_int8_miss_keeps_the_most_harmful_layers_in_float_until_the_limit(tmp
     assert [(k["half"], k["node"]) for k in kept] == [(r.half, r.node) for r in ranked[:2]]
     assert all(k["why"].startswith(f"kept after round {i + 1}") for i, k in enumerate(kept))
     for half in {k["half"] for k in kept}:
-        graph = onnx.load(str(tmp_path / "out" / f"stca_{'history_encoder' if half == 'encoder' else 'candidate_scorer'}" / "1" / "model.onnx"))
+        graph = onnx.load(str(half_files(tmp_path / "out")[0 if half == "encoder" else 1]))
         producers = {o: n.op_type for n in graph.graph.node for o in n.output}
         for node in (n for n in graph.graph.node if n.name in {k["node"] for k in kept if k["half"] == half}):
             assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name

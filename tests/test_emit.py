@@ -6,8 +6,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.data import sample_requests
-from compiler.emit import EmitConfig, Graphs, deployment, emit, read_config
-from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, VALIDATOR
+from compiler.emit import SPLIT_ENCODER_FILE, EmitConfig, Graphs, deployment, emit, half_files, read_config
+from compiler.errors import CompilerError
+from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, VALIDATOR
 from compiler.contract import REQUEST_INPUTS, stca_contract
 from compiler.partition import split
 from compiler.runtime import OrtGraph, with_cut
@@ -39,7 +40,8 @@ def dims(config, kind):
 
 @pytest.mark.parametrize("target", ["python", "onnxruntime", "tensorrt"])
 def test_every_target_writes_complete_configs(tmp_path, graphs, target):
-    configs = emitted(tmp_path, graphs, target=target, baselines=True)
+    two_models = {"split_processes": 2} if target == "python" else {}  # the other targets always serve two
+    configs = emitted(tmp_path, graphs, target=target, baselines=True, **two_models)
     validator = {VALIDATOR} if target != "python" else set()  # the Python-backend models validate requests themselves
     assert set(configs) == {ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE} | validator  # stca_torch needs a checkpoint (tests/e2e)
     for name, config in configs.items():
@@ -63,7 +65,7 @@ def test_every_target_writes_complete_configs(tmp_path, graphs, target):
 
 
 def test_the_ensemble_wires_every_cut_tensor_from_encoder_to_scorer(tmp_path, graphs):
-    configs = emitted(tmp_path, graphs)
+    configs = emitted(tmp_path, graphs, split_processes=2)
     cut = [t.name for t in graphs[3].tensors]
     encoder_step, scorer_step = configs[ENSEMBLE].ensemble_scheduling.step
     assert (encoder_step.model_name, scorer_step.model_name) == (ENCODER, SCORER)
@@ -74,12 +76,36 @@ def test_the_ensemble_wires_every_cut_tensor_from_encoder_to_scorer(tmp_path, gr
     assert configs[ENSEMBLE].parameters["tasks"].string_value == "finish,skip,like"
 
 
-def test_warmup_is_a_real_request_that_passes_validation(tmp_path, graphs):
-    emitted(tmp_path, graphs)
-    config = read_config(tmp_path / ENCODER / "config.pbtxt")
+def test_the_python_target_serves_both_halves_in_one_process_by_default(tmp_path, graphs):
+    g, _, _, cut = graphs
+    configs = emitted(tmp_path, graphs, baselines=True)
+    assert set(configs) == {ENSEMBLE, SPLIT, FUSED, NAIVE}
+    (step,) = configs[ENSEMBLE].ensemble_scheduling.step  # one step: no cut tensor crosses between models
+    request = set(REQUEST_INPUTS) | {"candidate_item_ids", "candidate_features"}
+    assert step.model_name == SPLIT and dict(step.input_map) == {n: n for n in request}
+    assert dict(step.output_map) == {"scores": "scores"}
+    split_model = configs[SPLIT]
+    assert split_model.backend == "python" and {t.name for t in split_model.input} == request
+    assert dims(split_model, "output") == {"scores": ("TYPE_FP32", [-1, 3])}
+    assert not {t.name for t in cut.tensors} & {t.name for t in split_model.input}
+    encoder_file, scorer_file = half_files(tmp_path)
+    assert encoder_file == tmp_path / SPLIT / "1" / SPLIT_ENCODER_FILE
+    assert [i.name for i in OrtGraph(encoder_file).session.get_inputs()] == [i.name for i in g.encoder.graph.input]
+    assert [o.name for o in OrtGraph(scorer_file).session.get_outputs()] == ["scores"]
+
+
+@pytest.mark.parametrize("split_processes, model", [(1, SPLIT), (2, ENCODER)])
+def test_warmup_is_a_real_request_that_passes_validation(tmp_path, graphs, split_processes, model):
+    emitted(tmp_path, graphs, split_processes=split_processes)
+    config = read_config(tmp_path / model / "config.pbtxt")
     warm = config.model_warmup[0].inputs["history_age_s"]
-    data = np.fromfile(tmp_path / ENCODER / "warmup" / warm.input_data_file, dtype=np.float32)
+    data = np.fromfile(tmp_path / model / "warmup" / warm.input_data_file, dtype=np.float32)
     assert list(warm.dims) == [40] and data.shape == (40,) and (data >= 0).all()
+
+
+def test_the_response_cache_keeps_the_encoder_its_own_model(tmp_path, graphs):
+    configs = emitted(tmp_path, graphs, response_cache=True)  # it caches the encoder's answers: the encoder must be a model
+    assert SPLIT not in configs and configs[ENCODER].response_cache.enable and not configs[SCORER].response_cache.enable
 
 
 def test_options_reach_the_configs(tmp_path, graphs):
@@ -97,9 +123,11 @@ def test_a_misspelled_field_does_not_parse(tmp_path):
         read_config(tmp_path / "config.pbtxt")
 
 
-def test_a_cpu_thread_budget_interleaves_single_thread_halves_without_spinning(tmp_path, graphs):
-    configs = emitted(tmp_path, graphs, baselines=True, cpu_threads=4)
-    for name, count, threads in ((ENCODER, 4, "1"), (SCORER, 4, "1"), (FUSED, 1, "4")):
+@pytest.mark.parametrize("split_processes", [1, 2])
+def test_a_cpu_thread_budget_interleaves_single_thread_halves_without_spinning(tmp_path, graphs, split_processes):
+    configs = emitted(tmp_path, graphs, baselines=True, cpu_threads=4, split_processes=split_processes)
+    halves = [(SPLIT, 4, "1")] if split_processes == 1 else [(ENCODER, 4, "1"), (SCORER, 4, "1")]
+    for name, count, threads in (*halves, (FUSED, 1, "4")):
         config = configs[name]
         assert [(g.count, g.kind) for g in config.instance_group] == [(count, mc.ModelInstanceGroup.KIND_CPU)]
         assert config.parameters["intra_op_threads"].string_value == threads
@@ -132,10 +160,12 @@ def test_onnxruntime_on_a_cpu_host_uses_the_backends_own_thread_parameters_and_a
     ({"target": "python", "device": "gpu"}, "runs ONNX Runtime on the CPU"),
     ({"device": "tpu"}, "is not one of"),
     ({"cpu_threads": -1}, "must be at least 1"),
+    ({"split_processes": 3}, "is not 1 or 2"),
+    ({"target": "onnxruntime", "split_processes": 1}, "already hands the cut between the halves in one process"),
+    ({"split_processes": 1, "history_cache_at": "scorer"}, "needs --split-processes 2"),
+    ({"split_processes": 1, "response_cache": True}, "needs the encoder as its own model"),
 ])
 def test_impossible_device_and_thread_choices_are_refused(cfg, message):
-    from compiler.errors import CompilerError
-
     with pytest.raises(CompilerError, match=message):
         EmitConfig(**cfg)
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from compiler.build import BuildConfig, build
 from compiler.contract import Contract
-from compiler.emit import EmitConfig
+from compiler.emit import EmitConfig, half_files
 from compiler.errors import CompilerError
 from compiler.names import ENCODER, SCORER
 from compiler.precision import PrecisionConfig
@@ -63,7 +63,7 @@ def test_the_users_model_builds_and_its_repository_scores_as_the_model_does(tmp_
     assert manifest["cut"] and all(t["shape"][0] == contract.history_dim for t in manifest["cut"] if name == "din")
     assert "## The cut" in (result.out / "report.md").read_text()
     # the emitted graphs, run as the ensemble runs them, against the user's own fp32 model
-    served = SplitRunner(OrtGraph(result.out / ENCODER / "1" / "model.onnx"), OrtGraph(result.out / SCORER / "1" / "model.onnx"))
+    served = SplitRunner(*(OrtGraph(path) for path in half_files(result.out)))
     reference = load_user_model(spec(files, name, form))
     gate = THRESHOLDS["fp32"].max_abs_error if precision == "fp32" else 5e-3
     for request in reference.requests([1, 300], 50, seed=5):

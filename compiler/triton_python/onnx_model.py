@@ -1,18 +1,28 @@
-"""Triton Python-backend model: one ONNX graph in an ONNX Runtime session, with request validation.
+"""Triton Python-backend model: an ONNX graph in an ONNX Runtime session, with request validation.
 
 Emitted by stca-compiler as <model>/1/model.py beside model.onnx, stca_base_model.py and stca_contract.py;
-needs numpy and onnxruntime in the server's Python. The history encoder may also carry a row cache
-(parameter history_cache_bytes > 0, with key_graph.onnx, row_graph.onnx and stca_row_cache.py beside it): it
-then answers from the key graph, the cache and the row graph (stca_row_cache.CachedEncoder) instead of
-model.onnx, and reports the cache's counters on Triton's /metrics. Or the scorer carries it (history_cache's
-keys_arrive): its inputs are the row keys the encoder step's key graph made, and it assembles the cut from its
-cache before running model.onnx, the scorer (with history_cache_bytes 0 it computes each request's distinct rows).
+needs numpy and onnxruntime in the server's Python. What it runs, by what lies beside it:
+
+  model.onnx alone                   model.onnx (the history encoder, the scorer, or the fused graph)
+  encoder.onnx and model.onnx        stca_split, both halves in one process: the encoder, then model.onnx (the scorer)
+                                     on the request and the cut, which never leaves the process
+  + a row cache (history_cache)      the history encoder's work is done by the key graph, the cache and the row graph
+                                     (stca_row_cache.CachedEncoder; key_graph.onnx, row_graph.onnx, stca_row_cache.py
+                                     beside) where history_cache_bytes > 0, and the cache's counters go to Triton's
+                                     /metrics. In the history encoder that is the answer; in stca_split the scorer runs
+                                     on it. In the scorer (keys_arrive) the inputs are the row keys the encoder step's
+                                     key graph made, and the cut is assembled from them before model.onnx (with
+                                     history_cache_bytes 0 it computes each request's distinct rows).
+
+stca_split, which Triton's statistics see as one model, reports the milliseconds each half took on /metrics
+(HALF_TIME_METRIC, a counter per half), so a benchmark can still say where a request's time went.
 """
 
 import hashlib
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnxruntime as ort  # noqa: E402
@@ -22,26 +32,44 @@ from stca_base_model import StcaModel  # noqa: E402  (copied beside this file)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+ENCODER_FILE = "encoder.onnx"  # stca_split's first graph (compiler.emit.SPLIT_ENCODER_FILE)
+HALF_TIME_METRIC = "stca_split_half_ms"  # compiler.server_stats reads it
+
+
 class TritonPythonModel(StcaModel):
     def setup(self, args):
         self.cache_bytes = int(self.params.get("history_cache_bytes", "0"))
-        self.keys_arrive = json.loads(self.params.get("history_cache", "{}")).get("keys_arrive", False)
-        self.encoder = self._cached_encoder(args) if self.cache_bytes > 0 or self.keys_arrive else None
-        if self.encoder is not None and not self.keys_arrive:
-            self.input_names = self.key_session.input_names
+        keys_arrive = json.loads(self.params.get("history_cache", "{}")).get("keys_arrive", False)
+        split = os.path.isfile(os.path.join(HERE, ENCODER_FILE))
+        self.cached_encoder = self._cached_encoder(args) if self.cache_bytes > 0 or keys_arrive else None
+        # request inputs -> the cut tensors, where this model makes them before model.onnx runs (or as its answer)
+        if keys_arrive:
+            self.encode = self.cached_encoder.assemble
+        elif self.cached_encoder is not None:
+            self.encode = self.cached_encoder
         else:
-            self.session = OrtSession("model.onnx", self.params)
-            self.input_names = [i["name"] for i in json.loads(args["model_config"])["input"]]
+            self.encode = OrtSession(ENCODER_FILE, self.params).run if split else None
+        # model.onnx, unless this is the history encoder answering from its row cache
+        self.session = OrtSession("model.onnx", self.params) if self.encode is None or split or keys_arrive else None
+        self.input_names = [i["name"] for i in json.loads(args["model_config"])["input"]]
         self.validated = [name for name in self.input_names if name in self.contract.specs]
+        self.half_ms = None
+        if split:  # the family is kept as long as its metrics (see _cached_encoder)
+            self.half_family = pb_utils.MetricFamily(name=HALF_TIME_METRIC, kind=pb_utils.MetricFamily.COUNTER,
+                                                     description="Milliseconds stca_split spent in each half, over all requests")
+            self.half_ms = {half: self.half_family.Metric(labels={"model": self.name, "instance": args["model_instance_name"], "half": half})
+                            for half in ("encoder", "scorer")}
 
     def compute(self, inputs):
-        if self.encoder is None:
-            return self.session.run(inputs)
-        if self.keys_arrive:  # the scorer: row keys in, the cut assembled here, then the scorer's graph
-            outputs = self.session.run({**inputs, **self.encoder.assemble(inputs)})
-        else:
-            outputs = self.encoder(inputs)
-        self._report()
+        start = time.perf_counter()
+        cut = self.encode(inputs) if self.encode is not None else {}
+        encoded = time.perf_counter()
+        outputs = cut if self.session is None else self.session.run({**inputs, **cut})
+        if self.half_ms is not None:
+            self.half_ms["encoder"].increment(1e3 * (encoded - start))
+            self.half_ms["scorer"].increment(1e3 * (time.perf_counter() - encoded))
+        if self.cached_encoder is not None:
+            self._report()
         return outputs
 
     def _cached_encoder(self, args):
@@ -77,9 +105,9 @@ class TritonPythonModel(StcaModel):
         return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache)
 
     def _report(self):
-        if self.encoder.cache is None:
+        if self.cached_encoder.cache is None:
             return
-        for name, value in self.encoder.cache.counters().items():
+        for name, value in self.cached_encoder.cache.counters().items():
             if name not in self.metrics:
                 continue
             if name in ("entries", "bytes"):

@@ -9,8 +9,10 @@ from tritonclient.utils import InferenceServerException
 
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
+from compiler.emit import composing
 from compiler.errors import CompilerError
 from compiler.load import load_model
+from compiler.names import ENSEMBLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 HISTORY = ("history_item_ids", "history_actions", "history_age_s")
@@ -111,7 +113,7 @@ def test_a_burst_of_good_and_bad_requests(triton, model):
     assert (good, bad) == (32, 16)
     assert triton.is_ready()
     health = httpclient.InferenceServerClient(triton.cfg.http_url)
-    assert all(health.is_model_ready(m) for m in ("stca", "stca_history_encoder", "stca_candidate_scorer"))
+    assert all(health.is_model_ready(m) for m in (ENSEMBLE, *composing(triton.cfg.repo)[ENSEMBLE]))
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -73,9 +73,12 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
         [row] = cell["rows"]
         assert row["concurrency"] == 1 and row["throughput"] > 0 and row["fraction_of_peak"] > 0 and not cell["dropped"]
         stages = {t["model"]: t for t in row["stages"]}  # Triton's statistics for the models that served the cell
-        expected = {"stca": {"stca_history_encoder", "stca_candidate_scorer"}, "stca_fused": {"stca_fused"},
-                    "stca_naive": {"stca_naive", "stca_fused"}}[cell["model"]]
+        expected = {"stca": {"stca_split"}, "stca_fused": {"stca_fused"}, "stca_naive": {"stca_naive", "stca_fused"}}[cell["model"]]
         assert set(stages) == expected and all(t["compute_infer_ms"] > 0 for t in stages.values())
+        if cell["model"] == "stca":  # both halves ran in stca_split's process, each timed there
+            halves = row["split_halves_ms"]
+            assert halves["encoder"] > 0 and halves["scorer"] > 0
+            assert halves["encoder"] + halves["scorer"] <= stages["stca_split"]["compute_infer_ms"]
     naive = {t["model"]: t for t in cells[("stca_naive", "L=16 N=4")]["rows"][0]["stages"]}
     assert naive["stca_fused"]["requests"] == 4 * naive["stca_naive"]["requests"]  # N=4 calls of the fused model each
     assert cells[("stca_naive", "L=16 N=4")]["flops_per_request"] > cells[("stca", "L=16 N=4")]["flops_per_request"]

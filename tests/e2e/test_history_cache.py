@@ -7,9 +7,9 @@ import pytest
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.data import RepeatedUsers, repeated_user_requests
-from compiler.emit import EmitConfig
+from compiler.emit import EmitConfig, cache_holder
 from compiler.load import load_model
-from compiler.names import ENCODER
+from compiler.names import ENCODER, SPLIT
 from compiler.serve import ServerConfig, TritonServer
 from compiler.server_stats import history_cache_counters
 from tests.e2e.conftest import QUICK_VERIFY
@@ -17,19 +17,20 @@ from tests.e2e.conftest import QUICK_VERIFY
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def cache_counters(metrics_url: str) -> dict[str, float]:
-    return history_cache_counters(metrics_url, ENCODER)
+def cache_counters(server: TritonServer) -> dict[str, float]:
+    return history_cache_counters(server.cfg.metrics_url, cache_holder(server.cfg.repo))
 
 
 def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkpoint):
+    assert cache_holder(triton.cfg.repo) == SPLIT  # as built by default: one process holds both halves and the cache
     model = load_model(tiny_checkpoint)
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=3), seed=21, n_candidates=32)
     client = ScoringClient(triton.cfg.http_url)
-    before = cache_counters(triton.cfg.metrics_url)
+    before = cache_counters(triton)
     for k, request in enumerate(traffic):
         np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4, err_msg=f"request {k}")
     client.close()
-    after = cache_counters(triton.cfg.metrics_url)
+    after = cache_counters(triton)
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     assert hits > 0 and misses > 0
     assert after["entries"] >= misses - after["evictions"]  # what was computed is held, unless evicted
@@ -46,12 +47,12 @@ def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_ch
     with TritonServer(ServerConfig.on_free_ports(out)) as server:
         client = ScoringClient(server.cfg.http_url)
         np.testing.assert_allclose(client.score(traffic[0]), model.score(traffic[0]), rtol=0, atol=1e-4)
-        first = cache_counters(server.cfg.metrics_url)
+        first = cache_counters(server)
         assert first["hits"] == 0 and first["misses"] > 0  # nothing survives a restart: every row was computed
         for request in traffic[1:] * 2:
             np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4)
         client.close()
-        counters = cache_counters(server.cfg.metrics_url)
+        counters = cache_counters(server)
     assert counters["evictions"] > 0
     assert counters["bytes"] <= budget
 

@@ -6,7 +6,7 @@ import pytest
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
-from compiler.names import ENCODER, SCORER
+from compiler.emit import half_files
 from compiler.load import load_model
 from compiler.precision import PrecisionConfig
 from compiler.runtime import OrtGraph, SplitRunner
@@ -24,7 +24,7 @@ def test_served_scores_equal_the_verified_graphs(tmp_path, tiny_checkpoint, prec
                                  precision=PrecisionConfig(precision))).manifest
     assert manifest["verification"]["passed"], manifest["verification"]["failures"]
     model = load_model(tiny_checkpoint, max_history=2_000)
-    in_process = SplitRunner(OrtGraph(out / ENCODER / "1" / "model.onnx"), OrtGraph(out / SCORER / "1" / "model.onnx"))
+    in_process = SplitRunner(*(OrtGraph(path) for path in half_files(out)))
     with TritonServer(ServerConfig.on_free_ports(out)) as server:
         client = ScoringClient(server.cfg.http_url)
         for request in sample_requests(model.config, [3, 700, 2_000], seed=11, n_candidates=50):

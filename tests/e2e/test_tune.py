@@ -14,9 +14,9 @@ from compiler.artifacts import hash_tree
 from compiler.build import BuildConfig, build
 from compiler.client import ScoringClient
 from compiler.data import sample_requests
-from compiler.emit import EmitConfig, read_config
+from compiler.emit import EmitConfig, composing, read_config
 from compiler.load import load_config
-from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, VALIDATOR
+from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
 from compiler.serve import ServerConfig, TritonServer
 from compiler.tune import TuneConfig, tune
 from tests.e2e.conftest import QUICK_VERIFY
@@ -24,21 +24,31 @@ from tests.e2e.conftest import QUICK_VERIFY
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def test_stage_times_count_each_composing_model_once_per_request(triton, tiny_checkpoint):
-    config = load_config(tiny_checkpoint)
-    url = triton.cfg.http_url
-    client = ScoringClient(url)
-    before = server_stats.snapshot(url)
-    for request in sample_requests(config, [30, 90, 200], seed=4, n_candidates=5):
-        client.score(request.inputs)
-    client.close()
-    times = {t.model: t for t in server_stats.since(url, before, [ENSEMBLE, ENCODER, SCORER])}
-    assert server_stats.between(before, server_stats.snapshot(url), [FUSED]) == []  # the fused model answered nothing
-    assert times[ENCODER].requests == times[SCORER].requests == times[ENSEMBLE].requests == 3
-    for half in (times[ENCODER], times[SCORER]):
-        assert half.compute_infer_ms > 0 and half.total_ms >= half.compute_infer_ms
-    # the ensemble's time is its steps' time: it cannot be shorter than the two halves' compute together
-    assert times[ENSEMBLE].total_ms >= times[ENCODER].compute_infer_ms + times[SCORER].compute_infer_ms
+@pytest.mark.parametrize("split_processes", [1, 2])
+def test_stage_times_count_each_composing_model_once_per_request(tmp_path, tiny_checkpoint, split_processes):
+    out = tmp_path / "repo"
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(split_processes=split_processes), verify=QUICK_VERIFY))
+    parts = composing(out)[ENSEMBLE]
+    assert parts == ((SPLIT,) if split_processes == 1 else (ENCODER, SCORER))
+    with TritonServer(ServerConfig.on_free_ports(out)) as triton:
+        url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
+        before, halves_before = server_stats.snapshot(url), server_stats.split_half_ms(metrics)
+        client = ScoringClient(url)
+        for request in sample_requests(load_config(tiny_checkpoint), [30, 90, 200], seed=4, n_candidates=5):
+            client.score(request.inputs)
+        client.close()
+        times = {t.model: t for t in server_stats.since(url, before, [ENSEMBLE, *parts])}
+        halves = {h: ms - halves_before.get(h, 0.0) for h, ms in server_stats.split_half_ms(metrics).items()}
+    assert all(times[m].requests == 3 for m in (ENSEMBLE, *parts))
+    for part in parts:
+        assert times[part].compute_infer_ms > 0 and times[part].total_ms >= times[part].compute_infer_ms
+    # the ensemble's time is its steps' time: it cannot be shorter than their compute together
+    assert times[ENSEMBLE].total_ms >= sum(times[p].compute_infer_ms for p in parts)
+    if split_processes == 1:  # stca_split timed its halves itself, inside its own compute
+        assert halves["encoder"] > 0 and halves["scorer"] > 0
+        assert halves["encoder"] + halves["scorer"] <= 3 * times[SPLIT].compute_infer_ms
+    else:
+        assert halves == {}
 
 
 def test_tune_measures_each_candidate_and_writes_the_fastest_into_the_repository(served_repo, tiny_checkpoint, tmp_path):
@@ -52,7 +62,7 @@ def test_tune_measures_each_candidate_and_writes_the_fastest_into_the_repository
         measured = [entry["throughput"][model] for entry in result.sweep]
         assert all(t > 0 for t in measured)
         assert budget["tuning"]["choice"][model]["throughput"] == max(measured)
-    for model in (ENCODER, SCORER, FUSED):
+    for model in (*composing(repo)[ENSEMBLE], FUSED):
         config, chosen = read_config(repo / model / "config.pbtxt"), result.chosen[model]
         assert config.instance_group[0].count == chosen.instances == budget["placements"][model]["instances"]
         assert config.parameters["intra_op_threads"].string_value == str(chosen.threads)
