@@ -5,7 +5,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler import budget
 from compiler.errors import CompilerError
-from compiler.names import ENCODER, FUSED, NAIVE, SCORER, TORCH
+from compiler.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH
 
 
 def test_the_plan_interleaves_instances_of_each_half_and_gives_a_baseline_every_core():
@@ -14,6 +14,14 @@ def test_the_plan_interleaves_instances_of_each_half_and_gives_a_baseline_every_
     assert plan[ENCODER] == budget.Placement(4, 4) and plan[FUSED] == budget.Placement(1, 16)
     assert plan[TORCH].threads == 16 and plan[NAIVE].instances == 1
     assert budget.plan(1)[ENCODER] == budget.Placement(1, 1)  # never zero threads, on any machine
+
+
+def test_both_halves_in_one_process_get_the_halves_plan_and_the_fused_graphs_candidates():
+    for cores in (1, 2, 16):  # stca_split runs whole requests side by side, as each half's instances would
+        assert budget.plan(cores)[SPLIT] == budget.plan(cores)[ENCODER]
+    found = budget.candidates(2)
+    assert [c[SPLIT] for c in found] == [c[FUSED] for c in found]  # it does the fused graph's work: the same four budgets
+    assert budget.plan(2)[SPLIT] in [c[SPLIT] for c in found]  # the plan is measured too
 
 
 def test_instances_given_share_their_models_cores():
@@ -30,7 +38,7 @@ def test_candidates_differ_and_each_keeps_the_baselines_plan():
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
-@pytest.mark.parametrize("holder, other", [(ENCODER, SCORER), (SCORER, ENCODER)])
+@pytest.mark.parametrize("holder, other", [(ENCODER, SCORER), (SCORER, ENCODER), (SPLIT, ENCODER)])
 def test_the_model_holding_the_row_cache_keeps_one_instance_so_no_row_is_computed_twice(holder, other):
     for cores in (1, 2, 16):
         assert budget.plan(cores, cache_holder=holder)[holder].instances == 1
@@ -39,7 +47,8 @@ def test_the_model_holding_the_row_cache_keeps_one_instance_so_no_row_is_compute
         assert all(c[holder].instances == 1 for c in found)
     assert len({(c[ENCODER], c[SCORER], c[FUSED]) for c in budget.candidates(2, cache_holder=holder)}) == 4
     assert budget.plan(8, instances=2, cache_holder=holder)[holder].instances == 2  # --instances is the user's word
-    assert budget.plan(4, cache_holder=SCORER)[SCORER] == budget.Placement(1, 4)  # the scorer with the cache takes every core
+    for taker in (SCORER, SPLIT):  # the scorer, or the one process, with the cache takes every core
+        assert budget.plan(4, cache_holder=taker)[taker] == budget.Placement(1, 4)
 
 
 def test_configure_writes_each_backends_own_parameters():
@@ -59,6 +68,6 @@ def test_impossible_budgets_are_refused(make):
         make()
 
 
-@pytest.mark.parametrize("holder", [ENCODER, SCORER])
+@pytest.mark.parametrize("holder", [ENCODER, SCORER, SPLIT])
 def test_the_model_holding_the_row_cache_never_spins(holder):
     assert not any(c[holder].spinning for c in budget.candidates(2, cache_holder=holder))
