@@ -19,8 +19,8 @@ models, never on the ensemble.
 Why one process on the python target: each Python-backend model is a stub process, and every tensor into or out
 of one is copied through shared memory. Two stubs cost the split a second round trip and the cut's copies out of
 the encoder and into the scorer (20 MB per request at L=10,000 for the demo model), which the unsplit graph never
-pays: served in two processes the split ran 0.70-0.92x the fused graph's throughput on the demo model, though in
-one ONNX Runtime process its two graphs together take 6-12% less time than the fused graph (docs/benchmarks.md).
+pays: served in two processes the split ran 0.70-0.92x the fused graph's throughput on the demo model, in one
+0.89-1.00x, about what its two graphs take against the fused graph in one ONNX Runtime process (docs/benchmarks.md).
 The C++ backends (onnxruntime, tensorrt) hand tensors between ensemble steps in one process already; there the
 halves stay two models.
 """
