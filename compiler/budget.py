@@ -72,11 +72,11 @@ def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | Non
 def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[str, Placement]]:
     """The budgets tune measures, one server start each: for the ensemble's two halves, the plan's, pipelined halves
     (one instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
-    default; for stca_split and the fused baseline (each runs a whole request), the plan's, all cores in one
-    instance, ONNX Runtime's default, and two-thread instances. The PyTorch and point-wise baselines keep the plan's. The model holding a row
-    cache keeps one instance (see plan) and never spins: the candidates vary its threads and the other half's. Tune's
-    load repeats a few requests, so their rows are all cached after one pass, and there a spinning holder measured
-    best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
+    default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
+    instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
+    cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache keeps one instance
+    (see plan) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
+    requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
     between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
     docs/benchmarks.md)."""
     t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)

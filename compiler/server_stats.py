@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+HALF_TIME_METRIC = "stca_split_half_ms"  # stca_split's counter per half; the served model.py spells it too (it imports
+# nothing of this package: compiler/triton_python/onnx_model.py)
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,11 @@ def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0
 
 
 def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]:
-    """stca_split's cumulative milliseconds in each half ({"encoder": ms, "scorer": ms}; HALF_TIME_METRIC in
-    compiler/triton_python/onnx_model.py), summed over its instances; empty where the server has no stca_split."""
+    """stca_split's cumulative milliseconds in each half ({"encoder": ms, "scorer": ms}; HALF_TIME_METRIC), summed over
+    its instances; empty where the server has no stca_split."""
     totals: dict[str, float] = {}
     for line in _metrics(metrics_url, timeout_s):
-        if line.startswith("stca_split_half_ms{"):
+        if line.startswith(HALF_TIME_METRIC + "{"):
             half = line.split('half="', 1)[1].split('"', 1)[0]
             totals[half] = totals.get(half, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
