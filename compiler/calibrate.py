@@ -25,7 +25,7 @@ from compiler.data import kuairand_lengths, sample_requests
 from compiler.errors import CompilerError
 from compiler.log import Progress, stage
 from compiler.model import STCAConfig
-from compiler.contract import INPUT_NAMES, SPECS, Contract, RequestError, stca_contract
+from compiler.contract import Contract, RequestError, read_requests, stca_contract
 
 CALIBRATION_FORMAT = "stca-calibration"
 INDEX = "calibration.json"
@@ -57,20 +57,17 @@ def from_jsonl(out: Path, source: Path, config: STCAConfig) -> CalibrationSet:
     source = Path(source)
     if not source.is_file():
         raise CompilerError(f"calibrate: {source}: no such file")
-    count = sum(1 for line in source.open() if line.strip())
+    contract, count = stca_contract(config), sum(1 for line in source.open() if line.strip())
     if count == 0:
         raise CompilerError(f"calibrate: {source} holds no requests (one JSON object per line)")
 
     def requests():
-        with source.open() as f:
-            for number, line in enumerate((line for line in f if line.strip()), start=1):
-                try:
-                    raw = json.loads(line)
-                    yield {name: np.asarray(raw[name], dtype=SPECS[name].dtype) for name in INPUT_NAMES}
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise CompilerError(f"calibrate: {source} line {number}: not a request ({type(e).__name__}: {e})") from e
+        try:
+            yield from read_requests(source, contract)
+        except RequestError as e:
+            raise CompilerError(f"calibrate: {e}") from e
 
-    return write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, stca_contract(config))
+    return write(out, requests(), count, {"file": str(source), "sha256": sha256_file(source)}, contract)
 
 
 def load(path: Path) -> CalibrationSet:

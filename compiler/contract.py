@@ -11,6 +11,7 @@ torch or onnx.
 """
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -218,19 +219,26 @@ def load_request(path: Path, contract: Contract | None = None) -> dict:
     return _parse(raw, contract, f"request file {path}")
 
 
-def load_requests(path: Path, contract: Contract) -> list[dict]:
-    """Requests as JSON lines: one {input name: nested list} object per line (blank lines skipped)."""
+def read_requests(path: Path, contract: Contract) -> Iterator[dict]:
+    """Requests as JSON lines: one {input name: nested list} object per line (blank lines skipped), parsed one at a
+    time, so a calibration file may hold more long requests than memory does."""
     try:
-        lines = [(k, line) for k, line in enumerate(Path(path).read_text().splitlines(), start=1) if line.strip()]
+        with Path(path).open() as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RequestError(f"requests file {path} line {number}: not JSON ({e})") from e
+                yield _parse(raw, contract, f"requests file {path} line {number}")
     except OSError as e:
         raise RequestError(f"requests file {path}: cannot read it ({e})") from e
-    requests = []
-    for number, line in lines:
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RequestError(f"requests file {path} line {number}: not JSON ({e})") from e
-        requests.append(_parse(raw, contract, f"requests file {path} line {number}"))
+
+
+def load_requests(path: Path, contract: Contract) -> list[dict]:
+    """read_requests' requests, all of them; a file without one is refused."""
+    requests = list(read_requests(path, contract))
     if not requests:
         raise RequestError(f"requests file {path}: holds no requests (one JSON object per line)")
     return requests

@@ -47,7 +47,7 @@ def test_bad_requests_are_refused_with_the_line(tmp_path):
     with pytest.raises(CompilerError, match=r"request 1: history_age_s: value -1.0 is negative"):
         calibrate.from_jsonl(tmp_path / "set", tmp_path / "r.jsonl", config)
     (tmp_path / "s.jsonl").write_text("{not json\n")
-    with pytest.raises(CompilerError, match="line 1: not a request"):
+    with pytest.raises(CompilerError, match="s.jsonl line 1: not JSON"):
         calibrate.from_jsonl(tmp_path / "set2", tmp_path / "s.jsonl", config)
     assert not (tmp_path / "set").exists() and not (tmp_path / "set2").exists()
 
