@@ -105,17 +105,34 @@ def crossover_candidates(c: STCAConfig, L: int, target: str = "in-process", cut_
     return (c.d_model + b) / (c.n_heads - 1 + c.d_model / L)
 
 
-def gemm_peak_flops(size: int = 2_048, repeats: int = 5) -> float:
-    """Best fp32 FLOP/s of a size x size matmul in this process (PyTorch's CPU BLAS), the roofline's ceiling."""
+def gemm_peaks(size: int = 2_048, seconds: float = 1.0) -> dict[str, float]:
+    """Best fp32 FLOP/s of a size x size matmul in this process, per library: ONNX Runtime (the kernels the served
+    graphs run, the weight an initializer it prepacks, as a served model's are) and PyTorch (the eager baseline's).
+    Each repeats for `seconds`: a few runs on a shared VM gave anywhere from 90 to 177 GFLOP/s."""
     import time
 
+    import numpy as np
+    import onnxruntime as ort
     import torch
+    from onnx import TensorProto, helper, numpy_helper
 
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], [numpy_helper.from_array(b.numpy(), "b")])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same cores as PyTorch's
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    feeds = {"a": np.ascontiguousarray(a.numpy())}
+    runs = {"onnxruntime": lambda: session.run(None, feeds), "torch": lambda: torch.matmul(a, b)}
+    peaks = {}
+    for library, run in runs.items():
+        run()  # warm-up
+        best, until = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        peaks[library] = 2 * size**3 / best
+    return peaks

@@ -69,6 +69,8 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     cells = {(c["model"], c["load"]): c for c in results["cells"]}
     mixed = next(c["load"] for c in results["cells"] if c["load"].startswith("mixed"))
     assert set(cells) == {(m, load) for m in models for load in ("L=16 N=4", mixed)}
+    assert set(results["gemm_peaks"]) == {"onnxruntime", "torch"}  # the ceiling is the better of the two libraries
+    assert results["gemm_peak_flops"] == max(results["gemm_peaks"].values())
     for cell in cells.values():
         [row] = cell["rows"]
         assert row["concurrency"] == 1 and row["throughput"] > 0 and row["fraction_of_peak"] > 0 and not cell["dropped"]
