@@ -246,7 +246,8 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 for TensorRT (symmetric) or ONNX Runtime's CPU integer kernels (uint8 activations); "
                         "default: the one the target's device runs")
     b.add_argument("--cut-dtype", choices=["fp32", "fp16"],
-                   help="dtype the cut tensors cross in (default: fp16 for fp16 and int8 builds, fp32 for fp32; "
+                   help="dtype the cut tensors cross in (default: fp32 for fp32 builds; for the others fp16 where the cut "
+                        "is copied between processes or read from GPU memory, else the dtype the scorer computes in; "
                         "an fp16 cut is verified against the fp16 gates)")
     b.add_argument("--attention", choices=["kv", "reordered", "auto"],
                    help="attention form (default: the checkpoint's); auto: the cheaper one by the cost model")
@@ -354,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--cell-budget", type=float, default=150.0, help="seconds a cell may take; slower cells are dropped")
     be.add_argument("--protocol", choices=["http", "grpc"], default="http")
     be.add_argument("--max-history", type=int)
-    be.add_argument("--cut-dtype", choices=["fp32", "fp16"], help="the builds' cut dtype (default: fp16 for fp16/int8, fp32 for fp32)")
+    be.add_argument("--cut-dtype", choices=["fp32", "fp16"], help="the builds' cut dtype (default: as build --cut-dtype)")
     be.add_argument("--suites", default="grid,response_cache,attention,repeated_users",
                     help="what to measure (default: all): grid (every model x L x N and the mixed load), response_cache, "
                          "attention (cost model against measurement), repeated_users (the history row cache)")

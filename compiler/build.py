@@ -158,9 +158,11 @@ def build(cfg: BuildConfig) -> BuildResult:
         raise CompilerError("int8 form cpu: TensorRT takes symmetric int8 only (use the tensorrt form, the default there)")
     subject, whole, parts = plan_cut(cfg)
     contract = subject.contract
-    precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cfg.precision.cut_precision)
+    cut_precision = cfg.precision.cut_precision(deployment.cut_bytes_cost)
+    precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cut_precision)
     with _calibration_set(cfg, subject) as calibration:
-        halves, cut, verification, kept_float = _within_gates(cfg, subject, parts, whole, calibration, int8_form, precision)
+        halves, cut, verification, kept_float = _within_gates(cfg, subject, parts, whole, calibration, int8_form, precision,
+                                                              cut_precision)
     with stage("lint") as s:
         lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt")
         s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
@@ -206,7 +208,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     return result
 
 
-def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration, int8_form: str, precision: str):
+def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration, int8_form: str, precision: str,
+                  cut_precision: str):
     """Convert, narrow the cut, verify; where an int8 build misses its gates, or passes within
     int8_fallback.MARGIN of one, keep the layers that cost the ranking most in float (compiler.int8_fallback),
     one more each round, and verify again. Returns (halves, cut, verification, the layers kept in float with
@@ -219,7 +222,7 @@ def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration,
             s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}" + (
                 f"; {len(kept)} layer(s) kept in float" if kept else "")
         cut = parts.cut
-        if cfg.precision.cut_precision == "fp16":
+        if cut_precision == "fp16":
             halves, cut = _narrow_cut(halves, cut, subject)
         verification = verify(subject, SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer)).score, precision, cfg.verify)
         if "int8" not in (halves.encoder_precision, halves.scorer_precision):
@@ -365,7 +368,8 @@ def _load(cfg: BuildConfig) -> StcaSubject:
     if cfg.attention == "auto":
         c = model.config
         L, N = cfg.expected_history or c.max_history, cfg.expected_candidates
-        target, cut = resolve_target(cfg.emit.target), cfg.precision.cut_precision
+        target = resolve_target(cfg.emit.target)
+        cut = cfg.precision.cut_precision(emit_stage.deployment(cfg.emit, target).cut_bytes_cost)
         form = best_attention(c, L, N, target, cut)
         flops = {f: split_cost(c, L, N, f).flops for f in ("kv", "reordered")}
         cost = {f: served_cost(c, L, N, f, target, cut) for f in ("kv", "reordered")}

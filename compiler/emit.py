@@ -125,6 +125,12 @@ class Deployment:
         two = self.target != "python" or self.options.response_cache or self.options.history_cache_at is not None
         return self.options.split_processes or (2 if two else 1)
 
+    @property
+    def cut_bytes_cost(self) -> bool:
+        """Whether the cut's bytes cost serving time: copied out of one stub process into another (the python target's
+        two processes) or read from GPU memory; not where one CPU process hands the scorer the encoder's buffer."""
+        return self.device == "gpu" or (self.target == "python" and self.split_processes == 2)
+
     def placements(self, cache_holder: str | None = None) -> dict[str, budget.Placement]:
         """Instances and threads per model on a CPU (compiler.budget.plan for the resolved cores); `cache_holder`: the
         model whose process holds the history row cache (see cache_holder), if any."""

@@ -80,10 +80,22 @@ class PrecisionConfig:
         if self.cut not in (None, "fp32", "fp16"):
             raise CompilerError(f"cut dtype: {self.cut!r} is not fp32 or fp16")
 
+    def cut_precision(self, bytes_cost: bool = True) -> str:
+        """The dtype the cut crosses in: --cut-dtype where given; fp32 when both halves are fp32 (an fp32 build ships
+        fp16 only when asked); otherwise fp16 where the cut's bytes cost time (`bytes_cost`: copied between two
+        processes, or read from GPU memory), and where they do not (one CPU process hands the scorer the encoder's
+        buffer) the dtype the scorer computes in: narrowing there buys only two casts and a rounding (medium model,
+        int8, L=10,000: the casts were 3% of the split's time, docs/precision.md)."""
+        if self.cut:
+            return self.cut
+        if self.encoder_precision == self.scorer_precision == "fp32":
+            return "fp32"
+        return "fp16" if bytes_cost else self.scorer_compute_precision
+
     @property
-    def cut_precision(self) -> str:
-        """fp16 where either half computes below fp32 anyway; an fp32 build ships fp16 only when asked."""
-        return self.cut or ("fp32" if self.encoder_precision == self.scorer_precision == "fp32" else "fp16")
+    def scorer_compute_precision(self) -> str:
+        """The float dtype the scorer computes in: int8 leaves what it does not quantize in int8_high_precision."""
+        return self.int8_high_precision if self.scorer_precision == "int8" else self.scorer_precision
 
     @property
     def encoder_precision(self) -> str:

@@ -203,6 +203,7 @@ def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, ti
     assert set(manifest["verification"]["auc"]) == {"finish", "skip", "like"}
     assert manifest["precisions"]["int8_form"] == "cpu"  # the python target serves on ONNX Runtime's CPU kernels
     assert manifest["precisions"]["encoder"]["form"] == manifest["precisions"]["scorer"]["form"] == "cpu"
+    assert {t["dtype"] for t in manifest["cut"]} == {"float32"}  # one process: nothing to gain from narrowing the cut
 
 
 @pytest.mark.slow

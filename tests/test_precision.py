@@ -155,6 +155,22 @@ def test_per_half_precision_overrides_the_build_precision(tiny, calibration_set)
     assert any(n.op_type == "QuantizeLinear" for n in halves.scorer.graph.node)
 
 
+def test_the_cut_is_narrowed_only_where_its_bytes_cost_time():
+    """fp16 where the cut is copied between stub processes or read from GPU memory; in one CPU process the scorer
+    reads the encoder's buffer, so the cut stays in the dtype the scorer computes in."""
+    from compiler.emit import EmitConfig, deployment
+
+    one_process, two_processes = deployment(EmitConfig(), "python"), deployment(EmitConfig(split_processes=2), "python")
+    on_gpu, ort_on_cpu = deployment(EmitConfig(), "onnxruntime"), deployment(EmitConfig(device="cpu"), "onnxruntime")
+    assert [d.cut_bytes_cost for d in (one_process, two_processes, on_gpu, ort_on_cpu)] == [False, True, True, False]
+    assert [PrecisionConfig("int8").cut_precision(costs) for costs in (False, True)] == ["fp32", "fp16"]
+    assert PrecisionConfig("int8", int8_high_precision="fp16").cut_precision(False) == "fp16"  # the scorer computes in fp16
+    assert PrecisionConfig("fp16").cut_precision(False) == PrecisionConfig("fp32", scorer="fp16").cut_precision(False) == "fp16"
+    assert PrecisionConfig("int8", scorer="fp32").cut_precision(False) == "fp32"
+    assert PrecisionConfig("fp32").cut_precision(True) == "fp32"  # an fp32 build narrows only when asked
+    assert PrecisionConfig("int8", cut="fp16").cut_precision(False) == PrecisionConfig("fp32", cut="fp16").cut_precision(True) == "fp16"
+
+
 def test_int8_needs_a_calibration_set(tiny):
     _, parts = tiny
     with pytest.raises(Exception, match="no calibration set"):
