@@ -1,18 +1,23 @@
 """CPU latency of each half per precision: encoder and scorer of built repositories, in ONNX Runtime, in-process.
 
-    .venv/bin/python benchmarks/precision_latency.py fp32=triton_repo_fp32 int8=triton_repo_int8 [--history 2000 10000] [--candidates 128] [--threads 1]
+    .venv/bin/python benchmarks/precision_latency.py fp32=triton_repo_fp32 int8=triton_repo_int8 [--history 2000 10000] [--candidates 128] [--threads 1] [--ops]
 
 Prints a markdown table (median ms over --repeats runs after 3 warm-ups) with the machine and versions, and
-the unsplit graph where the repository has it (--baselines). Against Triton's per-model statistics of the
-same repository this is what serving adds: the split's stub copies and round trips (docs/benchmarks.md).
+the unsplit graph where the repository has it (--baselines); --ops adds where each half's time goes, per
+operator type (ONNX Runtime's profiler, which adds overhead of its own: read the shares, not the totals).
+Against Triton's per-model statistics of the same repository this is what serving adds: the split's stub copies and round trips (docs/benchmarks.md).
 """
 
 import argparse
 import json
+import os
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from compiler.build import machine, versions
 from compiler.data import sample_requests
@@ -33,6 +38,26 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def op_times_ms(path: Path, feeds: dict, threads: int, runs: int = 5) -> tuple[float, Counter]:
+    """Mean ms per run of the whole graph and of each operator type (kernel time), after one warm-up run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = threads, 3
+    options.enable_profiling, options.profile_file_prefix = True, os.path.join(tempfile.gettempdir(), "precision_latency")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+    for _ in range(1 + runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    graph_runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][1:]  # after the warm-up
+    by_op = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= graph_runs[0]["ts"]:
+            by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return sum(e["dur"] for e in graph_runs) / 1e3 / runs, by_op
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("builds", nargs="+", help="label=repository")
@@ -40,8 +65,9 @@ def main() -> None:
     p.add_argument("--candidates", type=int, nargs="+", default=[128])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (default 0: one per core)")
+    p.add_argument("--ops", action="store_true", help="also the time per operator type in each half (profiled runs)")
     args = p.parse_args()
-    rows = []
+    rows, ops = [], []
     for spec in args.builds:
         label, repo = spec.split("=", 1)
         repo = Path(repo)
@@ -52,6 +78,9 @@ def main() -> None:
             for N in args.candidates:
                 request = next(sample_requests(config, [L], seed=0, n_candidates=N)).inputs
                 cut = encoder.run(request)
+                if args.ops:
+                    for half, path in zip(("encoder", "scorer"), half_files(repo)):
+                        ops.append((label, L, N, half, *op_times_ms(path, {**request, **cut}, args.threads)))
                 rows.append((label, L, N, median_ms(lambda: encoder.run(request), args.repeats),
                              median_ms(lambda: scorer.run({**request, **cut}), args.repeats),
                              median_ms(lambda: fused.run(request), args.repeats) if fused else None))
@@ -62,6 +91,14 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, L, N, enc, sc, whole in rows:
         print(f"| {label} | {L} | {N} | {enc:.2f} | {sc:.2f} | {enc + sc:.2f} | {'-' if whole is None else f'{whole:.2f}'} |")
+    if ops:
+        print("\nWhere each half's time goes (profiled: mean ms per run, by operator type; the top 6, then the rest):\n")
+        print("| build | L | N | half | profiled ms | by operator type |")
+        print("|---|---:|---:|---|---:|---|")
+        for label, L, N, half, total, by_op in ops:
+            top = by_op.most_common(6)
+            rest = sum(by_op.values()) - sum(ms for _, ms in top)
+            print(f"| {label} | {L} | {N} | {half} | {total:.1f} | " + ", ".join(f"{op} {ms:.1f}" for op, ms in top) + f", other {rest:.1f} |")
 
 
 if __name__ == "__main__":
