@@ -1,10 +1,12 @@
 """CPU latency of each half per precision: encoder and scorer of built repositories, in ONNX Runtime, in-process.
 
-    .venv/bin/python benchmarks/precision_latency.py fp32=triton_repo_fp32 int8=triton_repo_int8 [--history 2000 10000] [--candidates 128] [--threads 1] [--ops]
+    .venv/bin/python benchmarks/precision_latency.py fp32=triton_repo_fp32 int8=triton_repo_int8 [--history 2000 10000] [--candidates 128] [--threads 1] [--ops] [--ab]
 
 Prints a markdown table (median ms over --repeats runs after 3 warm-ups) with the machine and versions, and
 the unsplit graph where the repository has it (--baselines); --ops adds where each half's time goes, per
-operator type (ONNX Runtime's profiler, which adds overhead of its own: read the shares, not the totals).
+operator type (ONNX Runtime's profiler, which adds overhead of its own: read the shares, not the totals);
+--ab times the builds' splits interleaved, one run of each in turn per round, so a drifting machine (a shared
+VM) slows them alike: the way to compare two builds that differ by a few percent.
 Against Triton's per-model statistics of the same repository this is what serving adds: the split's stub copies and round trips (docs/benchmarks.md).
 """
 
@@ -58,6 +60,22 @@ def op_times_ms(path: Path, feeds: dict, threads: int, runs: int = 5) -> tuple[f
     return sum(e["dur"] for e in graph_runs) / 1e3 / runs, by_op
 
 
+def interleaved_ms(splits: dict, L: int, N: int, rounds: int) -> dict[str, float]:
+    """Median ms of each build's encoder + scorer on one request, the builds run in turn within every round."""
+    runs = {}
+    for label, (config, encoder, scorer) in splits.items():
+        request = next(sample_requests(config, [L], seed=0, n_candidates=N)).inputs
+        runs[label] = lambda request=request, encoder=encoder, scorer=scorer: scorer.run({**request, **encoder.run(request)})
+        runs[label]()  # warm-up
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    return {label: 1e3 * float(np.median(t)) for label, t in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("builds", nargs="+", help="label=repository")
@@ -66,14 +84,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (default 0: one per core)")
     p.add_argument("--ops", action="store_true", help="also the time per operator type in each half (profiled runs)")
+    p.add_argument("--ab", action="store_true", help="also the builds' encoder + scorer timed interleaved, round by round")
     args = p.parse_args()
-    rows, ops = [], []
+    rows, ops, splits = [], [], {}
     for spec in args.builds:
         label, repo = spec.split("=", 1)
         repo = Path(repo)
         config = STCAConfig.from_dict(json.loads((repo / "manifest.json").read_text())["model_config"])
         encoder, scorer = (OrtGraph(path, args.threads) for path in half_files(repo))
         fused = OrtGraph(repo / FUSED / "1" / "model.onnx", args.threads) if (repo / FUSED).is_dir() else None
+        splits[label] = (config, encoder, scorer)
         for L in args.history:
             for N in args.candidates:
                 request = next(sample_requests(config, [L], seed=0, n_candidates=N)).inputs
@@ -91,6 +111,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, L, N, enc, sc, whole in rows:
         print(f"| {label} | {L} | {N} | {enc:.2f} | {sc:.2f} | {enc + sc:.2f} | {'-' if whole is None else f'{whole:.2f}'} |")
+    if args.ab:
+        print(f"\nInterleaved: encoder + scorer of each build, one run each in turn, median of {args.repeats} rounds:\n")
+        print("| L | N | " + " | ".join(f"{label} ms" for label in splits) + " | " + " | ".join(f"{label} / {next(iter(splits))}" for label in splits) + " |")
+        print("|---:|---:|" + "---:|" * (2 * len(splits)))
+        for L in args.history:
+            for N in args.candidates:
+                medians = interleaved_ms(splits, L, N, args.repeats)
+                first = next(iter(medians.values()))
+                print(f"| {L} | {N} | " + " | ".join(f"{ms:.1f}" for ms in medians.values()) + " | "
+                      + " | ".join(f"{ms / first:.3f}" for ms in medians.values()) + " |")
     if ops:
         print("\nWhere each half's time goes (profiled: mean ms per run, by operator type; the top 6, then the rest):\n")
         print("| build | L | N | half | profiled ms | by operator type |")
