@@ -65,7 +65,7 @@ class BenchConfig:
     cache_repeats: int = 8
     protocol: str = "http"
     max_history: int | None = None  # None: the model's (10,000)
-    cut_dtype: str | None = None  # the builds' --cut-dtype (None: fp16 for fp16 and int8 builds, fp32 for fp32 ones)
+    cut_dtype: str | None = None  # the builds' --cut-dtype (None: as build decides, compiler.precision.PrecisionConfig.cut_precision)
     verify: VerifyConfig = field(default_factory=lambda: VerifyConfig(auc_requests=16))  # each build's gates
     out: Path = Path("benchmarks/results")
     work: Path | None = None  # where repositories are built; None: a temporary directory
