@@ -26,7 +26,7 @@ import numpy as np
 from compiler import server_stats
 from compiler.bench_repeated import RepeatedConfig, repeated_users, served_repositories, uncached_copy
 from compiler.client import ScoringClient
-from compiler.costmodel import best_attention, gemm_peaks, naive_cost, split_cost
+from compiler.costmodel import best_attention, gemm_peaks, naive_cost, peaks_text, split_cost
 from compiler.data import kuairand_lengths, sample_requests
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SPLIT, TORCH
 from compiler.errors import CompilerError
@@ -320,8 +320,7 @@ def run(cfg: BenchConfig) -> Path:
         with stage("bench: machine peak") as s:
             peaks = gemm_peaks()
             peak = max(peaks.values())
-            s.summary = f"{peak / 1e9:.0f} GFLOP/s (fp32 matmul 2048^3, best of " + ", ".join(
-                f"{library} {flops / 1e9:.0f}" for library, flops in peaks.items()) + ")"
+            s.summary = f"{peak / 1e9:.0f} GFLOP/s (fp32 matmul 2048^3, best of {peaks_text(peaks)})"
 
         def repo(label: str, precision: str, tuned: bool = True, **emit):
             """A built (and tuned) repository, and its thread budget as measured."""

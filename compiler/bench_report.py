@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from compiler.budget import Placement
+from compiler.costmodel import peaks_text
 from compiler.bench import load_label
 from compiler.bench_repeated import hit_rate
 from compiler.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SHORT_NAMES, TORCH
@@ -49,7 +50,7 @@ def _stamp(r: dict) -> str:
     model = (f"model D={c['n_heads'] * c['head_dim']} h={c['n_heads']} M={c['n_layers']} attention={c['attention']}, L<={c['max_history']}"
              if c else f"model {r['model']['kind']} {Path(r['model']['path']).name}, "
              + ", ".join(f"{dim}<={size}" for dim, size in r["contract"]["limits"].items()))
-    by_library = ", ".join(f"{library} {flops / 1e9:.0f}" for library, flops in r.get("gemm_peaks", {}).items())
+    by_library = peaks_text(r.get("gemm_peaks", {}))
     return (f"{cpu} x{m['cpus']} CPUs, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32"
             + (f" (2048³ matmul, best of {by_library})" if by_library else "") + "; "
             f"tritonserver {v.get('tritonserver', '?').split(' ')[0]}, onnxruntime {v['onnxruntime']}, torch {v['torch']}; "

@@ -136,3 +136,8 @@ def gemm_peaks(size: int = 2_048, seconds: float = 1.0) -> dict[str, float]:
             best = min(best, time.perf_counter() - start)
         peaks[library] = 2 * size**3 / best
     return peaks
+
+
+def peaks_text(peaks: dict[str, float]) -> str:
+    """gemm_peaks' answer as the results say it: "onnxruntime 171, torch 174" (GFLOP/s)."""
+    return ", ".join(f"{library} {flops / 1e9:.0f}" for library, flops in peaks.items())
