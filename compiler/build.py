@@ -27,6 +27,7 @@ from compiler.emit import EmitConfig, Graphs
 from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
 from compiler.errors import CompilerError
 from compiler.history_cache import RowCachePlan
+from compiler.layer_norm_rows import layer_norms_on_rows
 from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
 from compiler.subject import StcaSubject, Subject
 from compiler.user_model import UserModelSpec, load_user_model, opset_of
@@ -344,9 +345,10 @@ def cut_model(subject: Subject, opset: int = 18) -> tuple[onnx.ModelProto, Split
     """The export and partition stages: (the whole graph, split) of a loaded subject."""
     contract = subject.contract
     with stage("export") as s:
-        whole = subject.export(opset)
+        whole, on_rows = layer_norms_on_rows(subject.export(opset))
         s.summary = (f"{len(whole.graph.node)} nodes, opset {opset_of(whole)}, dynamic "
-                     + ", ".join(f"{dim}<={size}" for dim, size in contract.limits.items()))
+                     + ", ".join(f"{dim}<={size}" for dim, size in contract.limits.items())
+                     + (f"; {on_rows} layer norms run on rows" if on_rows else ""))
     with stage("partition") as s:
         parts = split(whole, contract.request_inputs, subject.cut_names())
         mb = (parts.cut.bytes_per_request(contract.limits) or 0) / 1e6

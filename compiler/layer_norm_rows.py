@@ -1,0 +1,85 @@
+"""Layer-norm rows pass: a LayerNormalization of a rank >= 3 sum runs on its (rows, D) view.
+
+ONNX Runtime's CPU graph optimizer fuses Add + LayerNormalization over the last axis of a 3-D tensor into
+its contrib op SkipLayerNormalization, and that kernel is several times slower than the two ops it replaces
+(onnxruntime 1.32, AVX2, one thread, x and skip (128, 8, 256): 1.62 ms fused against 0.31 ms for Add +
+LayerNormalization; the same on (1024, 1, 256) and (1000, 8, 256); see docs/benchmarks.md). STCA's
+RankMixer normalizes x + mixed and x + ffn, each (N, T, D), so every scorer and unsplit run paid it. The
+fusion only matches a 3-D Add feeding the norm directly, so this pass puts a Flatten between them:
+
+    y = LayerNormalization(Add(a, b), scale, bias, axis=-1)
+becomes
+    s = Add(a, b);  y = Reshape(LayerNormalization(Flatten(s, axis=-1), scale, bias, axis=-1), Shape(s))
+
+Same arithmetic, row by row (a norm over the last axis treats every leading index alike), and Flatten and
+Reshape move no data in ONNX Runtime. The rewrite is generic: it matches the pattern, not STCA's names.
+Postcondition: no LayerNormalization reads a rank >= 3 Add output directly, and the model passes
+onnx.checker. A norm over more than the last axis, or one that also returns its mean and inverse standard
+deviation, is left as it is (the fusion does not take those either).
+"""
+
+import copy
+
+import onnx
+from onnx import helper
+
+from compiler.errors import CompilerError
+
+
+class LayerNormRowsError(CompilerError):
+    """The rewritten model breaks the pass's postcondition."""
+
+
+def layer_norms_on_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of `model` with every LayerNormalization of a rank >= 3 Add output run on the 2-D view, and how many."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    ranks = _ranks(model)
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        if not _matches(node, producer, ranks):
+            nodes.append(node)
+            continue
+        summed, out = node.input[0], node.output[0]
+        rows, normed, shape = f"{out}__rows", f"{out}__rows_normed", f"{out}__shape"
+        attributes = [a for a in node.attribute if a.name != "axis"]
+        nodes += [
+            helper.make_node("Flatten", [summed], [rows], name=f"{node.name}/flatten", axis=-1),
+            helper.make_node("LayerNormalization", [rows, *node.input[1:]], [normed], name=node.name, axis=-1),
+            helper.make_node("Shape", [summed], [shape], name=f"{node.name}/shape"),
+            helper.make_node("Reshape", [normed, shape], [out], name=f"{node.name}/reshape"),
+        ]
+        nodes[-3].attribute.extend(attributes)  # epsilon, stash_type
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _check(model)
+    return model, rewritten
+
+
+def _matches(node: onnx.NodeProto, producer: dict, ranks: dict) -> bool:
+    if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+        return False
+    if len([o for o in node.output if o]) != 1:
+        return False  # Mean / InvStdDev are per leading index: their shape would change
+    rank = ranks.get(node.input[0])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    source = producer.get(node.input[0])
+    return rank is not None and rank >= 3 and axis in (-1, rank - 1) and source is not None and source.op_type == "Add"
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info, *inferred.output]
+            if v.type.tensor_type.HasField("shape")}
+
+
+def _check(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    ranks = _ranks(model)
+    left = [n.name or n.output[0] for n in graph.node if _matches(n, producer, ranks)]
+    if left:
+        raise LayerNormRowsError(f"layer-norm rows: {left[:3]} still normalize a rank >= 3 Add output directly")
+    onnx.checker.check_model(model, full_check=True)
