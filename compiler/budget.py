@@ -69,7 +69,8 @@ def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | Non
     return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
 
 
-def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[str, Placement]]:
+def candidates(cpu_threads: int, cache_holder: str | None = None,
+               placed: tuple[str, ...] = (ENCODER, SCORER, SPLIT, FUSED)) -> list[dict[str, Placement]]:
     """The budgets tune measures, one server start each: for the ensemble's two halves, the plan's, pipelined halves
     (one instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
@@ -78,14 +79,19 @@ def candidates(cpu_threads: int, cache_holder: str | None = None) -> list[dict[s
     (see plan) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
     requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
     between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
-    docs/benchmarks.md)."""
+    docs/benchmarks.md). `placed` are the models the repository serves: budgets that place them alike would be the
+    same server measured twice (on 2 cores the two-thread instance is also all cores in one), so each is kept once."""
     t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
     held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
     encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)
     whole = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
     one = held if cache_holder == SPLIT else whole  # the plan's stca_split budget is among the four up to 8 cores
-    return [{**base, ENCODER: e, SCORER: s, SPLIT: o, FUSED: f} for e, s, o, f in zip(encoder, scorer, one, whole)]
+    found = [{**base, ENCODER: e, SCORER: s, SPLIT: o, FUSED: f} for e, s, o, f in zip(encoder, scorer, one, whole)]
+    distinct = {}
+    for candidate in found:
+        distinct.setdefault(tuple(candidate[m] for m in placed), candidate)
+    return list(distinct.values())
 
 
 def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:

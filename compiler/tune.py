@@ -74,7 +74,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     with tempfile.TemporaryDirectory(prefix="stca-tune-") as scratch, stage(f"tune: {cpu_threads} cores, {load}, N={cfg.candidates}") as s:
         inputs = write_input_file(Path(scratch) / "load.json", requests)
         holder = cache_holder(repo)
-        candidates = budget.candidates(cpu_threads, holder)
+        candidates = budget.candidates(cpu_threads, holder, placed=tuple(placed))
         progress = Progress("budget", len(candidates), every_s=0)
         for index, placements in enumerate(candidates):
             copy = _copy_with(repo, Path(scratch) / f"candidate-{index}", placements, kind=_kind(repo))

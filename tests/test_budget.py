@@ -38,6 +38,14 @@ def test_candidates_differ_and_each_keeps_the_baselines_plan():
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
+def test_budgets_that_place_the_served_models_alike_are_measured_once():
+    for cores, expected in ((2, 3), (16, 4)):  # on 2 cores two-thread instances are one all-core instance
+        found = budget.candidates(cores, placed=(SPLIT, FUSED))
+        assert len({(c[SPLIT], c[FUSED]) for c in found}) == len(found) == expected
+    assert budget.plan(2)[SPLIT] in [c[SPLIT] for c in budget.candidates(2, placed=(SPLIT, FUSED))]  # kept, not dropped
+    assert len(budget.candidates(2)) == 4  # the two halves' budgets differ in every one
+
+
 @pytest.mark.parametrize("holder, other", [(ENCODER, SCORER), (SCORER, ENCODER), (SPLIT, ENCODER)])
 def test_the_model_holding_the_row_cache_keeps_one_instance_so_no_row_is_computed_twice(holder, other):
     for cores in (1, 2, 16):

@@ -57,7 +57,8 @@ def test_tune_measures_each_candidate_and_writes_the_fastest_into_the_repository
     result = tune(TuneConfig(repo=repo, history=20, candidates=4, requests=2, concurrency=(1,), window_requests=4))
     manifest = json.loads((repo / "manifest.json").read_text())
     budget = manifest["thread_budget"]
-    assert budget["chosen_by"] == "tune" and len(budget["tuning"]["sweep"]) == len(result.sweep) == 4
+    assert budget["chosen_by"] == "tune" and len(budget["tuning"]["sweep"]) == len(result.sweep) >= 3
+    assert len({json.dumps(entry["placements"], sort_keys=True) for entry in result.sweep}) == len(result.sweep)  # none twice
     for model in (ENSEMBLE, FUSED):
         measured = [entry["throughput"][model] for entry in result.sweep]
         assert all(t > 0 for t in measured)
