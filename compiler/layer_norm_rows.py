@@ -18,12 +18,11 @@ onnx.checker. A norm over more than the last axis, or one that also returns its 
 deviation, is left as it is (the fusion does not take those either).
 """
 
-import copy
-
 import onnx
 from onnx import helper
 
 from compiler.errors import CompilerError
+from compiler.graph_index import GraphIndex
 
 
 class LayerNormRowsError(CompilerError):
@@ -32,54 +31,46 @@ class LayerNormRowsError(CompilerError):
 
 def layer_norms_on_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` with every LayerNormalization of a rank >= 3 Add output run on the 2-D view, and how many."""
-    model = copy.deepcopy(model)
-    graph = model.graph
-    ranks = _ranks(model)
-    producer = {o: n for n in graph.node for o in n.output}
+    model = onnx.shape_inference.infer_shapes(model)  # a copy, with the ranks the pattern needs
+    index = GraphIndex(model.graph)
     nodes, rewritten = [], 0
-    for node in graph.node:
-        if not _matches(node, producer, ranks):
+    for node in index.nodes:
+        if not _matches(node, index):
             nodes.append(node)
             continue
         summed, out = node.input[0], node.output[0]
+        name = node.name or out
         rows, normed, shape = f"{out}__rows", f"{out}__rows_normed", f"{out}__shape"
-        attributes = [a for a in node.attribute if a.name != "axis"]
+        norm = helper.make_node("LayerNormalization", [rows, *node.input[1:]], [normed], name=name, axis=-1)
+        norm.attribute.extend(a for a in node.attribute if a.name != "axis")  # epsilon, stash_type
         nodes += [
-            helper.make_node("Flatten", [summed], [rows], name=f"{node.name}/flatten", axis=-1),
-            helper.make_node("LayerNormalization", [rows, *node.input[1:]], [normed], name=node.name, axis=-1),
-            helper.make_node("Shape", [summed], [shape], name=f"{node.name}/shape"),
-            helper.make_node("Reshape", [normed, shape], [out], name=f"{node.name}/reshape"),
+            helper.make_node("Flatten", [summed], [rows], name=f"{name}/flatten", axis=-1),
+            norm,
+            helper.make_node("Shape", [summed], [shape], name=f"{name}/shape"),
+            helper.make_node("Reshape", [normed, shape], [out], name=f"{name}/reshape"),
         ]
-        nodes[-3].attribute.extend(attributes)  # epsilon, stash_type
         rewritten += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     _check(model)
     return model, rewritten
 
 
-def _matches(node: onnx.NodeProto, producer: dict, ranks: dict) -> bool:
+def _matches(node: onnx.NodeProto, index: GraphIndex) -> bool:
     if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
         return False
     if len([o for o in node.output if o]) != 1:
         return False  # Mean / InvStdDev are per leading index: their shape would change
-    rank = ranks.get(node.input[0])
+    shape = index.shape(node.input[0])
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    source = producer.get(node.input[0])
-    return rank is not None and rank >= 3 and axis in (-1, rank - 1) and source is not None and source.op_type == "Add"
-
-
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info, *inferred.output]
-            if v.type.tensor_type.HasField("shape")}
+    source = index.producer.get(node.input[0])
+    return (shape is not None and len(shape) >= 3 and axis in (-1, len(shape) - 1)
+            and source is not None and source.op_type == "Add")
 
 
 def _check(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    ranks = _ranks(model)
-    left = [n.name or n.output[0] for n in graph.node if _matches(n, producer, ranks)]
+    index = GraphIndex(onnx.shape_inference.infer_shapes(model).graph)
+    left = [n.name or n.output[0] for n in index.nodes if _matches(n, index)]
     if left:
         raise LayerNormRowsError(f"layer-norm rows: {left[:3]} still normalize a rank >= 3 Add output directly")
     onnx.checker.check_model(model, full_check=True)
