@@ -3,19 +3,20 @@
 ONNX Runtime's CPU graph optimizer fuses Add + LayerNormalization over the last axis of a 3-D tensor into
 its contrib op SkipLayerNormalization, and that kernel is several times slower than the two ops it replaces
 (onnxruntime 1.32, AVX2, one thread, (128, 8, 256): 1.61 ms fused against 0.39 ms on rows;
-benchmarks/layer_norm_rows.py, docs/benchmarks.md). STCA's
-RankMixer normalizes x + mixed and x + ffn, each (N, T, D), so every scorer and unsplit run paid it. The
-fusion only matches a 3-D Add feeding the norm directly, so this pass puts a Flatten between them:
+benchmarks/layer_norm_rows.py, docs/benchmarks.md). STCA's RankMixer normalizes x + mixed and x + ffn,
+each (N, T, D), so every scorer and unsplit run paid it. The fusion only matches a 3-D Add feeding the
+norm directly, so this pass puts a Flatten between them:
 
     y = LayerNormalization(Add(a, b), scale, bias, axis=-1)
 becomes
     s = Add(a, b);  y = Reshape(LayerNormalization(Flatten(s, axis=-1), scale, bias, axis=-1), Shape(s))
 
 Same arithmetic, row by row (a norm over the last axis treats every leading index alike); Flatten and
-Reshape only relabel the shape (the benchmark's "on rows" times include them). The rewrite is generic: it matches the pattern, not STCA's names.
-Postcondition: no LayerNormalization reads a rank >= 3 Add output directly, and the model passes
-onnx.checker. A norm over more than the last axis, or one that also returns its mean and inverse standard
-deviation, is left as it is (the fusion does not take those either).
+Reshape only relabel the shape (the benchmark's "on rows" times include them). The rewrite is generic: it
+matches the pattern, not STCA's names. Postcondition: no LayerNormalization reads a rank >= 3 Add output
+directly, and the model passes onnx.checker. A norm over more than the last axis, or one that also returns
+its mean and inverse standard deviation, is left as it is: on the (rows, D) view it would compute, or
+return, something else.
 """
 
 import onnx
