@@ -13,6 +13,7 @@ from compiler.data import sample_requests
 from compiler.layer_norm_rows import layer_norms_on_rows
 from compiler.subject import StcaSubject
 from tests.models import stca
+from tests.ort_optimized import optimized
 
 NORMS = onnx.parser.parse_model("""
 <ir_version: 8, opset_import: ["" : 18]>
@@ -37,12 +38,7 @@ norms (float[N, 8, 16] a, float[N, 8, 16] b, float[N, 16] c, float[N, 16] d) => 
 
 
 def optimized_op_types(model: onnx.ModelProto, tmp_path) -> Counter:
-    """The operator types of the graph ONNX Runtime's CPU provider runs, after all its fusions."""
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return Counter(n.op_type for n in optimized(model, tmp_path / "optimized.onnx").graph.node)
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> list:

@@ -12,6 +12,7 @@ from compiler.partition import split
 from compiler.precision import PrecisionConfig, attention_matmuls, convert, discretization_inputs, length_reductions, to_fp16
 from compiler.runtime import OrtGraph, SplitRunner
 from tests.models import stca
+from tests.ort_optimized import optimized
 
 FP16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 
@@ -104,18 +105,6 @@ def test_int8_is_symmetric_per_channel_qdq_and_leaves_the_attention_bmms_alone(t
         if node.name in bmms:
             assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
     assert halves.details["calibration"]["sha256"] == calibration_set.sha256
-
-
-def optimized(graph: onnx.ModelProto, path) -> onnx.ModelProto:
-    """The graph as ONNX Runtime's CPU provider runs it, after every graph optimization (its fusions)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(path)
-    options.log_severity_level = 3
-    ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return onnx.load(str(path))
 
 
 def test_cpu_int8_runs_every_weight_matmul_in_onnx_runtimes_integer_kernels(tiny, calibration_set, tmp_path):
