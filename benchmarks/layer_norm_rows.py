@@ -9,7 +9,6 @@ fuses into SkipLayerNormalization; "on rows" is what the build serves.
 """
 
 import argparse
-import time
 
 import numpy as np
 import onnx
@@ -22,6 +21,7 @@ from compiler.load import seeded_model
 from compiler.model import preset
 from compiler.runtime import OrtGraph
 from compiler.subject import StcaSubject
+from precision_latency import interleaved_ms  # this script's directory is on sys.path
 
 
 def one_norm(shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -34,18 +34,6 @@ def one_norm(shape: tuple[int, ...]) -> onnx.ModelProto:
              helper.make_node("LayerNormalization", ["s", "scale", "bias"], ["y"], axis=-1)]
     return helper.make_model(helper.make_graph(nodes, "one_norm", values[:2], values[2:], weights),
                              opset_imports=[helper.make_opsetid("", 18)])
-
-
-def interleaved_ms(graphs: dict[str, OrtGraph], feeds: dict, rounds: int) -> dict[str, float]:
-    for graph in graphs.values():
-        graph.run(feeds)  # warm-up
-    times = {label: [] for label in graphs}
-    for _ in range(rounds):
-        for label, graph in graphs.items():
-            start = time.perf_counter()
-            graph.run(feeds)
-            times[label].append(time.perf_counter() - start)
-    return {label: 1e3 * float(np.median(t)) for label, t in times.items()}
 
 
 def main() -> None:
@@ -71,7 +59,7 @@ def main() -> None:
         exported = one_norm(shape)
         graphs = {"exported": OrtGraph(exported, args.threads), "rows": OrtGraph(layer_norms_on_rows(exported)[0], args.threads)}
         feeds = {name: rng.normal(size=shape).astype(np.float32) for name in ("a", "b")}
-        ms = interleaved_ms(graphs, feeds, 10 * args.rounds)
+        ms = interleaved_ms({label: lambda g=g: g.run(feeds) for label, g in graphs.items()}, 10 * args.rounds)
         print(f"| {shape} | {ms['exported']:.3f} | {ms['rows']:.3f} | {1 - ms['rows'] / ms['exported']:.0%} |")
 
     exported = StcaSubject(model, {"kind": "seeded"}).export(18)
@@ -83,7 +71,7 @@ def main() -> None:
     for L in args.history:
         for N in args.candidates:
             request = next(sample_requests(model.config, [L], seed=0, n_candidates=N)).inputs
-            ms = interleaved_ms(graphs, request, args.rounds)
+            ms = interleaved_ms({label: lambda g=g: g.run(request) for label, g in graphs.items()}, args.rounds)
             print(f"| {L} | {N} | {ms['exported']:.1f} | {ms['rows']:.1f} | {1 - ms['rows'] / ms['exported']:.0%} |")
 
 

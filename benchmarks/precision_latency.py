@@ -60,13 +60,11 @@ def op_times_ms(path: Path, feeds: dict, threads: int, runs: int = 5) -> tuple[f
     return sum(e["dur"] for e in graph_runs) / 1e3 / runs, by_op
 
 
-def interleaved_ms(splits: dict, L: int, N: int, rounds: int) -> dict[str, float]:
-    """Median ms of each build's encoder + scorer on one request, the builds run in turn within every round."""
-    runs = {}
-    for label, (config, encoder, scorer) in splits.items():
-        request = next(sample_requests(config, [L], seed=0, n_candidates=N)).inputs
-        runs[label] = lambda request=request, encoder=encoder, scorer=scorer: scorer.run({**request, **encoder.run(request)})
-        runs[label]()  # warm-up
+def interleaved_ms(runs: dict, rounds: int) -> dict[str, float]:
+    """Median ms of each callable, after one warm-up run each; within every round each runs once, in turn, so a
+    drifting machine slows them alike."""
+    for run in runs.values():
+        run()
     times = {label: [] for label in runs}
     for _ in range(rounds):
         for label, run in runs.items():
@@ -74,6 +72,15 @@ def interleaved_ms(splits: dict, L: int, N: int, rounds: int) -> dict[str, float
             run()
             times[label].append(time.perf_counter() - start)
     return {label: 1e3 * float(np.median(t)) for label, t in times.items()}
+
+
+def split_runs(splits: dict, L: int, N: int) -> dict:
+    """Each build's encoder + scorer on one request of L history items and N candidates, as a callable."""
+    runs = {}
+    for label, (config, encoder, scorer) in splits.items():
+        request = next(sample_requests(config, [L], seed=0, n_candidates=N)).inputs
+        runs[label] = lambda request=request, encoder=encoder, scorer=scorer: scorer.run({**request, **encoder.run(request)})
+    return runs
 
 
 def main() -> None:
@@ -117,7 +124,7 @@ def main() -> None:
         print("|---:|---:|" + "---:|" * (2 * len(splits)))
         for L in args.history:
             for N in args.candidates:
-                medians = interleaved_ms(splits, L, N, args.repeats)
+                medians = interleaved_ms(split_runs(splits, L, N), args.repeats)
                 first = next(iter(medians.values()))
                 print(f"| {L} | {N} | " + " | ".join(f"{ms:.1f}" for ms in medians.values()) + " | "
                       + " | ".join(f"{ms / first:.3f}" for ms in medians.values()) + " |")
