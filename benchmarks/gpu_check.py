@@ -1,8 +1,8 @@
 """GPU check: TensorRT engines of the split model, their parity with PyTorch on the GPU, and their speed.
 
 Run through benchmarks/gpu_check.sh on a host with a GPU and TensorRT. For each precision (fp16, int8):
-export and split a seeded model of --preset, convert the halves (compiler.precision, the same graphs a
-build serves), build strongly typed plans (compiler.engines), then compare the plans' scores with PyTorch
+export and split a seeded model of --preset, convert the halves (compiler.precision.convert, the same graphs a
+build serves), build strongly typed plans (compiler.repository.engines), then compare the plans' scores with PyTorch
 fp32 on CUDA and time each half with CUDA events.
 """
 
@@ -14,18 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler import calibrate
-from compiler.data import sample_requests
-from compiler.errors import CompilerError
-from compiler.engines import EngineConfig, Profile, TrtGraph, build_plans, gpu_info, require_tensorrt
-from compiler.export import export
-from compiler.load import seeded_model
-from compiler.log import configure, log
-from compiler.metrics import kendall_tau
-from compiler.contract import INPUT_NAMES, REQUEST_INPUTS
-from compiler.model import preset
-from compiler.partition import split
-from compiler.precision import PrecisionConfig, convert
+from compiler.core.contract import INPUT_NAMES, REQUEST_INPUTS
+from compiler.core.errors import CompilerError
+from compiler.core.log import configure, log
+from compiler.core.metrics import kendall_tau
+from compiler.passes.export import export
+from compiler.passes.partition import split
+from compiler.precision import calibrate
+from compiler.precision.convert import PrecisionConfig, convert
+from compiler.repository.engines import EngineConfig, Profile, TrtGraph, build_plans, gpu_info, require_tensorrt
+from compiler.stca.checkpoint import seeded_model
+from compiler.stca.data import sample_requests
+from compiler.stca.model import preset
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.build import machine, versions
+from compiler.core.machine import machine, versions
 
 
 def session(nodes, inputs, output_type: int, initializers, threads: int) -> ort.InferenceSession:

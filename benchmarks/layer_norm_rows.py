@@ -1,4 +1,4 @@
-"""What the layer-norm rows pass (compiler/layer_norm_rows.py) saves: ONNX Runtime's fused SkipLayerNormalization
+"""What the layer-norm rows pass (compiler/passes/layer_norm_rows.py) saves: ONNX Runtime's fused SkipLayerNormalization
 against Add + LayerNormalization on the rows, for one norm and for the whole STCA graph, on this CPU.
 
     .venv/bin/python benchmarks/layer_norm_rows.py [--preset medium] [--history 512 2000] [--candidates 128 512] [--threads 1]
@@ -13,15 +13,15 @@ import argparse
 import numpy as np
 import onnx
 from onnx import helper
-
-from compiler.build import machine, versions
-from compiler.data import sample_requests
-from compiler.layer_norm_rows import layer_norms_on_rows
-from compiler.load import seeded_model
-from compiler.model import preset
-from compiler.runtime import OrtGraph
-from compiler.subject import StcaSubject
 from precision_latency import interleaved_ms  # this script's directory is on sys.path
+
+from compiler.core.machine import machine, versions
+from compiler.load.subject import StcaSubject
+from compiler.passes.layer_norm_rows import layer_norms_on_rows
+from compiler.runtime.ort import OrtGraph
+from compiler.stca.checkpoint import seeded_model
+from compiler.stca.data import sample_requests
+from compiler.stca.model import preset
 
 
 def one_norm(shape: tuple[int, ...]) -> onnx.ModelProto:

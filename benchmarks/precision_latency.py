@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compiler.build import machine, versions
-from compiler.data import sample_requests
-from compiler.emit import half_files
-from compiler.names import FUSED
-from compiler.model import STCAConfig
-from compiler.runtime import OrtGraph
+from compiler.core.machine import machine, versions
+from compiler.core.names import FUSED
+from compiler.repository.reader import half_files
+from compiler.runtime.ort import OrtGraph
+from compiler.stca.data import sample_requests
+from compiler.stca.model import STCAConfig
 
 
 def median_ms(fn, repeats: int) -> float:

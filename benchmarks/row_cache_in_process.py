@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/row_cache_in_process.py --repo REPO [--threads 1] [--users 8 --visits 12] [--seed 1004]
 
 REPO is a build with --baselines (python target, row cache on). Every graph runs in ONNX Runtime in this
-process with the same threads; the traffic (compiler.data.RepeatedUsers) is sent once, in order, to each of:
+process with the same threads; the traffic (compiler.stca.data.RepeatedUsers) is sent once, in order, to each of:
   fused        stca_fused/1/model.onnx, the unsplit graph
   split        the encoder (model.onnx) then the scorer, the cut passed in memory
-  row cache    key graph + row cache (compiler/row_cache.py, the served module) + row graph, then the scorer
+  row cache    key graph + row cache (compiler/runtime/row_cache.py, the served module) + row graph, then the scorer
 and the mean ms per request is printed per stage. Set against the served numbers (benchmarks/results/
 repeated-users-*), the difference is what serving adds: the cut copied out of one Python-backend process and
 into another, and Triton's scheduling.
@@ -18,11 +18,11 @@ import statistics
 import time
 from pathlib import Path
 
-from compiler.data import RepeatedUsers, repeated_user_requests
-from compiler.model import STCAConfig
-from compiler.names import ENCODER, FUSED, SCORER
-from compiler.row_cache import CachedEncoder, RowCache, RowKey, RowSpec
-from compiler.runtime import OrtGraph
+from compiler.core.names import ENCODER, FUSED, SCORER
+from compiler.runtime.ort import OrtGraph
+from compiler.runtime.row_cache import CachedEncoder, RowCache, RowKey, RowSpec
+from compiler.stca.data import RepeatedUsers, repeated_user_requests
+from compiler.stca.model import STCAConfig
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
 
 
 def _parameter(config_path: Path, name: str) -> str:
-    from compiler.emit import read_config
+    from compiler.repository.reader import read_config
 
     return read_config(config_path).parameters[name].string_value
 

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/row_cache_placements.py --repo REPO 1x2,1x2 1x2,1x2spin 1x1,2x1
 
 REPO is a python-target build with the row cache (either placement, `--history-cache-at`). Each PLACEMENT is
-ENCODER,SCORER as INSTANCESxTHREADS[spin]; for each, the repository's configs are rewritten (compiler.budget), a
+ENCODER,SCORER as INSTANCESxTHREADS[spin]; for each, the repository's configs are rewritten (compiler.repository.budget), a
 fresh server is started (an empty cache), the suite's warm-up users are sent, then each concurrency level's users
-(the same seeds as compiler/bench_repeated.py), and req/s and the row-key hit rate per level are printed. The
+(the same seeds as compiler/measure/bench_repeated.py), and req/s and the row-key hit rate per level are printed. The
 recorded suite (`python -m compiler bench --suites repeated_users`) measures one placement per variant, the one
 tune chose; this measures the others on the traffic the cache is for.
 """
@@ -15,14 +15,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from compiler import budget, server_stats
-from compiler.artifacts import MANIFEST
-from compiler.bench_repeated import RepeatedConfig, drive, hit_rate
-from compiler.data import RepeatedUsers, repeated_user_requests
-from compiler.emit import cache_holder, read_config, write_config
-from compiler.model import STCAConfig
-from compiler.names import ENCODER, ENSEMBLE, SCORER
-from compiler.serve import ServerConfig, TritonServer
+from compiler.core.artifacts import MANIFEST
+from compiler.core.names import ENCODER, ENSEMBLE, SCORER
+from compiler.measure.bench_repeated import RepeatedConfig, drive, hit_rate
+from compiler.repository import budget
+from compiler.repository.reader import cache_holder, read_config, write_config
+from compiler.serving import server_stats
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.data import RepeatedUsers, repeated_user_requests
+from compiler.stca.model import STCAConfig
 
 
 def placement(text: str) -> budget.Placement:
@@ -47,7 +48,7 @@ def main() -> None:
             path = args.repo / model / "config.pbtxt"
             model_config = read_config(path)
             budget.configure(model_config, placement(text), "python")
-            path.unlink()  # a build's files may be hard links (compiler.tune); write a fresh one
+            path.unlink()  # a build's files may be hard links (compiler.measure.tune); write a fresh one
             write_config(args.repo, model_config)
         with TritonServer(ServerConfig.on_free_ports(args.repo)) as triton:
             url, metrics = triton.cfg.http_url, triton.cfg.metrics_url

@@ -5,7 +5,7 @@ verify, emit, serve, bench); compiler.build.build() runs them in order. Importin
 cheap: torch and onnx load only with the stages that need them.
 """
 
-from compiler.errors import CompilerError
+from compiler.core.errors import CompilerError
 
 __version__ = "0.1.0"
 __all__ = ["CompilerError", "__version__"]

@@ -9,17 +9,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from compiler.errors import CompilerError
-from compiler.log import configure, log
-from compiler.row_cache import DEFAULT_HISTORY_CACHE_BYTES
+from compiler.core.errors import CompilerError
+from compiler.core.log import configure, log
+from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 
 
 def cmd_build(args) -> int:
     """Export, split, convert, verify and emit a Triton repository."""
     from compiler.build import BuildConfig, build
-    from compiler.emit import EmitConfig
-    from compiler.engines import EngineConfig, Profile
-    from compiler.precision import PrecisionConfig
+    from compiler.precision.convert import PrecisionConfig
+    from compiler.repository.deployment import EmitConfig
+    from compiler.repository.engines import EngineConfig, Profile
 
     cfg = BuildConfig(
         out=args.out,
@@ -51,7 +51,7 @@ def cmd_build(args) -> int:
 
 def user_model_spec(args):
     """The --onnx / --exported arguments as a UserModelSpec, or None for an STCA build."""
-    from compiler.user_model import UserModelSpec
+    from compiler.load.user_model import UserModelSpec
 
     if args.onnx is None and args.exported is None:
         for flag in ("request_inputs", "candidate_axis", "samples"):
@@ -97,7 +97,7 @@ def byte_size(text: str) -> int:
 
 def cmd_tune(args) -> int:
     """Measure a few CPU thread budgets of a built repository on the embedded server; keep the fastest."""
-    from compiler.tune import TuneConfig, tune
+    from compiler.measure.tune import TuneConfig, tune
 
     result = tune(TuneConfig(repo=args.repo, history=args.history_length, candidates=args.candidates, requests=args.requests,
                              concurrency=tuple(int(x) for x in args.concurrency.split(",")), cpu_threads=args.cpu_threads))
@@ -107,8 +107,8 @@ def cmd_tune(args) -> int:
 
 
 def _sweep_table(result, repo) -> list[str]:
-    from compiler.budget import Placement
-    from compiler.emit import composing
+    from compiler.repository.budget import Placement
+    from compiler.repository.reader import composing
 
     models = list(result.sweep[0]["throughput"])
     lines = ["| budget (instances x threads) | " + " | ".join(f"{m} req/s" for m in models) + " |", "|---|" + "---:|" * len(models)]
@@ -122,10 +122,10 @@ def _sweep_table(result, repo) -> list[str]:
 
 def cmd_cut(args) -> int:
     """Export and split a model, and print what crosses the cut (no verification, no output files)."""
-    from compiler import history_cache
     from compiler.build import BuildConfig, plan_cut
-    from compiler.report import cut_table
-    from compiler.row_cache import ENTRY_OVERHEAD_BYTES
+    from compiler.passes import history_cache
+    from compiler.repository.report import cut_table
+    from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
 
     cfg = BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history,
                       user_model=user_model_spec(args))
@@ -147,9 +147,9 @@ def cmd_cut(args) -> int:
 
 def cmd_calibrate(args) -> int:
     """Write an INT8 calibration set: generated requests at KuaiRand-1K lengths, or your own (JSON lines)."""
-    from compiler import calibrate
-    from compiler.load import load_config
-    from compiler.model import preset
+    from compiler.precision import calibrate
+    from compiler.stca.checkpoint import load_config
+    from compiler.stca.model import preset
 
     config = load_config(args.checkpoint) if args.checkpoint else preset(args.preset or "small")
     if args.max_history:
@@ -164,7 +164,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_train(args) -> int:
     """Train the demo model on synthetic requests (CPU, a few minutes) and save a checkpoint."""
-    from compiler.train import TrainConfig, train
+    from compiler.stca.train import TrainConfig, train
 
     result = train(TrainConfig(preset=args.preset, attention=args.attention, steps=args.steps, seed=args.seed), args.out)
     log.info("saved %s; held-out AUC %s", result.checkpoint, result.auc)
@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run tritonserver on a built repository until Ctrl-C or SIGTERM."""
-    from compiler.serve import ServerConfig, serve_forever
+    from compiler.serving.server import ServerConfig, serve_forever
 
     serve_forever(ServerConfig(repo=args.repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                metrics_port=args.metrics_port, tritonserver=args.tritonserver, log_verbose=args.log_verbose))
@@ -182,9 +182,9 @@ def cmd_serve(args) -> int:
 
 def cmd_score(args) -> int:
     """Score one request (a JSON file, or a generated one) on a served repository and print the ranking."""
-    from compiler.client import ScoringClient
-    from compiler.contract import RequestError, load_request, save_request
-    from compiler.data import contract_requests
+    from compiler.core.contract import RequestError, load_request, save_request
+    from compiler.serving.client import ScoringClient
+    from compiler.stca.data import contract_requests
 
     client = ScoringClient(args.url, args.protocol)
     if args.request is not None:
@@ -204,8 +204,8 @@ def cmd_score(args) -> int:
 def cmd_bench(args) -> int:
     """Benchmark with perf_analyzer: the split ensemble against fused, point-wise and PyTorch-eager baselines (STCA's, or
     your own model's with --onnx/--exported)."""
-    from compiler.bench import BenchConfig, RepeatedConfig, run
-    from compiler.data import RepeatedUsers
+    from compiler.measure.bench import BenchConfig, RepeatedConfig, run
+    from compiler.stca.data import RepeatedUsers
 
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     repeated = RepeatedConfig(RepeatedUsers(users=args.repeated_users, visits=args.repeated_visits), concurrency=ints(args.concurrency))

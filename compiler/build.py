@@ -3,46 +3,49 @@
 Every stage is a function from plain artifacts to plain artifacts (compiler.<stage>); this module only
 calls them in order, gates on verification, and writes the repository, manifest.json and report.md
 atomically. Nothing is written when a stage or a gate fails. What is compiled is a subject
-(compiler.subject): this package's STCA model, or the user's own ONNX file or ExportedProgram
-(compiler.user_model); every stage after load treats both alike.
+(compiler.load.subject): this package's STCA model, or the user's own ONNX file or ExportedProgram
+(compiler.load.user_model); every stage after load treats both alike.
 """
 
 import contextlib
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 
 import onnx
 
-from compiler import calibrate, history_cache, int8_fallback, lint, report
-from compiler import emit as emit_stage
-from compiler.artifacts import MANIFEST, atomic_directory, check_replaceable, hash_tree, sha256_file
-from compiler.data import kuairand_lengths
-from compiler.emit import EmitConfig, Graphs
-from compiler.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
-from compiler.errors import CompilerError
-from compiler.history_cache import RowCachePlan
-from compiler.layer_norm_rows import layer_norms_on_rows
-from compiler.load import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
-from compiler.subject import StcaSubject, Subject
-from compiler.user_model import UserModelSpec, load_user_model, opset_of
-from compiler.log import log, stage
-from compiler.costmodel import best_attention, crossover_candidates, served_cost, split_cost
-from compiler.cut_dtype import narrow_cut
-from compiler.contract import Contract
-from compiler.model import STCA, STCAConfig, preset, with_attention
-from compiler.names import ENCODER, FUSED, SCORER
-from compiler.partition import Cut, Split, split
-from compiler.precision import PrecisionConfig, convert
-from compiler.runtime import OrtGraph, SplitRunner, with_cut
-from compiler.verify import Verification, VerifyConfig, least_precise, verify
+from compiler.core.artifacts import MANIFEST, atomic_directory, check_replaceable, hash_tree, sha256_file
+from compiler.core.contract import Contract
+from compiler.core.errors import CompilerError
+from compiler.core.log import log, stage
+from compiler.core.machine import machine, versions
+from compiler.core.names import ENCODER, FUSED, SCORER
+from compiler.core.precisions import least_precise
+from compiler.load.subject import StcaSubject, Subject
+from compiler.load.user_model import UserModelSpec, load_user_model, opset_of
+from compiler.passes import history_cache, lint
+from compiler.passes.cut_dtype import narrow_cut
+from compiler.passes.history_cache import RowCachePlan
+from compiler.passes.layer_norm_rows import layer_norms_on_rows
+from compiler.passes.partition import Cut, Split, split
+from compiler.precision import calibrate, int8_fallback
+from compiler.precision.convert import PrecisionConfig, convert
+from compiler.repository import report
+from compiler.repository import writer as emit_stage
+from compiler.repository.deployment import Deployment, EmitConfig, resolve_deployment
+from compiler.repository.engines import EngineConfig, TrtGraph, build_plans, require_tensorrt, resolve_target
+from compiler.repository.manifest import BUILD_FORMAT, BUILD_VERSION, cut_entries, is_build, thread_budget
+from compiler.repository.writer import Graphs
+from compiler.runtime.ort import OrtGraph, SplitRunner, with_cut
+from compiler.stca.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint, seeded_model
+from compiler.stca.costmodel import best_attention, crossover_candidates, served_cost, split_cost
+from compiler.stca.data import kuairand_lengths
+from compiler.stca.model import STCA, STCAConfig, preset, with_attention
+from compiler.stca.train import demo_checkpoint
+from compiler.verify.gates import Verification, VerifyConfig, verify
 
-BUILD_FORMAT, BUILD_VERSION = "stca-build", 1
 DEFAULT_CALIBRATION_REQUESTS = 32
 REPORT = "report.md"
 
@@ -79,7 +82,7 @@ class BuildResult:
     """What build() made. manifest.json is this, written once (manifest()); report, demo and bench read the fields."""
 
     out: Path
-    subject: Subject  # what was compiled, and the gates' fp32 reference (compiler.subject)
+    subject: Subject  # what was compiled, and the gates' fp32 reference (compiler.load.subject)
     target: str  # python | onnxruntime | tensorrt
     opset: int
     precision: str  # the less precise half's
@@ -91,7 +94,7 @@ class BuildResult:
     verification: Verification
     lint: tuple[lint.LintReport, ...]
     history_cache: dict  # the encoder's row locality: the row cache's keys and what it holds, or why it has none
-    thread_budget: dict | None  # CPU targets: the placements the configs hold (compiler.budget)
+    thread_budget: dict | None  # CPU targets: the placements the configs hold (compiler.repository.budget)
     engines: dict | None  # tensorrt: the plans' details and their own verification
     accepted_accuracy_loss: bool
     machine: dict
@@ -149,11 +152,11 @@ class BuildResult:
 
 def build(cfg: BuildConfig) -> BuildResult:
     started = time.time()
-    check_replaceable(cfg.out, _is_build, "an earlier build")  # fail before minutes of work, not after
+    check_replaceable(cfg.out, is_build, "an earlier build")  # fail before minutes of work, not after
     target = resolve_target(cfg.emit.target)
     if target == "tensorrt":
         require_tensorrt()
-    deployment = emit_stage.deployment(cfg.emit, target)
+    deployment = resolve_deployment(cfg.emit, target)
     int8_form = cfg.precision.int8_form or ("cpu" if deployment.device == "cpu" else "tensorrt")  # what the served kernels run fast
     if int8_form == "cpu" and target == "tensorrt":
         raise CompilerError("int8 form cpu: TensorRT takes symmetric int8 only (use the tensorrt form, the default there)")
@@ -179,7 +182,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     warmup = with_cut(OrtGraph(halves.encoder), warmup_request.inputs)
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
-    with atomic_directory(cfg.out, _is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
+    with atomic_directory(cfg.out, is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
             eager = cfg.emit.baselines and subject.model is not None  # the PyTorch-eager baseline serves STCA checkpoints
             checkpoint = save_checkpoint(subject.model, Path(scratch) / "checkpoint") if eager else None
@@ -212,7 +215,7 @@ def build(cfg: BuildConfig) -> BuildResult:
 def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration, int8_form: str, precision: str,
                   cut_precision: str):
     """Convert, narrow the cut, verify; where an int8 build misses its gates, or passes within
-    int8_fallback.MARGIN of one, keep the layers that cost the ranking most in float (compiler.int8_fallback),
+    int8_fallback.MARGIN of one, keep the layers that cost the ranking most in float (compiler.precision.int8_fallback),
     one more each round, and verify again. Returns (halves, cut, verification, the layers kept in float with
     why): the last round's, or where a round that passed was followed by ones that did not, that one's."""
     kept, ranking, passing, why = [], None, None, []
@@ -248,7 +251,7 @@ def _within_gates(cfg: BuildConfig, subject: Subject, parts, whole, calibration,
 
 
 def _narrow_cut(halves, cut, subject: Subject):
-    """The cut in fp16 (compiler.cut_dtype), checked against the encoder's values on requests up to the longest
+    """The cut in fp16 (compiler.passes.cut_dtype), checked against the encoder's values on requests up to the longest
     served history, and one half padding where the contract has a padding value; returns the rewritten halves
     and the cut with its new dtypes."""
     with stage("cut dtype") as s:
@@ -270,8 +273,8 @@ def _narrow_cut(halves, cut, subject: Subject):
     return halves, cut
 
 
-def _history_cache(encoder, subject: Subject, deployment: emit_stage.Deployment) -> tuple[RowCachePlan | None, dict]:
-    """The encoder's key and row graphs where its outputs are row-local (compiler.history_cache), confirmed on
+def _history_cache(encoder, subject: Subject, deployment: Deployment) -> tuple[RowCachePlan | None, dict]:
+    """The encoder's key and row graphs where its outputs are row-local (compiler.passes.history_cache), confirmed on
     requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
     the cache; the analysis is recorded for every target."""
     with stage("history cache") as s:
@@ -371,7 +374,7 @@ def _load(cfg: BuildConfig) -> StcaSubject:
         c = model.config
         L, N = cfg.expected_history or c.max_history, cfg.expected_candidates
         target = resolve_target(cfg.emit.target)
-        cut = cfg.precision.cut_precision(emit_stage.deployment(cfg.emit, target).cut_bytes_cost)
+        cut = cfg.precision.cut_precision(resolve_deployment(cfg.emit, target).cut_bytes_cost)
         form = best_attention(c, L, N, target, cut)
         flops = {f: split_cost(c, L, N, f).flops for f in ("kv", "reordered")}
         cost = {f: served_cost(c, L, N, f, target, cut) for f in ("kv", "reordered")}
@@ -391,76 +394,6 @@ def _load_with(cfg: BuildConfig, overrides: dict) -> tuple[STCA, dict]:
         path = Path(cfg.checkpoint)
         kind = "checkpoint"
     else:
-        from compiler.train import demo_checkpoint  # trains the demo model once, then reads the cache
-
-        path, kind = demo_checkpoint(), "demo"
+        path, kind = demo_checkpoint(), "demo"  # trains the demo model once, then reads the cache
     model = load_model(path, **overrides)
     return model, {"kind": kind, "path": str(path), "sha256": sha256_file(path / WEIGHTS_FILE)}
-
-
-def _is_build(directory: Path) -> bool:
-    """An earlier build: its manifest says so and every file in it is one the manifest lists."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("format") != BUILD_FORMAT:
-        return False
-    ours = set(manifest.get("files", {})) | {MANIFEST}
-    return all(
-        str(p.relative_to(directory)) in ours
-        for p in directory.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts  # bytecode an older server wrote beside model.py
-    )
-
-
-def cut_entries(cut, contract: Contract) -> dict:
-    """The manifest's view of a Cut: each crossing tensor with its bytes per request at the served maximum dims."""
-    return {
-        "cut": [
-            {"name": t.name, "source": t.source, "dtype": t.dtype, "shape": list(t.shape),
-             "bytes_per_request": t.bytes_per_request(contract.limits)}
-            for t in cut.tensors
-        ],
-        "cut_bytes_per_request": cut.bytes_per_request(contract.limits),
-        "cut_at_history_length": contract.max_history,
-        "shared_weights": [{"name": w.name, "bytes": w.bytes} for w in cut.shared_weights],
-    }
-
-
-def thread_budget(cpu_threads: int, placements: dict, chosen_by: str, **details) -> dict:
-    """The manifest's record of the CPU thread budget the repository's configs hold (compiler.budget)."""
-    return {"cpu_threads": cpu_threads, "chosen_by": chosen_by,
-            "placements": {model: p.to_dict() for model, p in sorted(placements.items())}, **details}
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "nvidia-modelopt", "tritonclient", "nvidia-pytriton", "tensorrt"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    if "nvidia-pytriton" in found:
-        found["tritonserver"] = "2.51.0 (in nvidia-pytriton 0.7.0)" if found["nvidia-pytriton"] == "0.7.0" else "see nvidia-pytriton"
-    return found
-
-
-# The ISA extensions ONNX Runtime's and PyTorch's CPU kernels choose between; the CPU model alone does not say
-# (a virtual machine may hide some), and benchmark numbers are comparable only between equal sets.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx_vnni_int8", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
-
-
-def machine() -> dict:
-    processor = platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first core's entries stand for all
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:  # not Linux: the processor string is all there is
-        pass
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    return {"platform": platform.platform(), "processor": processor, "cpu_model": fields.get("model name", processor),
-            "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count()}

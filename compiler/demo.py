@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from compiler.build import BuildConfig, build
-from compiler.client import ScoringClient
-from compiler.data import sample_requests
-from compiler.log import log
-from compiler.serve import ServerConfig, TritonServer
+from compiler.core.log import log
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.data import sample_requests
 
 
 def run_demo(out: Path = Path("triton_repo"), checkpoint: Path | None = None, history_length: int = 2_000,

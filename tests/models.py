@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 from onnx import helper, numpy_helper
 
-from compiler.export import export
-from compiler.load import seeded_model
-from compiler.model import preset
+from compiler.passes.export import export
+from compiler.stca.checkpoint import seeded_model
+from compiler.stca.model import preset
 
 
 class DINStyle(nn.Module):
@@ -57,7 +57,7 @@ class TwoTower(nn.Module):
 
 
 def export_small(module: nn.Module, inputs: dict, dynamic: dict) -> onnx.ModelProto:
-    """Export a test module the way compiler.export does: dynamo, named symbolic dims."""
+    """Export a test module the way compiler.passes.export does: dynamo, named symbolic dims."""
     dims = {name: torch.export.Dim(name, min=1, max=10_000) for name in {d for spec in dynamic.values() for d in spec.values()}}
     shapes = {k: {axis: dims[name] for axis, name in dynamic.get(k, {}).items()} or None for k in inputs}
     program = torch.onnx.export(

@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from compiler.emit import SPLIT_ENCODER_FILE, half_files
-from compiler.names import SPLIT
+from compiler.core.names import SPLIT
+from compiler.repository.reader import SPLIT_ENCODER_FILE, half_files
 
 CLI = [sys.executable, "-m", "compiler"]
 
@@ -90,7 +90,7 @@ def run_cli_here(capsys, *args) -> subprocess.CompletedProcess:
     """The CLI in this process: argument and input errors need no fresh interpreter (one costs seconds of imports).
     An exception other than CompilerError propagates and fails the test, as a traceback would."""
     from compiler.__main__ import main
-    from compiler.log import log
+    from compiler.core.log import log
 
     handlers, level, propagate = log.handlers[:], log.level, log.propagate
     try:
@@ -209,8 +209,8 @@ def test_int8_build_uses_the_given_calibration_set(tmp_path, tiny_checkpoint, ti
 @pytest.mark.slow
 def test_a_missed_gate_writes_nothing_unless_accepted(tmp_path, tiny_checkpoint, monkeypatch):
     from compiler.build import BuildConfig, build
-    from compiler.errors import CompilerError
-    from compiler.verify import THRESHOLDS, Thresholds, VerifyConfig
+    from compiler.core.errors import CompilerError
+    from compiler.verify.gates import THRESHOLDS, Thresholds, VerifyConfig
 
     monkeypatch.setitem(THRESHOLDS, "fp32", Thresholds(max_abs_error=0.0))  # a gate no real build meets
     cfg = BuildConfig(out=tmp_path / "out", checkpoint=tiny_checkpoint,
@@ -248,9 +248,9 @@ def test_the_cpu_int8_form_is_refused_for_tensorrt(tmp_path, tiny_checkpoint, mo
     """Where TensorRT is installed (pretended here: the refusal comes before any engine work) its plans take
     symmetric int8 only; the uint8 cpu form is refused by name, before anything is exported."""
     from compiler import build as build_module
-    from compiler.emit import EmitConfig
-    from compiler.errors import CompilerError
-    from compiler.precision import PrecisionConfig
+    from compiler.core.errors import CompilerError
+    from compiler.precision.convert import PrecisionConfig
+    from compiler.repository.deployment import EmitConfig
 
     monkeypatch.setattr(build_module, "require_tensorrt", lambda: None)
     monkeypatch.setattr(build_module, "plan_cut", lambda cfg: pytest.fail("exported before refusing"))
@@ -267,11 +267,11 @@ def test_an_int8_miss_keeps_the_most_harmful_layers_in_float_until_the_limit(tmp
     the manifest and the report name each kept layer, and in the served graphs those layers read no
     dequantized input."""
 
-    from compiler import int8_fallback
     from compiler.build import BuildConfig, build
-    from compiler.errors import CompilerError
-    from compiler.precision import PrecisionConfig
-    from compiler.verify import THRESHOLDS, Thresholds, VerifyConfig
+    from compiler.core.errors import CompilerError
+    from compiler.precision import int8_fallback
+    from compiler.precision.convert import PrecisionConfig
+    from compiler.verify.gates import THRESHOLDS, Thresholds, VerifyConfig
 
     monkeypatch.setitem(THRESHOLDS, "int8", Thresholds(kendall_tau=1.01))  # unreachable
     monkeypatch.setattr(int8_fallback, "MAX_KEPT_FLOAT", 2)
@@ -303,8 +303,8 @@ def test_int8_and_its_gates_hold_on_a_demo_model_trained_from_another_seed(tmp_p
     """Not only the one demo checkpoint: a demo-size model trained with seed 1 (other weights, other training
     requests) builds at int8 for the python target with every gate passed, the fallback free to keep layers."""
     from compiler.build import BuildConfig, build
-    from compiler.precision import PrecisionConfig
-    from compiler.train import TrainConfig, train
+    from compiler.precision.convert import PrecisionConfig
+    from compiler.stca.train import TrainConfig, train
 
     checkpoint = train(TrainConfig(seed=1), tmp_path / "seed1").checkpoint  # about 2 minutes on 2 cores
     result = build(BuildConfig(out=tmp_path / "int8", checkpoint=checkpoint, precision=PrecisionConfig("int8")))
@@ -319,9 +319,9 @@ def test_int8_and_its_gates_hold_on_a_demo_model_trained_from_another_seed(tmp_p
 def test_a_checkpoint_of_either_fusion_form_builds_and_verifies_within_1e_4(tmp_path, fusion):
     """The paper's form and the earlier one (saved as older checkpoints are: no fusion field) both build."""
     from compiler.build import BuildConfig, build
-    from compiler.load import save_checkpoint, seeded_model
-    from compiler.model import preset
-    from compiler.verify import VerifyConfig
+    from compiler.stca.checkpoint import save_checkpoint, seeded_model
+    from compiler.stca.model import preset
+    from compiler.verify.gates import VerifyConfig
 
     path = save_checkpoint(seeded_model(preset("tiny", fusion=fusion), seed=5), tmp_path / "ckpt")
     if fusion == "direct":

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from compiler.build import BuildConfig, build
-from compiler.emit import EmitConfig
-from compiler.serve import ServerConfig, TritonServer, port_in_use
-from compiler.verify import VerifyConfig
+from compiler.repository.deployment import EmitConfig
+from compiler.serving.server import ServerConfig, TritonServer, port_in_use
+from compiler.verify.gates import VerifyConfig
 
 QUICK_VERIFY = VerifyConfig(lengths=(7, 300), candidates=(3, 32), requests_per_case=1, auc_requests=0)
 

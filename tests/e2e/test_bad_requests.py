@@ -7,12 +7,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from compiler.client import ScoringClient
-from compiler.data import sample_requests
-from compiler.emit import composing
-from compiler.errors import CompilerError
-from compiler.load import load_model
-from compiler.names import ENSEMBLE
+from compiler.core.errors import CompilerError
+from compiler.core.names import ENSEMBLE
+from compiler.repository.reader import composing
+from compiler.serving.client import ScoringClient
+from compiler.stca.checkpoint import load_model
+from compiler.stca.data import sample_requests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 HISTORY = ("history_item_ids", "history_actions", "history_age_s")

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from compiler.bench import BenchConfig, UnstableMeasurement, cache_experiment, perf, run, write_input_file
-from compiler.bench_report import speedups
 from compiler.build import BuildConfig, build
-from compiler.data import sample_requests
-from compiler.emit import EmitConfig
-from compiler.load import load_config
-from compiler.serve import ServerConfig, TritonServer
+from compiler.measure.bench import BenchConfig, cache_experiment, run
+from compiler.measure.perf import UnstableMeasurement, perf, write_input_file
+from compiler.measure.bench_report import speedups
+from compiler.repository.deployment import EmitConfig
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.checkpoint import load_config
+from compiler.stca.data import sample_requests
 from tests.e2e.conftest import QUICK_VERIFY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from compiler.serve import free_port, port_in_use
+from compiler.serving.server import free_port, port_in_use
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

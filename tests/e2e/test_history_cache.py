@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from compiler.build import BuildConfig, build
-from compiler.client import ScoringClient
-from compiler.data import RepeatedUsers, repeated_user_requests
-from compiler.emit import EmitConfig, cache_holder
-from compiler.load import load_model
-from compiler.names import ENCODER, SPLIT
-from compiler.serve import ServerConfig, TritonServer
-from compiler.server_stats import history_cache_counters
+from compiler.core.names import ENCODER, SPLIT
+from compiler.repository.deployment import EmitConfig
+from compiler.repository.reader import cache_holder
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.serving.server_stats import history_cache_counters
+from compiler.stca.checkpoint import load_model
+from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from tests.e2e.conftest import QUICK_VERIFY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -60,8 +61,8 @@ def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_ch
 def test_the_cache_in_the_scorer_takes_row_keys_and_stays_exact(tmp_path, tiny_checkpoint):
     """--history-cache-at scorer: the encoder step serves the key graph, only row keys cross to the scorer, which
     assembles the cut from its own cache; scores equal PyTorch's and the scorer reports the counters."""
-    from compiler.emit import cache_holder, read_config
-    from compiler.names import ENSEMBLE, SCORER
+    from compiler.core.names import ENSEMBLE, SCORER
+    from compiler.repository.reader import cache_holder, read_config
 
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"

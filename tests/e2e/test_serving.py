@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from compiler.client import ScoringClient
-from compiler.data import sample_requests
-from compiler.load import load_model
+from compiler.serving.client import ScoringClient
+from compiler.stca.checkpoint import load_model
+from compiler.stca.data import sample_requests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -59,7 +59,7 @@ def test_the_served_repository_stays_byte_identical_to_its_manifest(triton, serv
     the repository still holds exactly the files its manifest lists, with the same digests."""
     import json
 
-    from compiler.artifacts import hash_tree
+    from compiler.core.artifacts import hash_tree
 
     for name in ("stca", "stca_naive", "stca_torch"):  # naive calls fused: every model has served a request
         ScoringClient(triton.cfg.http_url, model=name).score(next(sample_requests(model.config, [5], seed=9, n_candidates=2)).inputs)

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from compiler.build import BuildConfig, build
-from compiler.client import ScoringClient
-from compiler.data import sample_requests
-from compiler.emit import half_files
-from compiler.load import load_model
-from compiler.precision import PrecisionConfig
-from compiler.runtime import OrtGraph, SplitRunner
-from compiler.serve import ServerConfig, TritonServer
-from compiler.verify import VerifyConfig
+from compiler.precision.convert import PrecisionConfig
+from compiler.repository.reader import half_files
+from compiler.runtime.ort import OrtGraph, SplitRunner
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.checkpoint import load_model
+from compiler.stca.data import sample_requests
+from compiler.verify.gates import VerifyConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

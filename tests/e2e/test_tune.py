@@ -9,16 +9,17 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from compiler import server_stats
-from compiler.artifacts import hash_tree
 from compiler.build import BuildConfig, build
-from compiler.client import ScoringClient
-from compiler.data import sample_requests
-from compiler.emit import EmitConfig, composing, read_config
-from compiler.load import load_config
-from compiler.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
-from compiler.serve import ServerConfig, TritonServer
-from compiler.tune import TuneConfig, tune
+from compiler.core.artifacts import hash_tree
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
+from compiler.measure.tune import TuneConfig, tune
+from compiler.repository.deployment import EmitConfig
+from compiler.repository.reader import composing, read_config
+from compiler.serving import server_stats
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.checkpoint import load_config
+from compiler.stca.data import sample_requests
 from tests.e2e.conftest import QUICK_VERIFY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -13,13 +13,14 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from compiler.__main__ import main
-from compiler.bench import BenchConfig, perf, write_input_file
 from compiler.build import BuildConfig, build
-from compiler.client import ScoringClient
-from compiler.emit import EmitConfig
-from compiler.precision import PrecisionConfig
-from compiler.serve import ServerConfig, TritonServer
-from compiler.user_model import UserModelSpec, load_user_model
+from compiler.load.user_model import UserModelSpec, load_user_model
+from compiler.measure.bench import BenchConfig
+from compiler.measure.perf import perf, write_input_file
+from compiler.precision.convert import PrecisionConfig
+from compiler.repository.deployment import EmitConfig
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
 from tests.e2e.conftest import QUICK_VERIFY
 from tests.models import ranking_model, ranking_program
 

@@ -1,0 +1,1 @@
+"""Small pieces every layer shares: the user-error type, the logger, the served models' names, the request contract, atomic output directories, ranking metrics, the machine probe, the precision order."""

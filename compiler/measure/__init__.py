@@ -1,0 +1,1 @@
+"""Measurement: the perf_analyzer driver, thread-budget tuning, the benchmark suites and their report."""

@@ -1,0 +1,204 @@
+"""Bench: repeated-user traffic, the load the history row cache is for.
+
+    repeated_users(served_repositories(...), config, RepeatedConfig(...)) -> results.json's "repeated_users"
+
+Six ways to serve the same traffic (compiler.stca.data.RepeatedUsers), each on a fresh server, so each starts empty:
+  row cache, one process    `stca` as built by default: both halves in one process (stca_split), which holds the
+                  row cache (compiler/runtime/row_cache.py)
+  row cache       the halves in two processes (--split-processes 2): the history encoder serves rows from its row cache
+  row cache in the scorer   two processes with --history-cache-at scorer: the encoder step runs the key graph and the
+                  scorer holds the cache, so row keys cross between the steps instead of the cut
+  no cache        two processes, the encoder's history_cache_bytes set to 0: every request encodes its whole history
+  response cache  two processes without the row cache, with Triton's response cache on the encoder
+  fused           `stca_fused`, the unsplit graph
+Every request is sent once, in order, by `concurrency` client threads: perf_analyzer cycles through a fixed set
+of requests, which a response cache would answer from memory after one pass, and real traffic never repeats
+a request byte for byte (ages move, histories grow). Per variant: a warm-up pass of other users (a cache in
+service has seen other users), then at each concurrency level a fresh set of users; throughput is requests over
+wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
+each request's encoder time against the rows it had to compute (the row cache's misses) and its length; and the
+resident memory of the processes holding the cache (the encoder's without one) before and after.
+"""
+
+import os
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compiler.core.artifacts import MANIFEST
+from compiler.core.log import stage
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER
+from compiler.repository.reader import cache_holder, composing, read_config, write_config
+from compiler.serving import server_stats
+from compiler.serving.client import ScoringClient
+from compiler.serving.server import ServerConfig, TritonServer
+from compiler.stca.data import RepeatedUsers, repeated_user_requests
+from compiler.stca.model import STCAConfig
+
+VARIANTS = ("row cache, one process", "row cache", "row cache in the scorer", "no cache", "response cache", "fused")
+
+
+@dataclass(frozen=True)
+class RepeatedConfig:
+    traffic: RepeatedUsers = field(default_factory=RepeatedUsers)  # per concurrency level
+    warmup_users: int = 4
+    candidates: int = 128
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    profile_users: int = 4  # users of the per-request pass at concurrency 1
+
+
+def served_repositories(one_process: Path, encoder_cached: Path, scorer_cached: Path, uncached: Path, work: Path) -> dict[str, tuple[Path, str]]:
+    """variant -> (repository, the model to call). `encoder_cached` (two processes, the cache in the encoder) also serves
+    the fused baseline; `uncached` (a copy of it whose encoder has history_cache_bytes 0, with its own thread budget
+    where it was tuned) also gets the response cache."""
+    return {"row cache, one process": (one_process, ENSEMBLE), "row cache": (encoder_cached, ENSEMBLE),
+            "row cache in the scorer": (scorer_cached, ENSEMBLE), "no cache": (uncached, ENSEMBLE),
+            "response cache": (_with_response_cache(uncached, work / "repo-response-cache"), ENSEMBLE), "fused": (encoder_cached, FUSED)}
+
+
+def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg: RepeatedConfig) -> dict:
+    """Measure the variants (module docstring) in `served` (served_repositories)."""
+
+    levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
+    warmup = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.warmup_users, "visits": 2}),
+                                    seed=999, n_candidates=cfg.candidates)
+    profile = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.profile_users, "visits": 3}),
+                                     seed=2_000, n_candidates=cfg.candidates)
+    results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,
+               "mean_history": statistics.mean(len(r["history_item_ids"]) for rs in levels.values() for r in rs), "variants": {}}
+    for variant in VARIANTS:
+        path, model = served[variant]
+        holder = cache_holder(path) or ENCODER  # whose counters and memory to read
+        parts = composing(path)[model]
+        with stage(f"bench: repeated users, {variant}") as s, TritonServer(ServerConfig.on_free_ports(path)) as triton:
+            url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
+            memory_before = holder_memory(triton.process.pid, holder)
+            drive(url, model, warmup, concurrency=1)
+            rows = []
+            for concurrency, requests in levels.items():
+                before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, holder)
+                seconds, latencies = drive(url, model, requests, concurrency)
+                after = server_stats.history_cache_counters(metrics, holder)
+                rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
+                             "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+                             "stages": [asdict(t) for t in server_stats.since(url, before, parts)],
+                             "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
+            per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
+            results["variants"][variant] = {
+                "model": model, "cache_holder": holder, "rows": rows, "per_request": per_request,
+                "cache": server_stats.history_cache_counters(metrics, holder),
+                "memory_before": memory_before, "memory_after": holder_memory(triton.process.pid, holder)}
+            best = max(r["throughput"] for r in rows)
+            s.summary = f"best {best:.1f} req/s" + "".join(
+                f"; conc {r['concurrency']}: hit rate {hit_rate(r['cache']):.2f}" for r in rows if r["cache"])
+    return results
+
+
+def hit_rate(cache: dict) -> float:
+    """Distinct keys found over distinct keys looked up."""
+    looked_up = cache.get("hits", 0.0) + cache.get("misses", 0.0)
+    return cache.get("hits", 0.0) / looked_up if looked_up else 0.0
+
+
+def drive(url: str, model: str, requests: list[dict], concurrency: int) -> tuple[float, list[float]]:
+    """Send every request once, in order, from `concurrency` threads; (wall seconds, latencies in ms)."""
+    position, lock, latencies, errors = iter(range(len(requests))), threading.Lock(), [], []
+
+    def client_loop():
+        client = ScoringClient(url, "http", model=model, timeout_s=600.0)
+        try:
+            while True:
+                with lock:
+                    k = next(position, None)
+                if k is None:
+                    return
+                start = time.perf_counter()
+                client.score(requests[k])
+                latencies.append(1e3 * (time.perf_counter() - start))
+        except Exception as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            errors.append(e)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start, latencies
+
+
+def encoder_profile(url: str, metrics: str, parts: tuple[str, ...], requests: list[dict]) -> list[dict]:
+    """One request at a time through the ensemble's two halves (`parts`): its history length, the rows the encoder
+    computed for it (the row cache's misses; all of them without a cache) and the encoder's compute time, from
+    Triton's statistics around it."""
+    out = []
+    for request in requests:
+        before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, ENCODER)
+        drive(url, ENSEMBLE, [request], 1)
+        times = {t.model: t for t in server_stats.since(url, before, parts)}
+        after = server_stats.history_cache_counters(metrics, ENCODER)
+        length = len(request["history_item_ids"])
+        out.append({"history": length, "computed_rows": after["misses"] - counters["misses"] if after else length,
+                    "encoder_ms": times[ENCODER].compute_infer_ms, "scorer_ms": times[SCORER].compute_infer_ms})
+    return out
+
+
+def holder_memory(server_pid: int, model: str = ENCODER) -> list[int]:
+    """Resident bytes of each of a model's Python-backend processes (children of the server)."""
+    resident = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            status = (proc / "status").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"/{model}/1/model.py" in cmdline and f"PPid:\t{server_pid}\n" in status:
+            resident.append(int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024)
+    return sorted(resident)
+
+
+def uncached_copy(repo: Path, copy: Path) -> Path:
+    """The repository with the encoder's row cache off."""
+    return _copy_with_encoder(repo, copy, _row_cache_off)
+
+
+def _with_response_cache(repo: Path, copy: Path) -> Path:
+    return _copy_with_encoder(repo, copy, _response_cache_on)
+
+
+def _row_cache_off(config) -> None:
+    config.parameters["history_cache_bytes"].string_value = "0"
+
+
+def _response_cache_on(config) -> None:
+    config.response_cache.enable = True
+
+
+def _copy_with_encoder(repo: Path, copy: Path, change) -> Path:
+    """A copy of `repo` with `change` applied to the encoder's config. The graphs are hard-linked (they are large), so
+    the files a later step rewrites (the encoder's config here, manifest.json in compiler.measure.tune) are real copies."""
+
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy, copy_function=os.link)
+    (copy / MANIFEST).unlink()
+    shutil.copy2(repo / MANIFEST, copy / MANIFEST)
+    path = copy / ENCODER / "config.pbtxt"
+    config = read_config(path)
+    change(config)
+    path.unlink()
+    write_config(copy, config)
+    return copy
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]

@@ -1,0 +1,111 @@
+"""The CPU thread budget of a served repository: how many instances each model runs and how many cores each uses.
+
+On a CPU host every model of a repository shares the same cores. ONNX Runtime's own default (one intra-op
+thread per core, each spinning between ops) suits one model alone and hurts an ensemble: the history
+encoder's and the candidate scorer's Python-backend stubs then each spin a thread on every core and take
+the time the other needs. Measured on 2 cores at L=10,000, N=128, one request at a time: encoder 53.9 ms +
+scorer 40.8 ms with the default, 24-30 ms each with spinning off (docs/benchmarks.md has the breakdown).
+
+`plan` is the budget a build writes without measuring: spinning off; the encoder and the scorer each run
+several single-threaded (or few-threaded) instances over all the cores, so under concurrent load requests
+interleave between the halves instead of waiting for one multi-threaded run; so does stca_split, which runs
+both halves of a request in one process; a baseline (one model doing the whole request) gets every core in one
+instance. On 2 cores that is what `tune` chose for both the demo
+and the medium model (two 1-thread instances per half: 33.6 and 5.2 req/s on the mixed load, against 26.5
+and 3.2 with one 1-thread instance per half, 29.3 and 4.6 with one 2-thread instance). `candidates` are the
+budgets `compiler.measure.tune` measures to replace the plan with the best measured one on the serving machine.
+"""
+
+import os
+from dataclasses import asdict, dataclass
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compiler.core.errors import CompilerError
+from compiler.core.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One model's share: `instances` copies, each with `threads` intra-op threads; spinning or not."""
+
+    instances: int = 1
+    threads: int = 1
+    spinning: bool = False
+
+    def __post_init__(self):
+        if self.instances < 1 or self.threads < 1:
+            raise CompilerError(f"thread budget: {self} needs at least one instance and one thread")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        return f"{self.instances}x{self.threads}{' spin' if self.spinning else ''}"
+
+
+def machine_threads() -> int:
+    """The cores this process may run on (its affinity mask, which a container's cpuset narrows)."""
+    return len(os.sched_getaffinity(0))
+
+
+MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of the graph's weights
+
+
+def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
+    """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
+    --instances) fixes the copies of each model, which split the cores between them. The model holding the history
+    row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) runs one instance: each instance is a
+    process with its own cache, so a second one would compute every row a second time. In the encoder it keeps the
+    plan's threads (with its rows cached the encoder is the lighter half); in the scorer or stca_split it takes every
+    core."""
+    if cpu_threads < 1:
+        raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
+    copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
+    composing = Placement(copies, max(1, cpu_threads // copies))
+    whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
+    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole, SPLIT: whole}.get(cache_holder)
+    placements = {ENCODER: composing, SCORER: composing, SPLIT: composing, **({cache_holder: held} if held else {})}
+    return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
+
+
+def candidates(cpu_threads: int, cache_holder: str | None = None,
+               placed: tuple[str, ...] = (ENCODER, SCORER, SPLIT, FUSED)) -> list[dict[str, Placement]]:
+    """The budgets tune measures, one server start each: for the ensemble's two halves, the plan's, pipelined halves
+    (one instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
+    default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
+    instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
+    cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache keeps one instance
+    (see plan) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
+    requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
+    between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
+    docs/benchmarks.md). `placed` are the models the repository serves: budgets that place them alike would be the
+    same server measured twice (on 2 cores the two-thread instance is also all cores in one), so each is kept once."""
+    t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)
+    split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
+    held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
+    encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)
+    whole = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
+    one = held if cache_holder == SPLIT else whole  # the plan's stca_split budget is among the four up to 8 cores
+    found = [{**base, ENCODER: e, SCORER: s, SPLIT: o, FUSED: f} for e, s, o, f in zip(encoder, scorer, one, whole)]
+    distinct = {}
+    for candidate in found:
+        distinct.setdefault(tuple(candidate[m] for m in placed), candidate)
+    return list(distinct.values())
+
+
+def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:
+    """Write a placement into a model config. `kind`: "python" (this package's Python-backend models read
+    the intra_op_threads and allow_spinning parameters), "onnxruntime" (the C++ backend's own
+    intra_op_thread_count; it has no spinning parameter, so spinning stays ONNX Runtime's default), or
+    "none" (instances only: the point-wise model, which calls another)."""
+    del config.instance_group[:]
+    config.instance_group.add(count=placement.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if kind == "python":
+        config.parameters["intra_op_threads"].string_value = str(placement.threads)
+        config.parameters["allow_spinning"].string_value = "1" if placement.spinning else "0"
+    elif kind == "onnxruntime":
+        config.parameters["intra_op_thread_count"].string_value = str(placement.threads)
+        config.parameters["inter_op_thread_count"].string_value = "1"
+    elif kind != "none":
+        raise CompilerError(f"thread budget: unknown model kind {kind!r}")

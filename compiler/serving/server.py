@@ -1,0 +1,270 @@
+"""Serve stage: run the real tritonserver on a repository, wait until every model is ready, stop it cleanly.
+
+The embedded CPU server is the tritonserver binary (Triton 2.51) that ships inside the nvidia-pytriton
+wheel, with its Python backend. It needs its bundled libraries on LD_LIBRARY_PATH and a backend
+directory holding the Python-backend stub built for the running interpreter; both are set up here, in a
+temporary directory the server owns for its lifetime. The stub runs the models in this interpreter's
+environment, so onnxruntime (and torch for the eager baseline) come from the same virtualenv.
+"""
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.core.artifacts import MANIFEST
+from compiler.core.errors import CompilerError
+from compiler.core.log import log
+
+# The environment of the server and its Python-backend stubs (they inherit it); the caller's own settings win.
+# glibc malloc: the cut tensors are megabytes per request (20 MB at L=10,000 for the demo model), and by
+# default glibc serves each such buffer with a fresh mmap and returns it on free, so every request faults its
+# pages in again. Keeping them in the heap (threshold at glibc's 32 MiB maximum, no trimming) removed that:
+# the history encoder's compute, timed inside its stub at L=10,000 N=128, went from 37-48 ms (4 runs) to
+# 37-38 ms (2 runs; docs/serving.md).
+SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repo: Path = Path("triton_repo")
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    tritonserver: Path | None = None  # default: the binary in the nvidia-pytriton wheel
+    response_cache_bytes: int = 256 << 20  # used only by models that enable response_cache
+    log_verbose: int = 0
+    ready_timeout_s: float = 300.0
+
+    @classmethod
+    def on_free_ports(cls, repo: Path, **fields) -> "ServerConfig":
+        """A config with three ports that are free now: for a server the program starts and stops itself."""
+        return cls(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **fields)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass(frozen=True)
+class _Install:
+    binary: Path
+    libs: Path | None
+    backends: Path | None  # the wheel's backends folder (the stub is added to a copy)
+    stubs: Path | None
+    caches: Path | None
+
+
+def _find_install(binary: Path | None) -> _Install:
+    if binary is not None:
+        if not Path(binary).is_file():
+            raise CompilerError(f"--tritonserver {binary}: no such file")
+        return _Install(Path(binary), None, None, None, None)
+    spec = importlib.util.find_spec("pytriton")  # not `import pytriton`: its own deps are not installed
+    if spec is None or not spec.submodule_search_locations:
+        raise CompilerError("tritonserver: the nvidia-pytriton wheel is not installed (scripts/setup.sh installs it) "
+                            "and no --tritonserver was given")
+    root = Path(spec.submodule_search_locations[0]) / "tritonserver"
+    libs = Path(spec.submodule_search_locations[0]).parent / "nvidia_pytriton.libs"
+    return _Install(root / "bin" / "tritonserver", libs, root / "backends", root / "python_backend_stubs", root / "caches")
+
+
+class TritonServer:
+    """One tritonserver process. Use as a context manager, or start()/wait_ready()/stop()."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._workdir / "tritonserver.log" if self._workdir else None
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if not (Path(cfg.repo) / MANIFEST).is_file() and not any(Path(cfg.repo).glob("*/config.pbtxt")):
+            raise CompilerError(f"serve: {cfg.repo} is not a model repository (no */config.pbtxt); run `python -m compiler build`")
+        for name, port in (("http", cfg.http_port), ("grpc", cfg.grpc_port), ("metrics", cfg.metrics_port)):
+            if port_in_use(cfg.host, port):
+                raise CompilerError(f"serve: {name} port {cfg.host}:{port} is already in use; pick another with --{name}-port")
+        install = _find_install(cfg.tritonserver)
+        self._workdir = Path(tempfile.mkdtemp(prefix="stca-triton-"))
+        command = [
+            str(install.binary),
+            f"--model-repository={Path(cfg.repo).resolve()}",
+            "--strict-model-config=true",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
+            f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
+            f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={cfg.log_verbose}",
+            f"--cache-config=local,size={cfg.response_cache_bytes}",
+        ]
+        env = {**SERVER_ENV, **os.environ}
+        if install.backends is not None:
+            command += [f"--backend-directory={self._backends(install)}"]
+            if install.caches is not None:
+                command += [f"--cache-directory={install.caches}"]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH")) if p)
+            # The stub finds its Python environment through PATH (as pytriton starts it): put this
+            # interpreter's bin first, so the models import numpy and onnxruntime from this virtualenv.
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        log.info("serve: starting %s on %s (http %d, grpc %d, metrics %d)", install.binary.name, cfg.host,
+                 cfg.http_port, cfg.grpc_port, cfg.metrics_port)
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=die_with_parent)
+
+    def _backends(self, install: _Install) -> Path:
+        """A copy of the wheel's backends with the stub for this interpreter put where Triton looks for it."""
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = install.stubs / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise CompilerError(f"serve: nvidia-pytriton has no Python-backend stub for Python {version} ({stub})")
+        backends = self._workdir / "backends"
+        shutil.copytree(install.backends, backends)
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        return backends
+
+    def wait_ready(self, timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
+        """Poll until the server and every model of the repository are ready (or `stop` is set);
+        raise with the log tail if the server dies or the time runs out."""
+        deadline = time.monotonic() + (timeout_s or self.cfg.ready_timeout_s)
+        models = sorted(p.parent.name for p in Path(self.cfg.repo).glob("*/config.pbtxt"))
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
+            if self.process.poll() is not None:
+                raise CompilerError(f"serve: tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self._ok("/v2/health/ready") and all(self._ok(f"/v2/models/{m}/ready") for m in models):
+                log.info("serve: ready: %s", ", ".join(models))
+                return
+            time.sleep(0.5)
+        if stop and stop.is_set():
+            return
+        raise CompilerError(f"serve: not ready after {timeout_s or self.cfg.ready_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def _ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.cfg.http_url}{path}", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def is_ready(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self._ok("/v2/health/ready")
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM the server (it unloads the models and ends their stubs), then SIGKILL whatever is left of
+        its process group, so no Python-backend stub outlives it."""
+        if self.process is None:
+            return
+        pgid = self.process.pid  # start_new_session: the server leads its own group
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("serve: tritonserver did not stop within %.0fs; killing it", timeout_s)
+                os.killpg(pgid, signal.SIGKILL)  # before waiting: a server that ignored SIGTERM must not hang its caller
+        self.process.wait()  # reaped first: a zombie leader would keep its group alive for _kill_group
+        _kill_group(pgid)
+        self.process = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+def die_with_parent() -> None:
+    """In a child (preexec_fn): have Linux send it SIGTERM if the process that started it dies, however it
+    dies, so a killed `serve`, `bench` or test run never leaves a tritonserver or perf_analyzer behind."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL every process left in the group and wait until none is."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"processes of group {pgid} survived SIGKILL for {timeout_s:.0f}s")
+
+
+def serve_forever(cfg: ServerConfig) -> None:
+    """Start, print the endpoints, block until Ctrl-C or SIGTERM, then stop cleanly."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        # Only a flag: an exception raised here can land inside logging's emit(), which swallows it.
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = TritonServer(cfg)
+        server.start()
+        try:
+            server.wait_ready(stop=stop)
+            if not stop.is_set():
+                log.info("serve: http %s  grpc %s  metrics %s  (Ctrl-C stops)", cfg.http_url, cfg.grpc_url, cfg.metrics_url)
+            while not stop.wait(0.5):
+                if server.process.poll() is not None:
+                    raise CompilerError(f"serve: tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
+        finally:
+            server.stop()
+        log.info("serve: stop requested; server stopped")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

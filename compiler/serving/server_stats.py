@@ -1,0 +1,112 @@
+"""Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots; and, from the
+metrics endpoint, the history row cache's counters and the time stca_split spent in each of its halves.
+
+Triton's statistics extension (GET /v2/models/stats) keeps, per model, cumulative counts and nanoseconds
+for each stage of a request: waiting in the scheduler queue, copying inputs in (compute_input), running
+(compute_infer) and copying outputs out (compute_output). For an ensemble, each composing model keeps its
+own, so a snapshot before and after a load says how long each half of the split spent in each stage, per
+request, under exactly that load.
+"""
+
+import json
+import time
+import urllib.request
+from dataclasses import dataclass
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+HALF_TIME_METRIC = "stca_split_half_ms"  # stca_split's counter per half; the served model.py spells it too (it imports
+# nothing of this package: compiler/runtime/triton_python/onnx_model.py)
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """One model's mean milliseconds per successful request in each stage, over `requests` requests."""
+
+    model: str
+    requests: int
+    queue_ms: float
+    compute_input_ms: float
+    compute_infer_ms: float
+    compute_output_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.queue_ms + self.compute_input_ms + self.compute_infer_ms + self.compute_output_ms
+
+
+def snapshot(http_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, int]]:
+    """model -> {"success": requests, stage: cumulative ns} for every model the server has run."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=timeout_s) as r:
+        stats = json.loads(r.read())
+    counts = {}
+    for model in stats["model_stats"]:
+        inference = model["inference_stats"]
+        entry = {"success": int(inference["success"]["count"])}
+        entry.update({stage: int(inference[stage]["ns"]) for stage in STAGES})
+        # several versions of one model add up; this project emits version 1 only
+        counts[model["name"]] = {k: counts.get(model["name"], {}).get(k, 0) + v for k, v in entry.items()}
+    return counts
+
+
+def settled_snapshot(http_url: str, before: dict, models: list[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+    """A snapshot taken once the named models have each answered as many requests since `before` as the busiest of them.
+
+    Every model in a COMPOSING tuple answers once per request of its pipeline, but Triton records a composing model's
+    statistics when its response is released, which can come a moment after the client already holds the pipeline's
+    answer: a snapshot taken at once can miss the last request of one half (seen as a missing scorer in CI). After
+    `timeout_s` the last snapshot is returned as it is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = snapshot(http_url)
+        answered = [after.get(m, {}).get("success", 0) - before.get(m, {}).get("success", 0) for m in models]
+        if min(answered) == max(answered) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.01)
+
+
+def between(before: dict, after: dict, models: list[str]) -> list[StageTimes]:
+    """Each named model's stage times per request over the requests it answered between two snapshots
+    (a model that answered none is left out)."""
+    times = []
+    for model in models:
+        new, old = after.get(model), before.get(model, {})
+        if new is None:
+            continue
+        requests = new["success"] - old.get("success", 0)
+        if requests <= 0:
+            continue
+        ms = {stage: (new[stage] - old.get(stage, 0)) / requests / 1e6 for stage in STAGES}
+        times.append(StageTimes(model, requests, *(ms[s] for s in STAGES)))
+    return times
+
+
+def since(http_url: str, before: dict, models: list[str]) -> list[StageTimes]:
+    """`between` a snapshot and the server's settled statistics now."""
+    return between(before, settled_snapshot(http_url, before, models), models)
+
+
+def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """A model's stca_history_cache_* metrics (compiler/runtime/row_cache.py: hits, misses, evictions, entries, bytes) from
+    Triton's Prometheus endpoint, summed over its instances; empty where the model keeps no row cache."""
+    totals: dict[str, float] = {}
+    for line in _metrics(metrics_url, timeout_s):
+        if line.startswith("stca_history_cache_") and f'model="{model}"' in line:
+            name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """stca_split's cumulative milliseconds in each half ({"encoder": ms, "scorer": ms}; HALF_TIME_METRIC), summed over
+    its instances; empty where the server has no stca_split."""
+    totals: dict[str, float] = {}
+    for line in _metrics(metrics_url, timeout_s):
+        if line.startswith(HALF_TIME_METRIC + "{"):
+            half = line.split('half="', 1)[1].split('"', 1)[0]
+            totals[half] = totals.get(half, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _metrics(metrics_url: str, timeout_s: float) -> list[str]:
+    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
+        return r.read().decode().splitlines()

@@ -1,0 +1,1 @@
+"""This package's model: STCA as a PyTorch module, its synthetic data, checkpoints, training, and its cost model."""

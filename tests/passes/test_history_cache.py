@@ -1,0 +1,192 @@
+"""The history row cache: row locality read from the graph, the key/row graph split, and the cached encoder's
+scores against PyTorch on the traffic it is for (the same user coming back, users sharing items, padding,
+eviction, concurrent requests, a restart)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from compiler.build import cut_model
+from compiler.core.contract import stca_contract
+from compiler.load.subject import StcaSubject
+from compiler.passes import history_cache
+from compiler.passes.cut_dtype import narrow_cut
+from compiler.passes.partition import split
+from compiler.precision import calibrate
+from compiler.precision.convert import PrecisionConfig, convert
+from compiler.runtime.ort import OrtGraph
+from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
+from compiler.stca.data import RepeatedUsers, repeated_user_requests, sample_requests
+from compiler.verify.gates import THRESHOLDS
+from tests.models import HistorySelfAttention, PositionalHistory, din_model, history_model, stca, two_tower_model
+
+FP32_GATE = THRESHOLDS["fp32"].max_abs_error
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny STCA model, its split, its row-cache plan and ONNX Runtime sessions of the graphs."""
+    model, _ = stca("tiny")
+    _, parts = cut_model(StcaSubject(model, {"kind": "seeded"}))
+    plan = history_cache.plan(parts.encoder)
+    graphs = {"keys": OrtGraph(plan.key_graph), "rows": OrtGraph(plan.row_graph), "scorer": OrtGraph(parts.scorer),
+              "encoder": OrtGraph(parts.encoder)}
+    return model, parts, plan, graphs
+
+
+def cached_encoder(plan, graphs, rows: int = 1_000_000):
+    """A cached encoder whose cache holds `rows` rows."""
+    return plan.encoder(graphs["keys"].run, graphs["rows"].run, rows * (plan.bytes_per_row + 8 * len(plan.keys) + ENTRY_OVERHEAD_BYTES))
+
+
+def scores(graphs, encoder, request):
+    return graphs["scorer"].run({**request, **encoder(request)})["scores"]
+
+
+def test_stca_rows_are_keyed_on_per_row_integers_not_on_raw_ages_or_ids(tiny):
+    _, parts, plan, _ = tiny
+    per_row = {t.name for t in parts.cut.tensors if t.shape[:1] == ("L",)}
+    assert set(plan.cached) == per_row  # every cut tensor with rows along L is cached ...
+    assert set(plan.passthrough) == {t.name for t in parts.cut.tensors} - per_row  # ... the rest (user tokens) is not
+    assert all(np.dtype(k.dtype).kind in "biu" for k in plan.keys)
+    sources = {k.source for k in plan.keys}
+    assert "history_age_s" not in sources  # the bucket, which survives a request later; not the seconds
+    assert "history_item_ids" not in sources  # the hashed table row, which is narrower than the raw id
+    assert "history_actions" in sources
+
+
+def test_the_same_bucket_is_the_same_row_and_a_crossed_bucket_is_recomputed(tiny):
+    model, _, plan, graphs = tiny
+    request = next(sample_requests(model.config, [300], seed=4, n_candidates=8)).inputs
+    rng = np.random.default_rng(0)
+    bucket = rng.integers(3, 20, 300)
+    at = lambda u: (2.0**bucket - 1 + u * 2.0**bucket).astype(np.float32)  # noqa: E731  (u in [0, 1): inside bucket)
+    encoder = cached_encoder(plan, graphs)
+    first = {**request, "history_age_s": at(rng.uniform(0.0, 0.4, 300))}
+    encoder(first)
+    later = {**request, "history_age_s": at(rng.uniform(0.6, 0.9, 300))}  # every age moved, no bucket did
+    misses = encoder.cache.misses
+    assert np.abs(scores(graphs, encoder, later) - model.score(later)).max() <= FP32_GATE
+    assert encoder.cache.misses == misses  # all rows from the cache
+    crossed = {**later, "history_age_s": later["history_age_s"].copy()}
+    crossed["history_age_s"][:10] = 1.5 * 2.0 ** (bucket[:10] + 1) - 1  # ten items aged into the middle of the next bucket
+    assert np.abs(scores(graphs, encoder, crossed) - model.score(crossed)).max() <= FP32_GATE
+    assert 1 <= encoder.cache.misses - misses <= 10
+
+
+def test_cached_scores_match_pytorch_on_repeated_users_sharing_items_with_padding(tiny):
+    model, _, plan, graphs = tiny
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=4), seed=9, n_candidates=16)
+    encoder = cached_encoder(plan, graphs)
+    hits_at_second_user = None
+    for k, request in enumerate(traffic):  # visit-major: each user's history grows and ages between visits
+        if k == 1:
+            hits_at_second_user = encoder.cache.hits
+        assert np.abs(scores(graphs, encoder, request) - model.score(request)).max() <= FP32_GATE, f"request {k}"
+        if k == 1:
+            assert encoder.cache.hits > hits_at_second_user  # a new user's first request finds rows another user left
+    padded = stca_contract(model.config).left_pad(traffic[-1], 50)
+    assert np.abs(scores(graphs, encoder, padded) - model.score(padded)).max() <= FP32_GATE
+    assert encoder.cache.hits > encoder.cache.misses  # the traffic is what the cache is for
+
+
+def test_eviction_under_a_tiny_budget_and_a_restart_stay_exact(tiny):
+    model, _, plan, graphs = tiny
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=3), seed=10, n_candidates=8)
+    small = [{k: v[-200:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic]
+    encoder = cached_encoder(plan, graphs, rows=300)  # one user's 200 rows fit, two users' do not
+    for request in small:
+        assert np.abs(scores(graphs, encoder, request) - model.score(request)).max() <= FP32_GATE
+    assert encoder.cache.evictions > 0
+    assert len(encoder.cache.index) <= 300
+    restarted = cached_encoder(plan, graphs)  # a new process: an empty cache
+    assert np.abs(scores(graphs, restarted, small[-1]) - model.score(small[-1])).max() <= FP32_GATE
+    assert restarted.cache.hits == 0 and restarted.cache.misses > 0
+
+
+def test_concurrent_requests_on_one_cache_get_their_own_rows(tiny):
+    model, _, plan, graphs = tiny
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=4, visits=2), seed=11, n_candidates=8)
+    expected = [graphs["encoder"].run(r) for r in traffic]
+    encoder = cached_encoder(plan, graphs, rows=3_000)  # small enough that threads evict each other's rows
+    results, errors = {}, []
+
+    def work(k):
+        try:
+            for _ in range(3):
+                results[k] = encoder(traffic[k])
+        except Exception as e:  # noqa: BLE001  (reported below, with the request)
+            errors.append((k, e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(traffic))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k, outputs in results.items():
+        for name, value in outputs.items():
+            np.testing.assert_allclose(value, expected[k][name], rtol=1e-5, atol=1e-5, err_msg=f"request {k}, {name}")
+
+
+def test_a_din_style_model_is_row_local_and_its_cache_is_confirmed():
+    model, request_inputs = din_model()
+    parts = split(model, request_inputs)
+    plan = history_cache.plan(parts.encoder)
+    assert [np.dtype(k.dtype).kind for k in plan.keys] == ["i"]  # the hashed item row
+    requests = [{"history_item_ids": np.arange(1, L + 1, dtype=np.int64) * 7} for L in (1, 40, 900)]
+    worst = history_cache.confirm(plan, parts.encoder, requests, OrtGraph)
+    assert max(worst.values()) <= 1e-5
+
+
+@pytest.mark.parametrize("make, why", [
+    (two_tower_model, "reduces over L"),  # the history is pooled into one vector
+    (lambda: history_model(HistorySelfAttention), "MatMul"),  # each row attends to every other row
+    (lambda: history_model(PositionalHistory), "derived from L itself"),  # a row depends on where it sits
+])
+def test_a_model_whose_rows_mix_gets_no_cache_and_the_reason(make, why):
+    model, request_inputs = make()
+    parts = split(model, request_inputs)
+    with pytest.raises(history_cache.NotRowLocal, match=why):
+        history_cache.plan(parts.encoder)
+
+
+def test_a_cut_narrowed_to_fp16_is_cached_in_fp16(tiny):
+    model, parts, _, graphs = tiny
+    samples = [graphs["encoder"].run(r.inputs) for r in sample_requests(model.config, [1, 300], seed=2, n_candidates=1)]
+    narrowed = narrow_cut(parts.encoder, parts.scorer, samples)  # its casts carry no shapes: the plan must not need them
+    plan = history_cache.plan(narrowed.encoder)
+    cached_narrow = [name for name in narrowed.narrowed if name in plan.cached]
+    assert cached_narrow and {plan.row_specs[name].dtype for name in cached_narrow} == {"float16"}
+    requests = [r.inputs for r in sample_requests(model.config, [5, 700], seed=3, n_candidates=1)]
+    assert max(history_cache.confirm(plan, narrowed.encoder, requests, OrtGraph).values()) <= 2e-3
+
+
+@pytest.mark.parametrize("form", ["cpu", "tensorrt"])
+def test_an_int8_encoder_is_row_local_with_its_weights_dequantized_in_the_row_graph(tiny, tmp_path, form):
+    model, parts, _, _ = tiny
+    calibration = calibrate.generate(tmp_path / "set", model.config, count=4)
+    encoder = convert(parts, PrecisionConfig("int8"), calibration, None, form).encoder
+    plan = history_cache.plan(encoder)  # static scales: quantizing a row reads nothing of the other rows
+    assert any(n.op_type == "DequantizeLinear" for n in plan.row_graph.graph.node)
+    requests = [r.inputs for r in sample_requests(model.config, [1, 64, 700], seed=6, n_candidates=1)]
+    assert max(history_cache.confirm(plan, encoder, requests, OrtGraph).values()) <= 1e-5
+
+
+def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
+    import onnx
+
+    from compiler.build import _history_cache
+    from compiler.load.user_model import UserModelSpec, load_user_model
+    from compiler.repository.deployment import EmitConfig, resolve_deployment
+    from compiler.repository.report import history_cache_lines
+
+    model, request_inputs = history_model(HistorySelfAttention)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    subject = load_user_model(UserModelSpec(onnx=tmp_path / "model.onnx", request_inputs=tuple(request_inputs)))
+    encoder = split(model, request_inputs).encoder
+    plan, record = _history_cache(encoder, subject, resolve_deployment(EmitConfig(), "python"))
+    assert plan is None and not record["row_local"] and not record["served"]
+    assert "MatMul" in record["why"]
+    assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]
