@@ -58,7 +58,7 @@ def main() -> int:
             cal = calibrate.generate(Path(tmp) / "cal", config, count=args.calibration_requests, n_candidates=128)
         for precision in args.precisions.split(","):
             halves = convert(parts, PrecisionConfig(precision, int8_high_precision="fp16"), cal)
-            plans = build_plans({"encoder": halves.encoder, "scorer": halves.scorer}, (profile,), EngineConfig())
+            plans = build_plans({"encoder": halves.split.encoder, "scorer": halves.split.scorer}, (profile,), EngineConfig())
             encoder, scorer = TrtGraph(plans.plans["encoder"]), TrtGraph(plans.plans["scorer"])
             errors, taus = [], []
             for request in checks:

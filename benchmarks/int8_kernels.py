@@ -66,7 +66,7 @@ def main() -> None:
                                        {"x": rng.integers(0, 256, (M, K), dtype=np.uint8)}),
     }
     m, v = machine(), versions()
-    print(f"{m['cpu_model']} ({' '.join(m['isa'])}), {m['cpus']} CPUs; onnxruntime {v['onnxruntime']}; "
+    print(f"{m.describe()}; onnxruntime {v['onnxruntime']}; "
           f"GEMM {M} x {K} x {N}, best of 10\n")
     print("| kernel | threads | ms | GOP/s | vs fp32 |")
     print("|---|---:|---:|---:|---:|")

@@ -16,7 +16,7 @@ from onnx import helper
 from precision_latency import interleaved_ms  # this script's directory is on sys.path
 
 from compiler.core.machine import machine, versions
-from compiler.load.subject import StcaSubject
+from compiler.load.subject import Source, StcaSubject
 from compiler.passes.layer_norm_rows import layer_norms_on_rows
 from compiler.runtime.ort import OrtGraph
 from compiler.stca.checkpoint import seeded_model
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     args = p.parse_args()
     v, m = versions(), machine()
-    print(f"{m['cpu_model']} ({' '.join(m['isa'])}), {m['cpus']} CPUs; onnxruntime {v['onnxruntime']}, "
+    print(f"{m.describe()}; onnxruntime {v['onnxruntime']}, "
           f"{args.threads} intra-op threads, median of {args.rounds} interleaved rounds\n")
 
     model = seeded_model(preset(args.preset))
@@ -62,7 +62,7 @@ def main() -> None:
         ms = interleaved_ms({label: lambda g=g: g.run(feeds) for label, g in graphs.items()}, 10 * args.rounds)
         print(f"| {shape} | {ms['exported']:.3f} | {ms['rows']:.3f} | {1 - ms['rows'] / ms['exported']:.0%} |")
 
-    exported = StcaSubject(model, {"kind": "seeded"}).export(18)
+    exported = StcaSubject(model, Source("seeded")).export(18)
     on_rows, count = layer_norms_on_rows(exported)
     graphs = {"exported": OrtGraph(exported, args.threads), "rows": OrtGraph(on_rows, args.threads)}
     print(f"\nThe whole {args.preset} STCA graph, fp32 ({count} norms moved to rows):\n")

@@ -112,7 +112,7 @@ def main() -> None:
                              median_ms(lambda: scorer.run({**request, **cut}), args.repeats),
                              median_ms(lambda: fused.run(request), args.repeats) if fused else None))
     v, m = versions(), machine()
-    print(f"{m['cpu_model']} ({' '.join(m['isa'])}), {m['cpus']} CPUs, {m['platform']}; onnxruntime {v['onnxruntime']}, "
+    print(f"{m.describe()}, {m.platform}; onnxruntime {v['onnxruntime']}, "
           f"{args.threads or 'one per core'} threads, {args.repeats} runs each\n")
     print("| build | L | N | encoder ms | scorer ms | encoder + scorer | fused ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -2,11 +2,13 @@
 
 import os
 import platform
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
 
-def versions() -> dict:
+def versions() -> dict[str, str]:
+    """The versions of the packages a build or a benchmark ran with (and the tritonserver the wheel ships)."""
     found = {"python": platform.python_version()}
     for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "nvidia-modelopt", "tritonclient", "nvidia-pytriton", "tensorrt"):
         try:
@@ -24,7 +26,27 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
              "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
 
 
-def machine() -> dict:
+@dataclass(frozen=True)
+class Machine:
+    platform: str
+    processor: str
+    cpu_model: str
+    isa: tuple[str, ...]  # the ISA_FLAGS this CPU has, in ISA_FLAGS' order
+    cpus: int
+
+    def describe(self) -> str:
+        return f"{self.cpu_model} ({' '.join(self.isa) or 'no listed ISA extension'}), {self.cpus} CPUs"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "isa": list(self.isa)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Machine":
+        return cls(d["platform"], d["processor"], d["cpu_model"], tuple(d["isa"]), d["cpus"])
+
+
+def machine() -> Machine:
+    """This machine, from /proc/cpuinfo where there is one."""
     processor = platform.processor() or platform.machine()
     fields: dict[str, str] = {}
     try:
@@ -34,5 +56,5 @@ def machine() -> dict:
     except OSError:  # not Linux: the processor string is all there is
         pass
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    return {"platform": platform.platform(), "processor": processor, "cpu_model": fields.get("model name", processor),
-            "isa": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count()}
+    return Machine(platform.platform(), processor, fields.get("model name", processor),
+                   tuple(f for f in ISA_FLAGS if f in flags), os.cpu_count() or 1)

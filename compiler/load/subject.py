@@ -8,7 +8,7 @@ same partition, precision, verification, history-cache analysis and emit. STCA-o
 form, the cost model, the PyTorch-eager baseline, labelled requests for the AUC gate) hang off StcaSubject.model.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -19,12 +19,47 @@ from compiler.stca.data import Request, World, kuairand_lengths, sample_requests
 from compiler.stca.model import STCA
 
 
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Where STCA's attention form was left to the cost model (--attention auto): what it chose, at what load, why."""
+
+    chosen: str  # "kv" | "reordered"
+    history: int
+    candidates: int
+    target: str
+    cut_precision: str
+    flops: dict[str, float]  # form -> FLOPs per request
+    flops_with_cut_priced: dict[str, float]  # form -> FLOPs plus the cut's bytes priced as FLOPs on the target
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the compiled model came from."""
+
+    kind: str  # "demo" | "checkpoint" | "seeded" | "onnx" | "exported"
+    path: str | None = None  # the checkpoint directory or the user's file (None for a seeded preset)
+    sha256: str | None = None  # of the weights file, or of the user's file
+    preset: str | None = None  # "seeded": the preset's name
+    attention_choice: AttentionChoice | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Source":
+        choice = d.get("attention_choice")
+        return cls(d["kind"], d.get("path"), d.get("sha256"), d.get("preset"), AttentionChoice(**choice) if choice else None)
+
+
 class Subject:
     """The interface (see the module docstring). `reference` returns the model's first output on one request."""
 
     contract: Contract
     tasks: tuple[str, ...]  # the columns of the first output, where they have names
-    source: dict  # where the model came from, for the manifest
+    source: Source  # where the model came from, for the manifest
     model: STCA | None  # this package's STCA module, where that is what is compiled
     request_source: str  # where requests() come from, for the log and the report
 
@@ -53,7 +88,7 @@ class Subject:
 @dataclass
 class StcaSubject(Subject):
     model: STCA
-    source: dict
+    source: Source
     world: World = field(default_factory=World)
 
     @property
@@ -69,7 +104,6 @@ class StcaSubject(Subject):
         return "synthetic requests with planted labels (compiler.stca.data)"
 
     def export(self, opset: int) -> onnx.ModelProto:
-
         return export(self.model, opset).model
 
     def cut_names(self) -> dict[str, str]:
@@ -88,4 +122,4 @@ class StcaSubject(Subject):
 
     def describe(self) -> str:
         c = self.model.config
-        return f"{self.source['kind']} STCA model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"
+        return f"{self.source.kind} STCA model, D={c.d_model}, h={c.n_heads}, M={c.n_layers}, attention={c.attention}"

@@ -25,7 +25,7 @@ from onnx import helper
 from compiler.core.artifacts import sha256_file
 from compiler.core.contract import CANDIDATE, REQUEST, Contract, Input, RequestError, load_requests
 from compiler.core.errors import CompilerError
-from compiler.load.subject import Subject
+from compiler.load.subject import Source, Subject
 from compiler.passes.export import to_onnx
 from compiler.passes.graph_index import GraphIndex, served_inputs
 from compiler.passes.lint import OPSETS
@@ -63,7 +63,7 @@ class UserModelSpec:
 class UserSubject(Subject):
     graph: onnx.ModelProto  # the fp32 model as ONNX (the file, or the program exported)
     contract: Contract
-    source: dict
+    source: Source
     run_reference: object  # inputs -> the first output, in fp32
     samples: list[dict] | None = None
     tasks: tuple[str, ...] = ()
@@ -90,7 +90,7 @@ class UserSubject(Subject):
 
     def describe(self) -> str:
         c = self.contract
-        return (f"{self.source['kind']} model {Path(self.source['path']).name}: {len(c.request_inputs)} request input(s) "
+        return (f"{self.source.kind} model {Path(self.source.path).name}: {len(c.request_inputs)} request input(s) "
                 f"{list(c.request_inputs)}, {len(c.candidate_inputs)} per candidate along {c.candidate_dim!r}, outputs "
                 f"{list(c.outputs)}; requests {self.request_source}")
 
@@ -100,7 +100,7 @@ def load_user_model(spec: UserModelSpec, max_history: int | None = None, max_can
     path = spec.path
     if not path.is_file():
         raise CompilerError(f"build: {path}: no such file")
-    source = {"kind": "onnx" if spec.onnx is not None else "exported", "path": str(path), "sha256": sha256_file(path)}
+    source = Source("onnx" if spec.onnx is not None else "exported", str(path), sha256_file(path))
     dim_caps: dict[str, int] = {}
     if spec.onnx is not None:
         try:

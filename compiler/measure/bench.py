@@ -26,7 +26,7 @@ from compiler.core.errors import CompilerError
 from compiler.core.log import Progress, log, stage
 from compiler.core.machine import machine, versions
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SPLIT, TORCH
-from compiler.load.subject import StcaSubject, Subject
+from compiler.load.subject import Source, StcaSubject, Subject
 from compiler.load.user_model import UserModelSpec
 from compiler.measure import bench_report
 from compiler.measure.bench_repeated import RepeatedConfig, repeated_users, served_repositories, uncached_copy
@@ -209,7 +209,7 @@ def attention_check(base, history: int, candidates: tuple[int, ...], repeats: in
 
     config, runners = base.config, {}
     for form in ("kv", "reordered"):
-        _, parts = cut_model(StcaSubject(with_attention(base, form), {"kind": "seeded"}))
+        _, parts = cut_model(StcaSubject(with_attention(base, form), Source("seeded")))
         runners[form] = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
     rows = []
     for N in candidates:
@@ -254,11 +254,11 @@ def run(cfg: BenchConfig) -> Path:
                                        max_history=cfg.max_history, precision=PrecisionConfig(precision, cut=cfg.cut_dtype), emit=EmitConfig(**emit),
                                        verify=cfg.verify, accept_accuracy_loss=True))  # a missed gate is recorded, not a lost run
             if not (cfg.tune and tuned):
-                return result, result.thread_budget
+                return result, result.thread_budget.to_dict() if result.thread_budget else None
             # half-length windows: tune only ranks four budgets, and the benchmark then measures the chosen one in full
             tuning = tune(TuneConfig(repo=result.out, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2),
                                      protocol=cfg.protocol))
-            return result, tuning.thread_budget
+            return result, tuning.thread_budget.to_dict()
 
         def server(path: Path) -> TritonServer:
             return TritonServer(ServerConfig.on_free_ports(path))
@@ -294,13 +294,13 @@ def run(cfg: BenchConfig) -> Path:
             uncached = uncached_copy(at_encoder.out, work / "repo-no-row-cache")
             if cfg.tune:  # without its cache the encoder does more work: its own best budget, as every model gets
                 budgets[f"{base} without the row cache"] = tune(TuneConfig(
-                    repo=uncached, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol)).thread_budget
+                    repo=uncached, concurrency=cfg.concurrency, window_requests=max(4, cfg.window_requests // 2), protocol=cfg.protocol)).thread_budget.to_dict()
             at_scorer, budgets[f"{base} with the row cache in the scorer"] = repo("row-cache-at-scorer", base, history_cache_at="scorer")
             repeated = repeated_users(served_repositories(one.out, at_encoder.out, at_scorer.out, uncached, work), first.config, cfg.repeated)
     results = {
         "name": cfg.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": _jsonable(asdict(cfg)),
-        "machine": machine(), "versions": versions(), "gemm_peak_flops": peak, "gemm_peaks": peaks,
-        **({"model_config": first.config.to_dict()} if first.model is not None else {"model": first.source}),
+        "machine": machine().to_dict(), "versions": versions(), "gemm_peak_flops": peak, "gemm_peaks": peaks,
+        **({"model_config": first.config.to_dict()} if first.model is not None else {"model": first.source.to_dict()}),
         "contract": first.contract.to_dict(),
         "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention, "repeated_users": repeated,
         "thread_budgets": budgets,

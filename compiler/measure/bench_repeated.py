@@ -31,7 +31,7 @@ from pathlib import Path
 from compiler.core.artifacts import MANIFEST
 from compiler.core.log import stage
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER
-from compiler.repository.reader import cache_holder, composing, read_config, write_config
+from compiler.repository.reader import cache_holder, composing, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
 from compiler.serving.server import ServerConfig, TritonServer
@@ -186,16 +186,11 @@ def _response_cache_on(config) -> None:
 def _copy_with_encoder(repo: Path, copy: Path, change) -> Path:
     """A copy of `repo` with `change` applied to the encoder's config. The graphs are hard-linked (they are large), so
     the files a later step rewrites (the encoder's config here, manifest.json in compiler.measure.tune) are real copies."""
-
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(repo, copy, copy_function=os.link)
     (copy / MANIFEST).unlink()
     shutil.copy2(repo / MANIFEST, copy / MANIFEST)
-    path = copy / ENCODER / "config.pbtxt"
-    config = read_config(path)
-    change(config)
-    path.unlink()
-    write_config(copy, config)
+    update_config(copy, ENCODER, change)
     return copy
 
 

@@ -14,22 +14,19 @@ container or a binary on PATH) and does not start the embedded one with the Pyth
 package serves with; the sweep here is small enough to run directly.
 """
 
-import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from compiler.core.artifacts import MANIFEST, hash_tree
-from compiler.core.contract import Contract
 from compiler.core.errors import CompilerError
 from compiler.core.log import Progress, stage
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
 from compiler.measure.perf import perf, write_input_file
-from compiler.repository import budget
-from compiler.repository.manifest import thread_budget
-from compiler.repository.reader import cache_holder, composing, read_config, write_config
+from compiler.repository import budget, manifest
+from compiler.repository.budget import ThreadBudget
+from compiler.repository.reader import cache_holder, composing, update_config
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.stca.data import contract_requests, kuairand_lengths
 
@@ -53,21 +50,19 @@ class TuneConfig:
 class TuneResult:
     chosen: dict[str, budget.Placement]  # every placement the repository now holds
     sweep: list[dict]  # per candidate: its placements and each tuned model's best throughput
-    thread_budget: dict  # what the manifest now records (compiler.build.thread_budget)
+    thread_budget: ThreadBudget  # what the manifest now records
 
 
 def tune(cfg: TuneConfig) -> TuneResult:
-
     repo = Path(cfg.repo)
-    manifest = _read_manifest(repo)
-    recorded = manifest.get("thread_budget")
-    if recorded is None:
+    record = manifest.read(repo)
+    if record.thread_budget is None:
         raise CompilerError(f"tune: {repo} holds no CPU thread budget (built for a GPU target); nothing to tune")
-    cpu_threads = cfg.cpu_threads or recorded["cpu_threads"]
+    cpu_threads = cfg.cpu_threads or record.thread_budget.cpu_threads
     tuned = [m for m in TUNED if (repo / m / "config.pbtxt").is_file()]
     served = composing(repo)
     placed = [m for model in tuned for m in served[model]]
-    contract = Contract.from_dict(manifest["contract"])
+    contract = record.contract
     lengths = [cfg.history] * cfg.requests if cfg.history else kuairand_lengths(cfg.requests, max(contract.max_history, 1), seed=11)
     requests = contract_requests(contract, lengths, cfg.candidates, seed=12)
     load = f"L={cfg.history}" if cfg.history else "KuaiRand-1K L"
@@ -98,19 +93,11 @@ def tune(cfg: TuneConfig) -> TuneResult:
             choice[model] = {"candidate": best, "throughput": sweep[best]["throughput"][model]}
         s.summary = "; ".join(f"{m}: {'/'.join(chosen[p].label() for p in served[m])} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
     _write_configs(repo, chosen, _kind(repo))
-
-    manifest["thread_budget"] = thread_budget(cpu_threads, chosen, "tune", tuning={
+    tuned_budget = ThreadBudget(cpu_threads, "tune", chosen, tuning={
         "load": load, "candidates_per_request": cfg.candidates, "requests": cfg.requests, "concurrency": list(cfg.concurrency),
         "choice": choice, "sweep": sweep})
-    _write_manifest(repo, manifest)
-    return TuneResult(chosen, sweep, manifest["thread_budget"])
-
-
-def _read_manifest(repo: Path) -> dict:
-    try:
-        return json.loads((repo / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CompilerError(f"tune: {repo} is not a built repository ({MANIFEST}: {e})") from e
+    manifest.write(repo, manifest.with_files(replace(record, thread_budget=tuned_budget), repo))
+    return TuneResult(chosen, sweep, tuned_budget)
 
 
 def _kind(repo: Path) -> str:
@@ -128,17 +115,7 @@ def _copy_with(repo: Path, copy: Path, placements: dict, kind: str) -> Path:
 
 
 def _write_configs(repo: Path, placements: dict, kind: str) -> None:
-    """Replace (never edit in place: a copy's files are hard links) each tuned model's config with its placement."""
-
+    """Each tuned model's config with its placement (update_config replaces the file: a copy's files are hard links)."""
     for model in PLACED:
-        path = repo / model / "config.pbtxt"
-        if path.is_file():
-            config = read_config(path)
-            budget.configure(config, placements[model], kind)
-            path.unlink()
-            write_config(repo, config)
-
-
-def _write_manifest(repo: Path, manifest: dict) -> None:
-    manifest["files"] = {name: digest for name, digest in hash_tree(repo).items() if name != MANIFEST}
-    (repo / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if (repo / model / "config.pbtxt").is_file():
+            update_config(repo, model, lambda config, model=model: budget.configure(config, placements[model], kind))

@@ -17,7 +17,7 @@ the sample requests fit fp16's finite range: the attention mask's key bias holds
 fp16 would turn into -inf (and a fully padded row into NaN), so it stays fp32, and the pass says why.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 
 from compiler.core.errors import CompilerError
 from compiler.passes.graph_index import rename_node
+from compiler.passes.partition import Split
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -35,16 +36,15 @@ class CutDtypeError(CompilerError):
 
 @dataclass(frozen=True)
 class NarrowedCut:
-    encoder: onnx.ModelProto
-    scorer: onnx.ModelProto
+    split: Split  # both halves rewritten, the cut's tensors with the dtypes they now cross in
     narrowed: tuple[str, ...]  # cut tensors that now cross in fp16
     kept: dict  # cut tensor -> why it stays as it was
 
 
-def narrow_cut(encoder: onnx.ModelProto, scorer: onnx.ModelProto, samples: list[dict]) -> NarrowedCut:
+def narrow_cut(split: Split, samples: list[dict]) -> NarrowedCut:
     """Rewrite both halves so the float32 cut tensors whose sampled values fit fp16 cross as fp16.
     `samples` are the encoder's outputs on a few requests ({cut tensor name: array})."""
-    encoder, scorer = _copy(encoder), _copy(scorer)
+    encoder, scorer = _copy(split.encoder), _copy(split.scorer)
     outputs = {o.name: o for o in encoder.graph.output}
     inputs = {i.name: i for i in scorer.graph.input}
     narrowed, kept = [], {}
@@ -65,7 +65,8 @@ def narrow_cut(encoder: onnx.ModelProto, scorer: onnx.ModelProto, samples: list[
         narrowed.append(name)
     for graph in (encoder, scorer):
         onnx.checker.check_model(graph)
-    return NarrowedCut(encoder, scorer, tuple(narrowed), kept)
+    cut = replace(split.cut, tensors=tuple(replace(t, dtype="float16") if t.name in narrowed else t for t in split.cut.tensors))
+    return NarrowedCut(Split(encoder, scorer, cut), tuple(narrowed), kept)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -90,6 +90,33 @@ class RowCachePlan:
         return CachedEncoder(run_keys, run_rows, list(self.keys), cache)
 
 
+@dataclass(frozen=True)
+class RowLocality:
+    """A build's record of its encoder's row locality: the row cache's keys and what it caches, checked against the
+    encoder, and whether the repository serves it; or why the encoder has no row cache."""
+
+    row_local: bool
+    why: str = ""  # not row-local: what mixes rows
+    plan: dict | None = None  # row-local: RowCachePlan.to_dict() (keys, cached outputs, bytes a row)
+    confirmed_max_abs_difference: dict[str, float] | None = None  # output -> largest difference from the encoder
+    confirmed_at_lengths: tuple[int, ...] = ()
+    served: bool = False
+    budget_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        if not self.row_local:
+            return {"row_local": False, "why": self.why, "served": False}
+        return {"row_local": True, **self.plan, "confirmed_max_abs_difference": self.confirmed_max_abs_difference,
+                "confirmed_at_lengths": list(self.confirmed_at_lengths), "served": self.served, "budget_bytes": self.budget_bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RowLocality":
+        if not d["row_local"]:
+            return cls(False, d["why"])
+        plan = {k: d[k] for k in ("keys", "cached", "passthrough", "keys_of", "bytes_per_row")}
+        return cls(True, "", plan, d["confirmed_max_abs_difference"], tuple(d["confirmed_at_lengths"]), d["served"], d["budget_bytes"])
+
+
 def plan(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowCachePlan:
     """The key graph and row graph of `encoder` (see the module docstring), or NotRowLocal saying why not."""
     encoder = onnx.shape_inference.infer_shapes(encoder)  # ranks decide how rows broadcast; a later pass may not have typed its values

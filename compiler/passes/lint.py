@@ -47,6 +47,13 @@ class LintReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "nodes": self.nodes, "qdq_pairs": self.qdq_pairs, "ok": self.ok, "problems": list(self.problems)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LintReport":
+        return cls(d["graph"], d["nodes"], d["qdq_pairs"], tuple(d["problems"]))
+
 
 def lint(model: onnx.ModelProto, name: str, tensorrt_qdq: bool = True) -> LintReport:
     """tensorrt_qdq: check Q/DQ nodes against TensorRT's int8 rules (off for the cpu int8 form, whose uint8

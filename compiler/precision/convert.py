@@ -109,15 +109,16 @@ class PrecisionConfig:
 
 @dataclass(frozen=True)
 class Halves:
-    encoder: onnx.ModelProto
-    scorer: onnx.ModelProto
+    """The split as served: both halves in their precisions (and the cut in the dtypes it crosses in)."""
+
+    split: Split
     encoder_precision: str
     scorer_precision: str
     details: dict = field(default_factory=dict)  # what each conversion did, for the manifest
     whole: onnx.ModelProto | None = None  # the unsplit graph at --precision, when the baselines are built
 
     def graphs(self) -> dict[str, onnx.ModelProto]:
-        graphs = {ENCODER: self.encoder, SCORER: self.scorer, **({FUSED: self.whole} if self.whole is not None else {})}
+        graphs = {ENCODER: self.split.encoder, SCORER: self.split.scorer, **({FUSED: self.whole} if self.whole is not None else {})}
         return {SHORT_NAMES[name]: graph for name, graph in graphs.items()}
 
 
@@ -141,7 +142,7 @@ def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.Mo
         details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
                                   "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
                                               "max": max(calibration.lengths)}, "method": cfg.calibration_method}
-    return Halves(encoder, scorer, cfg.encoder_precision, cfg.scorer_precision, details, whole)
+    return Halves(Split(encoder, scorer, parts.cut), cfg.encoder_precision, cfg.scorer_precision, details, whole)
 
 
 def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds, keep_float: tuple[str, ...] = ()):
@@ -293,7 +294,7 @@ def int8_dot_products() -> bool:
     in float (L=7 N=256, tau 0.9499); on an AVX-512 VNNI host it passed with 2 kept. The repository is built for
     the CPU it is built on, as its thread budget is."""
 
-    return any(flag in machine()["isa"] for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(flag in machine().isa for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def weight_matmuls(model: onnx.ModelProto) -> list[str]:

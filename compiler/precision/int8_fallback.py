@@ -120,7 +120,7 @@ def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str,
                             scorer="int8" if half == "scorer" else "fp32")
             others = [n for n in quantized[half] if n != node]
             halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others})
-            runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+            runner = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
             deficit = np.mean([1 - kendall_tau(e[:, t], got[:, t]) for e, r in zip(expected, requests)
                                for got in [columns(runner.score(r))] for t in range(e.shape[1])])
             layers.append(Layer(half, node, float(deficit), sizes[half][node] / sum(sizes[half].values())))

@@ -40,8 +40,31 @@ class Placement:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Placement":
+        return cls(**d)
+
     def label(self) -> str:
         return f"{self.instances}x{self.threads}{' spin' if self.spinning else ''}"
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """The CPU thread budget a repository's configs hold: every model's placement, and who chose it."""
+
+    cpu_threads: int
+    chosen_by: str  # "plan" (the build's unmeasured default) | "tune" (measured)
+    placements: dict[str, Placement]
+    tuning: dict | None = None  # tune: the candidates, what each measured, the load it measured them on
+
+    def to_dict(self) -> dict:
+        return {"cpu_threads": self.cpu_threads, "chosen_by": self.chosen_by,
+                "placements": {model: p.to_dict() for model, p in sorted(self.placements.items())},
+                **({"tuning": self.tuning} if self.tuning is not None else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThreadBudget":
+        return cls(d["cpu_threads"], d["chosen_by"], {m: Placement.from_dict(p) for m, p in d["placements"].items()}, d.get("tuning"))
 
 
 def machine_threads() -> int:

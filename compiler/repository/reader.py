@@ -59,7 +59,10 @@ def write_config(repo: Path, config: mc.ModelConfig) -> list[Path]:
 
 
 def update_config(repo: Path, model: str, change: Callable[[mc.ModelConfig], None]) -> list[Path]:
-    """Read `model`'s config in `repo`, let `change` edit it, write it back (validated by Triton's schema)."""
-    config = read_config(Path(repo) / model / "config.pbtxt")
+    """Read `model`'s config in `repo`, let `change` edit it, and replace the file (validated by Triton's schema).
+    Replaced, never edited in place: a copied repository's files may be hard links to the original's."""
+    path = Path(repo) / model / "config.pbtxt"
+    config = read_config(path)
     change(config)
+    path.unlink()
     return write_config(repo, config)

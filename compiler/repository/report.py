@@ -3,14 +3,17 @@
 from collections import Counter
 from pathlib import Path
 
+from compiler.load.subject import Subject
+from compiler.passes.history_cache import RowLocality
 from compiler.passes.partition import Cut
+from compiler.repository.manifest import BuildRecord
 from compiler.verify.gates import TAU_MIN_CANDIDATES, Verification
 
 
-def write(directory: Path, result) -> Path:
-    """report.md of a compiler.build.BuildResult."""
+def write(directory: Path, result: BuildRecord, subject: Subject) -> Path:
+    """report.md of a build (its BuildRecord and the subject it compiled)."""
     path = Path(directory) / "report.md"
-    path.write_text("\n".join(_lines(result)) + "\n")
+    path.write_text("\n".join(_lines(result, subject)) + "\n")
     return path
 
 
@@ -56,14 +59,14 @@ def cut_table(cut: Cut, contract) -> list[str]:
     return lines
 
 
-def _lines(r) -> list[str]:
+def _lines(r: BuildRecord, subject: Subject) -> list[str]:
     v, contract = r.verification, r.contract
     L = contract.max_history
     limits = ", ".join(f"{dim} <= {size}" for dim, size in contract.limits.items())
     lines = [
         "# stca-compiler build report",
         "",
-        f"- created {r.created} in {r.build_seconds} s on {r.machine['platform']} ({r.machine['cpus']} CPUs)",
+        f"- created {r.created} in {r.build_seconds} s on {r.machine.platform} ({r.machine.describe()})",
         f"- model: {_model_line(r)}",
         f"- served limits: {limits}; opset {r.opset}; target `{r.target}`",
         f"- precision: encoder {r.half_precisions[0]}, scorer {r.half_precisions[1]}",
@@ -76,9 +79,9 @@ def _lines(r) -> list[str]:
     gates = [f"max abs error <= {th.max_abs_error:g}" if th.max_abs_error is not None else None,
              f"mean Kendall tau >= {th.kendall_tau} (cases with N >= {TAU_MIN_CANDIDATES})" if th.kendall_tau is not None else None,
              f"|AUC delta| <= {th.auc_delta}" if th.auc_delta is not None else None]
-    reference = "the PyTorch fp32 model" if r.model is not None else f"your fp32 model ({_REFERENCE[r.source['kind']]})"
+    reference = "the PyTorch fp32 model" if r.model_config is not None else f"your fp32 model ({_REFERENCE[r.source.kind]})"
     lines += [f"Gates: {'; '.join(g for g in gates if g)}. Outputs of the compiled encoder + scorer (ONNX Runtime, CPU) "
-              f"against {reference} on held-out requests ({r.subject.request_source}).", ""]
+              f"against {reference} on held-out requests ({subject.request_source}).", ""]
     if v.note:
         lines += [f"Note: {v.note}.", ""]
     if r.accepted_accuracy_loss:
@@ -99,18 +102,18 @@ def _lines(r) -> list[str]:
         lines += [f"| {task} | {row['reference']:.4f} | {row['compiled']:.4f} | {row['delta']:+.5f} |" for task, row in v.auc.items()]
     if v.failures:
         lines += ["", "Failures:", ""] + [f"- {f}" for f in v.failures]
-    kept = r.precisions.get("int8_kept_float")
+    kept = r.precisions.int8_kept_float
     if kept:
         lines += ["", f"Layers kept out of int8 so the gates pass ({len(kept)}; compiler/precision/int8_fallback.py): each was quantized "
                   "alone and ranked by the ranking error it caused, and the worst went back to float, one per round.", "",
                   "| half | node | 1 - tau with only it in int8 | share of the half's int8 GEMM work |", "|---|---|---:|---:|"]
-        lines += [f"| {k['half']} | `{k['node']}` | {k['tau_deficit']:.4f} | {100 * k['weight_share']:.1f}% |" for k in kept]
+        lines += [f"| {k.layer.half} | `{k.layer.node}` | {k.layer.tau_deficit:.4f} | {100 * k.layer.weight_share:.1f}% |" for k in kept]
     if r.plots.get("error_vs_length"):
         lines += ["", f"![score error against history length]({r.plots['error_vs_length']})"]
     lines += ["", f"## The cut (bytes per request at {contract.history_dim or 'the served maximum'}={L})", "",
               "Tensors the history encoder computes once per request and every candidate's scoring reads.", ""]
     lines += cut_table(r.cut, contract)
-    placed = Counter(reason.split(":")[0] for reason in r.placement.values())
+    placed = Counter(reason.split(":")[0] for reason in r.cut.placement.values())
     lines += ["", "Node placement (manifest.json `placement` gives the reason for each node): "
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
               ""]
@@ -122,30 +125,30 @@ def _lines(r) -> list[str]:
 _REFERENCE = {"onnx": "the ONNX file on ONNX Runtime", "exported": "the ExportedProgram in PyTorch"}
 
 
-def _model_line(r) -> str:
-    if r.model is None:
+def _model_line(r: BuildRecord) -> str:
+    if r.model_config is None:
         c = r.contract
-        return (f"{r.source['kind']} `{r.source['path']}` (sha256 {r.source['sha256'][:12]}); request inputs "
+        return (f"{r.source.kind} `{r.source.path}` (sha256 {r.source.sha256[:12]}); request inputs "
                 f"{', '.join(f'`{n}`' for n in c.request_inputs)}; per candidate along `{c.candidate_dim}`: "
                 f"{', '.join(f'`{n}`' for n in c.candidate_inputs)}; outputs {', '.join(f'`{n}`' for n in c.outputs)}")
-    c = r.config
-    origin = f"preset `{r.source['preset']}`" if r.source["kind"] == "seeded" else f"`{r.source['path']}`"
-    return (f"{r.source['kind']} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
+    c = r.model_config
+    origin = f"preset `{r.source.preset}`" if r.source.kind == "seeded" else f"`{r.source.path}`"
+    return (f"{r.source.kind} {origin}; D={c.n_heads * c.head_dim} (h={c.n_heads}, d_h={c.head_dim}), M={c.n_layers}, "
             f"attention `{c.attention}`, tasks {', '.join(c.tasks)}")
 
 
-def history_cache_lines(record: dict) -> list[str]:
+def history_cache_lines(record: RowLocality) -> list[str]:
     """The report's account of the encoder's row locality (compiler.passes.history_cache)."""
     lines = ["## History row cache", ""]
-    if not record["row_local"]:
-        return lines + [f"None: {record['why']}. Every request encodes its whole history."]
-    keys = ", ".join(f"`{k['source']}` ({k['dtype']})" for k in record["keys"])
-    lines += [f"Each row of {', '.join(f'`{n}`' for n in record['cached'])} is a function of one key per history item: {keys} "
-              f"({record['bytes_per_row']} bytes a row). Checked against the encoder at L = "
-              f"{', '.join(map(str, record['confirmed_at_lengths']))} and a left-padded request: largest difference "
-              f"{max(record['confirmed_max_abs_difference'].values()):.1e}."]
-    if record["served"]:
-        lines += ["", f"Served: the history encoder keeps up to {record['budget_bytes'] / 2**20:.0f} MiB of rows (over its instances), "
+    if not record.row_local:
+        return lines + [f"None: {record.why}. Every request encodes its whole history."]
+    keys = ", ".join(f"`{k['source']}` ({k['dtype']})" for k in record.plan["keys"])
+    lines += [f"Each row of {', '.join(f'`{n}`' for n in record.plan['cached'])} is a function of one key per history item: {keys} "
+              f"({record.plan['bytes_per_row']} bytes a row). Checked against the encoder at L = "
+              f"{', '.join(map(str, record.confirmed_at_lengths))} and a left-padded request: largest difference "
+              f"{max(record.confirmed_max_abs_difference.values()):.1e}."]
+    if record.served:
+        lines += ["", f"Served: the history encoder keeps up to {record.budget_bytes / 2**20:.0f} MiB of rows (over its instances), "
                   "computes only distinct missing keys, and reports `stca_history_cache_*` on Triton's /metrics."]
     else:
         lines += ["", "Not served by this repository (the python target serves it; --history-cache-bytes 0 turns it off)."]

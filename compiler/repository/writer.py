@@ -1,4 +1,5 @@
-"""Emit stage: ONNX halves -> a Triton model repository with ensemble scheduling.
+"""Emit stage: ONNX halves -> a Triton model repository with ensemble scheduling, for a Deployment
+(compiler.repository.deployment: which target, device, cores and processes).
 
     stca_history_encoder/   per request: history + user inputs -> the cut tensors
     stca_candidate_scorer/  per candidate set: cut tensors + candidate inputs -> scores
@@ -15,14 +16,6 @@ format, so every field name and enum is checked by construction. L and N are -1 
 max_batch_size 0 (ensembles neither broadcast nor batch as a whole); concurrency comes from instance
 groups, sized on a CPU by the thread budget (compiler.repository.budget); warmup runs a real request on the composing
 models, never on the ensemble.
-
-Why one process on the python target: each Python-backend model is a stub process, and every tensor into or out
-of one is copied through shared memory. Two stubs cost the split a second round trip and the cut's copies out of
-the encoder and into the scorer (20 MB per request at L=10,000 for the demo model), which the unsplit graph never
-pays: served in two processes the split ran 0.70-0.92x the fused graph's throughput on the demo model, in one
-0.89-1.00x, about what its two graphs take against the fused graph in one ONNX Runtime process (docs/benchmarks.md).
-The C++ backends (onnxruntime, tensorrt) hand tensors between ensemble steps in one process already; there the
-halves stay two models.
 """
 
 import json
@@ -41,6 +34,7 @@ from compiler.core.contract import CONTRACT_PARAMETER, Contract
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
 from compiler.passes.history_cache import RowCachePlan
+from compiler.passes.partition import Split
 from compiler.repository import budget
 from compiler.repository.deployment import Deployment
 from compiler.repository.reader import SPLIT_ENCODER_FILE, read_config, write_config
@@ -60,8 +54,7 @@ TRITON_TYPES = {
 class Graphs:
     """The graphs a repository is made from; plans are the TensorRT engines when target is tensorrt."""
 
-    encoder: onnx.ModelProto
-    scorer: onnx.ModelProto
+    split: Split  # the halves as served
     whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
     plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
     row_cache: RowCachePlan | None = None  # the encoder's key and row graphs (compiler.passes.history_cache), where row-local
@@ -74,7 +67,7 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
     each composing model warms up on the ones it reads."""
     if cfg.target == "tensorrt" and not graphs.plans:
         raise CompilerError("target tensorrt: no TensorRT plans were built (see compiler.repository.engines)")
-    missing = sorted(set(_io(graphs.scorer.graph.input)) - set(warmup))
+    missing = sorted(set(_io(graphs.split.scorer.graph.input)) - set(warmup))
     if missing:
         raise CompilerError(f"emit: the warmup values lack {missing}; give the request with the encoder's outputs on it")
     written: list[Path] = []
@@ -86,7 +79,7 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         written += _split_model(repo, graphs, contract, request, cfg, placements)
         steps = [(SPLIT, request_inputs, _io(graphs.whole.graph.output))]
     else:
-        encoder, scorer_inputs = graphs.encoder, _io(graphs.scorer.graph.input)
+        encoder, scorer_inputs = graphs.split.encoder, _io(graphs.split.scorer.graph.input)
         if holder == SCORER:  # the encoder step serves the key graph; the scorer turns keys into the cut from its cache
             encoder = graphs.row_cache.key_graph
             warmup = {**warmup, **OrtGraph(encoder).run(request)}
@@ -94,8 +87,8 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         encoder_warmup = {name: warmup[name] for name in _io(encoder.graph.input)}
         scorer_warmup = {name: warmup[name] for name in scorer_inputs}
         written += _composing_model(repo, ENCODER, encoder, contract, encoder_warmup, cfg, placements, graphs.plans, cfg.options.response_cache)
-        written += _composing_model(repo, SCORER, graphs.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
-        steps = [(ENCODER, _io(encoder.graph.input), _io(encoder.graph.output)), (SCORER, scorer_inputs, _io(graphs.scorer.graph.output))]
+        written += _composing_model(repo, SCORER, graphs.split.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
+        steps = [(ENCODER, _io(encoder.graph.input), _io(encoder.graph.output)), (SCORER, scorer_inputs, _io(graphs.split.scorer.graph.output))]
     if holder is not None:
         written += _row_cache(repo / holder, graphs.row_cache, cfg.options.history_cache_bytes)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
@@ -155,8 +148,8 @@ def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, place
 def _split_model(repo: Path, graphs: Graphs, contract: Contract, request: dict, cfg: Deployment, placements: dict) -> list[Path]:
     """Both halves in one Python-backend model: the scorer as its model.onnx, taking the request's inputs, and the
     encoder beside it (SPLIT_ENCODER_FILE), which runs first (compiler/runtime/triton_python/onnx_model.py)."""
-    written = _composing_model(repo, SPLIT, graphs.scorer, contract, request, cfg, placements, inputs=_io(graphs.whole.graph.input))
-    return written + [_save_onnx(graphs.encoder, repo / SPLIT / "1" / SPLIT_ENCODER_FILE)]
+    written = _composing_model(repo, SPLIT, graphs.split.scorer, contract, request, cfg, placements, inputs=_io(graphs.whole.graph.input))
+    return written + [_save_onnx(graphs.split.encoder, repo / SPLIT / "1" / SPLIT_ENCODER_FILE)]
 
 
 def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[Path]:

@@ -26,7 +26,7 @@ Picking the attention form for a target also prices the cut: where it crosses pr
 python target: out of the encoder's Python-backend stub, through the server, into the scorer's), each
 byte costs about as much time as CUT_BYTE_FLOPS[target] FLOPs of GEMM. The kv form ships twice the
 reordered form's bytes (K_i and V_i against Xt_i), so this moves the crossover up on that target.
-tests/test_costmodel.py checks the FLOPs against PyTorch's own FlopCounterMode on the model's forward.
+tests/stca/test_costmodel.py checks the FLOPs against PyTorch's own FlopCounterMode on the model's forward.
 """
 
 from dataclasses import dataclass

@@ -95,6 +95,11 @@ class Verification:
             **({"note": self.note} if self.note else {}),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verification":
+        return cls(d["precision"], Thresholds(**d["thresholds"]), tuple(CaseResult(**c) for c in d["cases"]), d["auc"],
+                   tuple(d["failures"]), d.get("note", ""))
+
 
 def verify(subject: Subject, compiled: Callable[[dict], np.ndarray], precision: str, cfg: VerifyConfig = VerifyConfig()) -> Verification:
     """Compare `compiled(inputs)` (the first output) with the subject's fp32 reference on held-out requests."""

@@ -6,8 +6,8 @@ import pytest
 
 from compiler.build import BuildConfig, build
 from compiler.measure.bench import BenchConfig, cache_experiment, run
-from compiler.measure.perf import UnstableMeasurement, perf, write_input_file
 from compiler.measure.bench_report import speedups
+from compiler.measure.perf import UnstableMeasurement, perf, write_input_file
 from compiler.repository.deployment import EmitConfig
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.stca.checkpoint import load_config

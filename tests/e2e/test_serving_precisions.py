@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 def test_served_scores_equal_the_verified_graphs(tmp_path, tiny_checkpoint, precision):
     out = tmp_path / precision
     cases = VerifyConfig(lengths=(64, 1_000), candidates=(128,), requests_per_case=2, auc_requests=8)
-    manifest = build(BuildConfig(out=out, checkpoint=tiny_checkpoint, max_history=2_000, verify=cases,
-                                 precision=PrecisionConfig(precision))).manifest
-    assert manifest["verification"]["passed"], manifest["verification"]["failures"]
+    verification = build(BuildConfig(out=out, checkpoint=tiny_checkpoint, max_history=2_000, verify=cases,
+                                     precision=PrecisionConfig(precision))).verification
+    assert verification.passed, verification.failures
     model = load_model(tiny_checkpoint, max_history=2_000)
     in_process = SplitRunner(*(OrtGraph(path) for path in half_files(out)))
     with TritonServer(ServerConfig.on_free_ports(out)) as server:

@@ -14,6 +14,7 @@ from compiler.core.artifacts import hash_tree
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDATOR
 from compiler.measure.tune import TuneConfig, tune
 from compiler.repository.deployment import EmitConfig
+from compiler.repository.manifest import read as read_manifest
 from compiler.repository.reader import composing, read_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
@@ -70,6 +71,7 @@ def test_tune_measures_each_candidate_and_writes_the_fastest_into_the_repository
         assert config.parameters["intra_op_threads"].string_value == str(chosen.threads)
         assert config.parameters["allow_spinning"].string_value == ("1" if chosen.spinning else "0")
     assert manifest["files"] == {k: v for k, v in hash_tree(repo).items() if k != "manifest.json"}
+    assert read_manifest(repo).thread_budget == result.thread_budget  # written through the typed record
     with TritonServer(ServerConfig.on_free_ports(repo)) as server:  # the tuned repository still serves
         scores = ScoringClient(server.cfg.http_url).score(next(sample_requests(load_config(tiny_checkpoint), [25], seed=1, n_candidates=3)).inputs)
     assert scores.shape == (3, 3)

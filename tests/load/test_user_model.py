@@ -55,7 +55,7 @@ def user_build(tmp_path, files, name, form, precision="fp32", **fields):
 def test_the_users_model_builds_and_its_repository_scores_as_the_model_does(tmp_path, files, name, form, precision):
     result = user_build(tmp_path, files, name, form, precision)
     assert result.verification.passed, result.verification.failures
-    assert result.model is None and result.source["kind"] == form
+    assert result.model is None and result.source.kind == form
     contract = result.contract
     assert set(contract.request_inputs) == set(files[name, form][1]) and contract.candidate_inputs == ("candidate_item_ids",)
     # the split is reported: what crosses, and it crosses per history item (both models hoist a history projection)
@@ -71,9 +71,9 @@ def test_the_users_model_builds_and_its_repository_scores_as_the_model_does(tmp_
         assert np.abs(served.score(request.inputs) - reference.reference(request.inputs)).max() <= gate
     # the row cache where the encoder is row-local (DIN), and the reason where not (the two-tower pools the history)
     record = result.history_cache
-    assert record["row_local"] == (name == "din"), record
+    assert record.row_local == (name == "din"), record
     if name == "two_tower":
-        assert "ReduceMean" in record["why"]
+        assert "ReduceMean" in record.why
 
 
 def test_samples_drive_verification_and_declared_ranges_are_checked(tmp_path, files):

@@ -6,7 +6,7 @@ import pytest
 
 from compiler.core.contract import PAD_ITEM_ID, REQUEST_INPUTS
 from compiler.passes.cut_dtype import narrow_cut
-from compiler.passes.partition import split
+from compiler.passes.partition import Split, split
 from compiler.precision.convert import to_fp16
 from compiler.runtime.ort import OrtGraph, SplitRunner
 from compiler.stca.data import sample_requests
@@ -34,16 +34,18 @@ def casts(model: onnx.ModelProto) -> int:
 def test_fp32_halves_ship_fp16_and_score_within_fp16_rounding(tiny):
     parts, requests = tiny
     encoder = OrtGraph(parts.encoder)
-    result = narrow_cut(parts.encoder, parts.scorer, [encoder.run(r) for r in requests])
+    result = narrow_cut(parts, [encoder.run(r) for r in requests])
     assert "K_1" in result.narrowed and "V_2" in result.narrowed
     assert "key_bias" in result.kept and "do not fit fp16" in result.kept["key_bias"]  # padding's -1e9
-    outputs, inputs = dtypes(result.encoder.graph.output), dtypes(result.scorer.graph.input)
+    outputs, inputs = dtypes(result.split.encoder.graph.output), dtypes(result.split.scorer.graph.input)
     for name in result.narrowed:
         assert outputs[name] == inputs[name] == onnx.TensorProto.FLOAT16
     assert outputs["key_bias"] == inputs["key_bias"] == onnx.TensorProto.FLOAT
     assert dtypes(parts.encoder.graph.output)["K_1"] == onnx.TensorProto.FLOAT  # the caller's graphs are not modified
+    crossing = {t.name: t.dtype for t in result.split.cut.tensors}
+    assert crossing["K_1"] == "float16" and crossing["key_bias"] == "float32"  # the cut says what crosses
     before = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
-    after = SplitRunner(OrtGraph(result.encoder), OrtGraph(result.scorer))
+    after = SplitRunner(OrtGraph(result.split.encoder), OrtGraph(result.split.scorer))
     for request in requests:
         reference, narrowed = before.score(request), after.score(request)
         assert narrowed.dtype == np.float32 and not np.array_equal(reference, narrowed)  # the cut really was rounded
@@ -54,11 +56,11 @@ def test_fp16_halves_lose_the_casts_on_both_sides_of_the_cut(tiny):
     parts, requests = tiny
     encoder16, _ = to_fp16(parts.encoder)
     scorer16, _ = to_fp16(parts.scorer)
-    result = narrow_cut(encoder16, scorer16, [OrtGraph(encoder16).run(r) for r in requests])
+    result = narrow_cut(Split(encoder16, scorer16, parts.cut), [OrtGraph(encoder16).run(r) for r in requests])
     # each narrowed tensor had an fp16 -> fp32 cast before the cut and an fp32 -> fp16 cast after it
-    assert casts(result.encoder) < casts(encoder16) and casts(result.scorer) < casts(scorer16)
+    assert casts(result.split.encoder) < casts(encoder16) and casts(result.split.scorer) < casts(scorer16)
     before = SplitRunner(OrtGraph(encoder16), OrtGraph(scorer16))
-    after = SplitRunner(OrtGraph(result.encoder), OrtGraph(result.scorer))
+    after = SplitRunner(OrtGraph(result.split.encoder), OrtGraph(result.split.scorer))
     for request in requests:
         np.testing.assert_allclose(after.score(request), before.score(request), atol=1e-3)
 
@@ -67,5 +69,5 @@ def test_a_tensor_whose_sampled_values_overflow_fp16_stays_fp32(tiny):
     parts, requests = tiny
     samples = [OrtGraph(parts.encoder).run(r) for r in requests[:1]]
     samples[0]["V_1"] = samples[0]["V_1"] * 1e6
-    result = narrow_cut(parts.encoder, parts.scorer, samples)
+    result = narrow_cut(parts, samples)
     assert "V_1" in result.kept and "V_1" not in result.narrowed and "K_1" in result.narrowed

@@ -9,7 +9,7 @@ import pytest
 
 from compiler.build import cut_model
 from compiler.core.contract import stca_contract
-from compiler.load.subject import StcaSubject
+from compiler.load.subject import Source, StcaSubject
 from compiler.passes import history_cache
 from compiler.passes.cut_dtype import narrow_cut
 from compiler.passes.partition import split
@@ -28,7 +28,7 @@ FP32_GATE = THRESHOLDS["fp32"].max_abs_error
 def tiny():
     """The tiny STCA model, its split, its row-cache plan and ONNX Runtime sessions of the graphs."""
     model, _ = stca("tiny")
-    _, parts = cut_model(StcaSubject(model, {"kind": "seeded"}))
+    _, parts = cut_model(StcaSubject(model, Source("seeded")))
     plan = history_cache.plan(parts.encoder)
     graphs = {"keys": OrtGraph(plan.key_graph), "rows": OrtGraph(plan.row_graph), "scorer": OrtGraph(parts.scorer),
               "encoder": OrtGraph(parts.encoder)}
@@ -155,19 +155,19 @@ def test_a_model_whose_rows_mix_gets_no_cache_and_the_reason(make, why):
 def test_a_cut_narrowed_to_fp16_is_cached_in_fp16(tiny):
     model, parts, _, graphs = tiny
     samples = [graphs["encoder"].run(r.inputs) for r in sample_requests(model.config, [1, 300], seed=2, n_candidates=1)]
-    narrowed = narrow_cut(parts.encoder, parts.scorer, samples)  # its casts carry no shapes: the plan must not need them
-    plan = history_cache.plan(narrowed.encoder)
+    narrowed = narrow_cut(parts, samples)  # its casts carry no shapes: the plan must not need them
+    plan = history_cache.plan(narrowed.split.encoder)
     cached_narrow = [name for name in narrowed.narrowed if name in plan.cached]
     assert cached_narrow and {plan.row_specs[name].dtype for name in cached_narrow} == {"float16"}
     requests = [r.inputs for r in sample_requests(model.config, [5, 700], seed=3, n_candidates=1)]
-    assert max(history_cache.confirm(plan, narrowed.encoder, requests, OrtGraph).values()) <= 2e-3
+    assert max(history_cache.confirm(plan, narrowed.split.encoder, requests, OrtGraph).values()) <= 2e-3
 
 
 @pytest.mark.parametrize("form", ["cpu", "tensorrt"])
 def test_an_int8_encoder_is_row_local_with_its_weights_dequantized_in_the_row_graph(tiny, tmp_path, form):
     model, parts, _, _ = tiny
     calibration = calibrate.generate(tmp_path / "set", model.config, count=4)
-    encoder = convert(parts, PrecisionConfig("int8"), calibration, None, form).encoder
+    encoder = convert(parts, PrecisionConfig("int8"), calibration, None, form).split.encoder
     plan = history_cache.plan(encoder)  # static scales: quantizing a row reads nothing of the other rows
     assert any(n.op_type == "DequantizeLinear" for n in plan.row_graph.graph.node)
     requests = [r.inputs for r in sample_requests(model.config, [1, 64, 700], seed=6, n_candidates=1)]
@@ -187,6 +187,6 @@ def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
     subject = load_user_model(UserModelSpec(onnx=tmp_path / "model.onnx", request_inputs=tuple(request_inputs)))
     encoder = split(model, request_inputs).encoder
     plan, record = _history_cache(encoder, subject, resolve_deployment(EmitConfig(), "python"))
-    assert plan is None and not record["row_local"] and not record["served"]
-    assert "MatMul" in record["why"]
+    assert plan is None and not record.row_local and not record.served
+    assert "MatMul" in record.why
     assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]

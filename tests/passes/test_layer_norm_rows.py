@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from compiler.build import cut_model
-from compiler.load.subject import StcaSubject
+from compiler.load.subject import Source, StcaSubject
 from compiler.passes.layer_norm_rows import layer_norms_on_rows
 from compiler.stca.data import sample_requests
 from tests.models import stca
@@ -73,7 +73,7 @@ def test_only_a_last_axis_norm_of_a_3d_sum_moves_to_rows_and_computes_the_same(t
 def test_the_stca_graphs_served_by_onnx_runtime_hold_no_skip_layer_norm(tmp_path):
     """RankMixer's two residual norms per block are the pattern; after export no half, nor the whole graph, fuses it."""
     model, _ = stca("tiny")
-    whole, parts = cut_model(StcaSubject(model, {"kind": "seeded"}))
+    whole, parts = cut_model(StcaSubject(model, Source("seeded")))
 
     assert sum(n.op_type == "Flatten" for n in whole.graph.node) == 2 * model.config.mixer_layers
     for graph in (whole, parts.encoder, parts.scorer):

@@ -87,7 +87,7 @@ def test_fp16_gets_the_age_bucket_right_at_a_boundary(tiny):
 def test_fp16_halves_score_within_fp16_error(tiny):
     model, parts = tiny
     halves = convert(parts, PrecisionConfig("fp16"))
-    runner = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+    runner = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
     exact = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
     for request in sample_requests(model.config, [1, 300, 5_000], seed=4, n_candidates=64):
         np.testing.assert_allclose(runner.score(request.inputs), exact.score(request.inputs), rtol=0, atol=3e-3)
@@ -96,7 +96,7 @@ def test_fp16_halves_score_within_fp16_error(tiny):
 def test_int8_is_symmetric_per_channel_qdq_and_leaves_the_attention_bmms_alone(tiny, calibration_set):
     model, parts = tiny
     halves = convert(parts, PrecisionConfig("int8"), calibration_set)
-    for graph in (halves.encoder, halves.scorer):
+    for graph in (halves.split.encoder, halves.split.scorer):
         consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
         qdq = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
         assert qdq
@@ -107,8 +107,8 @@ def test_int8_is_symmetric_per_channel_qdq_and_leaves_the_attention_bmms_alone(t
         assert per_channel and all(any(a.name == "axis" for a in n.attribute) for n in per_channel)
     bmms = set(attention_matmuls(parts.scorer))
     assert len(bmms) == 2 * model.config.n_layers  # QK^T and alpha V in every layer
-    producers = {o: n.op_type for n in halves.scorer.graph.node for o in n.output}
-    for node in halves.scorer.graph.node:
+    producers = {o: n.op_type for n in halves.split.scorer.graph.node for o in n.output}
+    for node in halves.split.scorer.graph.node:
         if node.name in bmms:
             assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
     assert halves.details["calibration"]["sha256"] == calibration_set.sha256
@@ -120,7 +120,7 @@ def test_cpu_int8_runs_every_weight_matmul_in_onnx_runtimes_integer_kernels(tiny
     attention bmms stay float, and the scores stay close to fp32."""
     model, parts = tiny
     halves = convert(parts, PrecisionConfig("int8"), calibration_set, int8_form="cpu")
-    for name, graph, fp32 in (("encoder", halves.encoder, parts.encoder), ("scorer", halves.scorer, parts.scorer)):
+    for name, graph, fp32 in (("encoder", halves.split.encoder, parts.encoder), ("scorer", halves.split.scorer, parts.scorer)):
         assert halves.details[name]["form"] == "cpu"
         consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
         dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
@@ -138,7 +138,7 @@ def test_cpu_int8_runs_every_weight_matmul_in_onnx_runtimes_integer_kernels(tiny
         assert lint(graph, name, tensorrt_qdq=False).ok  # no TensorRT engine reads this form
         assert any("is not INT8" in p for p in lint(graph, name).problems)  # TensorRT's rules would refuse it
     reference = SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
-    quantized = SplitRunner(OrtGraph(halves.encoder), OrtGraph(halves.scorer))
+    quantized = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
     for request in sample_requests(model.config, [1, 300], seed=4, n_candidates=32):
         assert np.abs(quantized.score(request.inputs) - reference.score(request.inputs)).max() < 0.05
 
@@ -147,8 +147,8 @@ def test_per_half_precision_overrides_the_build_precision(tiny, calibration_set)
     _, parts = tiny
     halves = convert(parts, PrecisionConfig("fp32", scorer="int8"), calibration_set)
     assert (halves.encoder_precision, halves.scorer_precision) == ("fp32", "int8")
-    assert halves.encoder is parts.encoder
-    assert any(n.op_type == "QuantizeLinear" for n in halves.scorer.graph.node)
+    assert halves.split.encoder is parts.encoder
+    assert any(n.op_type == "QuantizeLinear" for n in halves.split.scorer.graph.node)
 
 
 def test_the_cut_is_narrowed_only_where_its_bytes_cost_time():
@@ -177,7 +177,7 @@ def test_the_fused_baseline_is_quantized_at_the_base_precision_from_the_same_req
     model, whole = stca("tiny")
     parts = split(whole, REQUEST_INPUTS, model.cut_tensor_names())
     halves = convert(parts, PrecisionConfig("int8", encoder="fp32"), calibration_set, whole)
-    assert not any(n.op_type == "QuantizeLinear" for n in halves.encoder.graph.node)
+    assert not any(n.op_type == "QuantizeLinear" for n in halves.split.encoder.graph.node)
     assert any(n.op_type == "QuantizeLinear" for n in halves.whole.graph.node)
     request = next(sample_requests(model.config, [40], seed=2, n_candidates=8)).inputs
     assert OrtGraph(halves.whole).run(request)["scores"].shape == (8, len(model.config.tasks))

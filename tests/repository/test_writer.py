@@ -24,13 +24,13 @@ def graphs():
     c = model.config
     limits = stca_contract(c)
     warmup = with_cut(OrtGraph(parts.encoder), next(sample_requests(c, [40], seed=0, n_candidates=6)).inputs)
-    return Graphs(parts.encoder, parts.scorer, whole), limits, warmup, parts.cut
+    return Graphs(parts, whole), limits, warmup, parts.cut
 
 
 def emitted(tmp_path, graphs, **cfg):
     g, limits, warmup, _ = graphs
     if cfg.get("target") == "tensorrt":  # the configs are under test here, not the engines (tests/test_engines.py)
-        g = Graphs(g.encoder, g.scorer, g.whole, plans={ENCODER: b"plan", SCORER: b"plan", FUSED: b"plan"})
+        g = Graphs(g.split, g.whole, plans={ENCODER: b"plan", SCORER: b"plan", FUSED: b"plan"})
     options = EmitConfig(**cfg)
     emit(tmp_path, g, limits, ("finish", "skip", "like"), warmup, resolve_deployment(options, options.target))
     return {p.parent.name: read_config(p) for p in tmp_path.glob("*/config.pbtxt")}
@@ -92,7 +92,7 @@ def test_the_python_target_serves_both_halves_in_one_process_by_default(tmp_path
     assert not {t.name for t in cut.tensors} & {t.name for t in split_model.input}
     encoder_file, scorer_file = half_files(tmp_path)
     assert encoder_file == tmp_path / SPLIT / "1" / SPLIT_ENCODER_FILE
-    assert [i.name for i in OrtGraph(encoder_file).session.get_inputs()] == [i.name for i in g.encoder.graph.input]
+    assert [i.name for i in OrtGraph(encoder_file).session.get_inputs()] == [i.name for i in g.split.encoder.graph.input]
     assert [o.name for o in OrtGraph(scorer_file).session.get_outputs()] == ["scores"]
 
 

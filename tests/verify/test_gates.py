@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from compiler.core.contract import REQUEST_INPUTS
-from compiler.load.subject import StcaSubject
+from compiler.core.precisions import least_precise
+from compiler.load.subject import Source, StcaSubject
 from compiler.passes.partition import split
 from compiler.runtime.ort import OrtGraph, SplitRunner
-from compiler.core.precisions import least_precise
 from compiler.verify.gates import VerifyConfig, verify
 from tests.models import stca
 
@@ -18,7 +18,7 @@ QUICK = VerifyConfig(lengths=(1, 300), candidates=(3, 40), requests_per_case=2, 
 def tiny():
     model, graph = stca("tiny")
     parts = split(graph, REQUEST_INPUTS)
-    return StcaSubject(model, {"kind": "seeded"}), SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
+    return StcaSubject(model, Source("seeded")), SplitRunner(OrtGraph(parts.encoder), OrtGraph(parts.scorer))
 
 
 def test_the_split_graphs_pass_the_fp32_gate(tiny):

@@ -1,0 +1,32 @@
+"""What `python -m compiler cut` prints: the tensors crossing the cut, and the history row cache the encoder allows.
+
+    subject, _, parts = compiler.build.plan_cut(cfg)
+    print("\\n".join(describe_cut(parts, subject.contract)))
+"""
+
+import onnx
+
+from compiler.core.contract import Contract
+from compiler.passes import history_cache
+from compiler.passes.partition import Split
+from compiler.repository.report import cut_table
+from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
+
+
+def describe_cut(parts: Split, contract: Contract) -> list[str]:
+    """The cut as markdown table lines (bytes per request at the served maximum dims), a blank line, and the row cache."""
+    return [*cut_table(parts.cut, contract), "", history_cache_line(parts.encoder, contract)]
+
+
+def history_cache_line(encoder: onnx.ModelProto, contract: Contract) -> str:
+    """One line: what the history row cache would hold per history item and how many rows fit a GiB, or why there is none."""
+    try:
+        if contract.history_dim is None:
+            raise history_cache.NotRowLocal("no request input has a history dim")
+        cache = history_cache.plan(encoder, contract.history_dim)
+    except history_cache.NotRowLocal as e:
+        return f"History row cache: none ({e})"
+    entry = cache.bytes_per_row + 8 * len(cache.keys) + ENTRY_OVERHEAD_BYTES
+    return (f"History row cache: {len(cache.cached)} tensors cached per history item, keyed on "
+            f"{', '.join(k.source for k in cache.keys)}; {cache.bytes_per_row:,} bytes a row, "
+            f"{(1 << 30) // entry:,} rows per GiB of --history-cache-bytes")
