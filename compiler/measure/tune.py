@@ -115,7 +115,8 @@ def _copy_with(repo: Path, copy: Path, placements: dict, kind: str) -> Path:
 
 
 def _write_configs(repo: Path, placements: dict, kind: str) -> None:
-    """Each tuned model's config with its placement (update_config replaces the file: a copy's files are hard links)."""
-    for model in PLACED:
+    """Every model's config in `repo` with its placement (update_config replaces the file: a copy's files are hard
+    links), so the configs hold what the manifest records."""
+    for model, placement in placements.items():
         if (repo / model / "config.pbtxt").is_file():
-            update_config(repo, model, lambda config, model=model: budget.configure(config, placements[model], kind))
+            update_config(repo, model, lambda config, p=placement, k=budget.config_kind(model, kind): budget.configure(config, p, k))

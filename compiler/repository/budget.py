@@ -117,6 +117,12 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
     return list(distinct.values())
 
 
+def config_kind(model: str, backend: str) -> str:
+    """How `model` reads its placement (configure's `kind`) in a repository whose composing models run on `backend`
+    ("python" or "onnxruntime"): the point-wise baseline only calls another model, the PyTorch one is Python."""
+    return {NAIVE: "none", TORCH: "python"}.get(model, backend)
+
+
 def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:
     """Write a placement into a model config. `kind`: "python" (this package's Python-backend models read
     the intra_op_threads and allow_spinning parameters), "onnxruntime" (the C++ backend's own

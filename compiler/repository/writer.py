@@ -179,7 +179,7 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg: De
     config = _model_config(NAIVE, whole, contract, backend="python")
     config.parameters["fused_model"].string_value = FUSED
     if cfg.device == "cpu":
-        budget.configure(config, placement, "none")
+        budget.configure(config, placement, budget.config_kind(NAIVE, cfg.target))
     else:
         config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
     return _python_files(version, "naive_model.py") + write_config(repo, config)

@@ -45,6 +45,8 @@ class ScoringClient:
     def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = ENSEMBLE, timeout_s: float = 60.0):
         if protocol not in ("http", "grpc"):
             raise CompilerError(f"protocol: {protocol!r} is not http or grpc")
+        if "://" in url:
+            raise CompilerError(f"url {url!r}: give host:port without the scheme (the protocol is chosen apart: {protocol})")
         self.protocol, self.model, self.url = protocol, model, url
         if protocol == "http":
             import tritonclient.http as triton
