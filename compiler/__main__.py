@@ -228,16 +228,16 @@ def _tune_parser(sub) -> None:
 
 def cmd_cut(args) -> int:
     """Export and split a model, and print what crosses the cut (no verification, no output files)."""
-    from compiler.build import plan_cut
+    from compiler.build import load_and_split
     from compiler.repository.cut_summary import describe_cut
 
-    subject, _, parts = plan_cut(cut_config(args))
+    subject, _, parts = load_and_split(cut_config(args))
     print("\n".join(describe_cut(parts, subject.contract)))
     return 0
 
 
 def cut_config(args):
-    """The cut arguments as the compiler.build.BuildConfig plan_cut takes (load, export and split only)."""
+    """The cut arguments as the compiler.build.BuildConfig load_and_split takes (load, export and split only)."""
     from compiler.build import BuildConfig
 
     return BuildConfig(checkpoint=args.checkpoint, preset=args.preset, attention=args.attention, max_history=args.max_history,

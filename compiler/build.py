@@ -24,9 +24,9 @@ from compiler.core.precisions import least_precise
 from compiler.load.stca import StcaSpec, load_stca
 from compiler.load.subject import Subject
 from compiler.load.user_model import UserModelSpec, load_user_model, opset_of
-from compiler.passes import history_cache, lint
+from compiler.passes import lint, row_locality
 from compiler.passes.cut_dtype import narrow_cut
-from compiler.passes.history_cache import RowCachePlan, RowLocality
+from compiler.passes.row_locality import RowGraphs, RowLocality
 from compiler.passes.layer_norm_rows import layer_norms_on_rows
 from compiler.passes.partition import Split, split
 from compiler.precision import calibrate
@@ -108,7 +108,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     check_replaceable(cfg.out, is_build, "an earlier build")  # fail before minutes of work, not after
     deployment, int8_form = _deployment(cfg)
     cut_precision = cfg.precision.cut_precision(deployment.cut_bytes_cost)
-    subject, whole, parts = plan_cut(cfg, deployment.target, cut_precision)
+    subject, whole, parts = load_and_split(cfg, deployment.target, cut_precision)
     precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cut_precision)
     with _calibration_set(cfg, subject) as calibration:
         attempt, kept = _convert_within_gates(cfg, subject, parts, whole, calibration, int8_form, cut_precision, precision)
@@ -119,7 +119,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     if not verification.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
                             "nothing was written (--accept-accuracy-loss writes it anyway)")
-    row_cache, locality = _history_cache(halves.split.encoder, subject, deployment)
+    row_cache, locality = _row_locality(halves.split.encoder, subject, deployment)
     plans = _engines(cfg, subject, halves, precision) if deployment.target == "tensorrt" else None
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
@@ -217,31 +217,31 @@ def _narrow_cut(halves: Halves, subject: Subject) -> Halves:
     return replace(halves, split=narrowed.split, details=details)
 
 
-def _history_cache(encoder: onnx.ModelProto, subject: Subject, deployment: Deployment) -> tuple[RowCachePlan | None, RowLocality]:
-    """The encoder's key and row graphs where its outputs are row-local (compiler.passes.history_cache), confirmed on
+def _row_locality(encoder: onnx.ModelProto, subject: Subject, deployment: Deployment) -> tuple[RowGraphs | None, RowLocality]:
+    """The encoder's key and row graphs where its outputs are row-local (compiler.passes.row_locality), confirmed on
     requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
     the cache; the analysis is recorded for every target."""
     with stage("history cache") as s:
         try:
             contract = subject.contract
             if contract.history_dim is None:
-                raise history_cache.NotRowLocal("history cache: no request input has a history dim (one row per history item)")
-            plan = history_cache.plan(encoder, contract.history_dim)
+                raise row_locality.NotRowLocal("history cache: no request input has a history dim (one row per history item)")
+            row_graphs = row_locality.row_graphs(encoder, contract.history_dim)
             longest = max(contract.max_history, 1)
             lengths = sorted({1, min(64, longest), min(2_000, longest)})
             requests = [r.inputs for r in subject.requests(lengths, 1, seed=23)]
             if lengths[-1] < longest:  # padding rows are rows too: they must come out of the cache as the encoder makes them
                 requests.append(contract.left_pad(requests[-1], min(16, longest - lengths[-1])))
-            worst = history_cache.confirm(plan, encoder, requests, OrtGraph)
-        except history_cache.NotRowLocal as e:
+            worst = row_locality.confirm(row_graphs, encoder, requests, OrtGraph)
+        except row_locality.NotRowLocal as e:
             s.summary = f"no row cache: {e}"
             return None, RowLocality(False, str(e))
-        served, budget_bytes = deployment.serves_row_cache(plan), deployment.options.history_cache_bytes
-        s.summary = (f"{len(plan.cached)} outputs cached by {len(plan.keys)} key columns "
-                     f"({', '.join(k.source for k in plan.keys)}), {plan.bytes_per_row} bytes a row; "
+        served, budget_bytes = deployment.serves_row_cache(row_graphs), deployment.options.history_cache_bytes
+        s.summary = (f"{len(row_graphs.cached)} outputs cached by {len(row_graphs.keys)} key columns "
+                     f"({', '.join(k.source for k in row_graphs.keys)}), {row_graphs.bytes_per_row} bytes a row; "
                      + (f"served with a {budget_bytes / 2**20:.0f} MiB budget" if served else
                         "not served (python target only)" if budget_bytes else "off (--history-cache-bytes 0)"))
-        return (plan if served else None), RowLocality(True, "", plan.to_dict(), worst, tuple(lengths), served,
+        return (row_graphs if served else None), RowLocality(True, "", row_graphs.to_dict(), worst, tuple(lengths), served,
                                                        budget_bytes if served else 0)
 
 
@@ -279,7 +279,7 @@ def _calibration_set(cfg: BuildConfig, subject: Subject):
             yield calibrate.write(Path(tmp) / "set", requests, len(lengths), {"generator": subject.describe()}, contract)
 
 
-def plan_cut(cfg: BuildConfig, target: str | None = None, cut_precision: str | None = None) -> tuple[Subject, onnx.ModelProto, Split]:
+def load_and_split(cfg: BuildConfig, target: str | None = None, cut_precision: str | None = None) -> tuple[Subject, onnx.ModelProto, Split]:
     """Load, export and split: (subject, the whole fp32 graph, split). `python -m compiler cut` stops here.
     `target` and `cut_precision` (the served repository's; resolved from cfg where not given) price the cut where
     the attention form is left to the cost model."""

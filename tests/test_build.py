@@ -255,7 +255,7 @@ def test_the_cpu_int8_form_is_refused_for_tensorrt(tmp_path, tiny_checkpoint, mo
     from compiler.repository.deployment import EmitConfig
 
     monkeypatch.setattr(build_module, "require_tensorrt", lambda: None)
-    monkeypatch.setattr(build_module, "plan_cut", lambda *a: pytest.fail("exported before refusing"))
+    monkeypatch.setattr(build_module, "load_and_split", lambda *a: pytest.fail("exported before refusing"))
     cfg = build_module.BuildConfig(out=tmp_path / "o", checkpoint=tiny_checkpoint, emit=EmitConfig(target="tensorrt"),
                                    precision=PrecisionConfig("int8", int8_form="cpu"))
     with pytest.raises(CompilerError, match="int8 form cpu: TensorRT takes symmetric int8 only"):

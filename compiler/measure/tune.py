@@ -2,7 +2,7 @@
 
     tune(TuneConfig(repo=Path("triton_repo"))) -> TuneResult
 
-The build writes an unmeasured budget (compiler.repository.budget.plan). Here each candidate budget
+The build writes an unmeasured budget (compiler.repository.budget.default_placements). Here each candidate budget
 (compiler.repository.budget.candidates) is written into a copy of the repository, served on the embedded
 tritonserver, and perf_analyzer measures the ensemble (and the fused baseline, where the repository has
 it) on one load at each concurrency. Each tuned model keeps the budget under which it served the most
@@ -85,7 +85,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
             sweep.append(entry)
             progress.advance(note=", ".join(f"{m} {'/'.join(placements[p].label() for p in served[m])}: {entry['throughput'][m]:.1f} req/s"
                                             for m in tuned))
-        chosen = dict(budget.plan(cpu_threads, cache_holder=holder))
+        chosen = dict(budget.default_placements(cpu_threads, cache_holder=holder))
         choice = {}
         for model in tuned:
             best = max(range(len(sweep)), key=lambda i: sweep[i]["throughput"][model])

@@ -6,7 +6,7 @@ encoder's and the candidate scorer's Python-backend stubs then each spin a threa
 the time the other needs. Measured on 2 cores at L=10,000, N=128, one request at a time: encoder 53.9 ms +
 scorer 40.8 ms with the default, 24-30 ms each with spinning off (docs/benchmarks.md has the breakdown).
 
-`plan` is the budget a build writes without measuring: spinning off; the encoder and the scorer each run
+`default_placements` is the budget a build writes without measuring: spinning off; the encoder and the scorer each run
 several single-threaded (or few-threaded) instances over all the cores, so under concurrent load requests
 interleave between the halves instead of waiting for one multi-threaded run; so does stca_split, which runs
 both halves of a request in one process; a baseline (one model doing the whole request) gets every core in one
@@ -75,7 +75,7 @@ def machine_threads() -> int:
 MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of the graph's weights
 
 
-def plan(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
+def default_placements(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
     --instances) fixes the copies of each model, which split the cores between them. The model holding the history
     row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) runs one instance: each instance is a
@@ -99,12 +99,12 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
     default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
     instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
     cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache keeps one instance
-    (see plan) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
+    (see default_placements) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
     requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
     between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
     docs/benchmarks.md). `placed` are the models the repository serves: budgets that place them alike would be the
     same server measured twice (on 2 cores the two-thread instance is also all cores in one), so each is kept once."""
-    t, half, base = cpu_threads, max(1, cpu_threads // 2), plan(cpu_threads, cache_holder=cache_holder)
+    t, half, base = cpu_threads, max(1, cpu_threads // 2), default_placements(cpu_threads, cache_holder=cache_holder)
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
     held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
     encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)

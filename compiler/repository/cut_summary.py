@@ -1,13 +1,13 @@
 """What `python -m compiler cut` prints: the tensors crossing the cut, and the history row cache the encoder allows.
 
-    subject, _, parts = compiler.build.plan_cut(cfg)
+    subject, _, parts = compiler.build.load_and_split(cfg)
     print("\\n".join(describe_cut(parts, subject.contract)))
 """
 
 import onnx
 
 from compiler.core.contract import Contract
-from compiler.passes import history_cache
+from compiler.passes import row_locality
 from compiler.passes.partition import Split
 from compiler.repository.report import cut_table
 from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
@@ -22,9 +22,9 @@ def history_cache_line(encoder: onnx.ModelProto, contract: Contract) -> str:
     """One line: what the history row cache would hold per history item and how many rows fit a GiB, or why there is none."""
     try:
         if contract.history_dim is None:
-            raise history_cache.NotRowLocal("no request input has a history dim")
-        cache = history_cache.plan(encoder, contract.history_dim)
-    except history_cache.NotRowLocal as e:
+            raise row_locality.NotRowLocal("no request input has a history dim")
+        cache = row_locality.row_graphs(encoder, contract.history_dim)
+    except row_locality.NotRowLocal as e:
         return f"History row cache: none ({e})"
     entry = cache.bytes_per_row + 8 * len(cache.keys) + ENTRY_OVERHEAD_BYTES
     return (f"History row cache: {len(cache.cached)} tensors cached per history item, keyed on "

@@ -78,7 +78,7 @@ class Deployment:
     target: str  # one of TARGETS
     device: str  # cpu | gpu
     cpu_threads: int  # the cores the CPU thread budget shares
-    tensorrt_profiles: int = 1  # optimization profiles in each plan; every instance may use any of them
+    tensorrt_profiles: int = 1  # optimization profiles in each row_graphs; every instance may use any of them
 
     @property
     def split_processes(self) -> int:
@@ -93,17 +93,17 @@ class Deployment:
         return self.device == "gpu" or (self.target == "python" and self.split_processes == 2)
 
     def placements(self, cache_holder: str | None = None) -> dict[str, budget.Placement]:
-        """Instances and threads per model on a CPU (compiler.repository.budget.plan for the resolved cores); `cache_holder`: the
+        """Instances and threads per model on a CPU (compiler.repository.budget.default_placements for the resolved cores); `cache_holder`: the
         model whose process holds the history row cache (see cache_holder), if any."""
-        return budget.plan(self.cpu_threads, self.options.instances, cache_holder)
+        return budget.default_placements(self.cpu_threads, self.options.instances, cache_holder)
 
-    def serves_row_cache(self, plan) -> bool:
-        """Whether a repository of these graphs serves the history encoder's row cache (`plan`, or None: not row-local)."""
-        return plan is not None and self.target == "python" and self.options.history_cache_bytes > 0
+    def serves_row_cache(self, row_graphs) -> bool:
+        """Whether a repository of these graphs serves the history encoder's row cache (`row_graphs`, or None: not row-local)."""
+        return row_graphs is not None and self.target == "python" and self.options.history_cache_bytes > 0
 
-    def cache_holder(self, plan) -> str | None:
+    def cache_holder(self, row_graphs) -> str | None:
         """The model (SPLIT, ENCODER or SCORER) whose process holds the row cache, or None where none is served."""
-        if not self.serves_row_cache(plan):
+        if not self.serves_row_cache(row_graphs):
             return None
         return SPLIT if self.split_processes == 1 else CACHE_HOLDERS[self.options.history_cache_at or "encoder"]
 

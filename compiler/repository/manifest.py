@@ -15,7 +15,7 @@ from compiler.core.contract import Contract
 from compiler.core.errors import CompilerError
 from compiler.core.machine import Machine
 from compiler.load.subject import Source
-from compiler.passes.history_cache import RowLocality
+from compiler.passes.row_locality import RowLocality
 from compiler.passes.lint import LintReport
 from compiler.passes.partition import Cut, CutTensor, SharedWeight
 from compiler.precision.int8_fallback import KeptLayer, Layer

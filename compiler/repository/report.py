@@ -4,7 +4,7 @@ from collections import Counter
 from pathlib import Path
 
 from compiler.load.subject import Subject
-from compiler.passes.history_cache import RowLocality
+from compiler.passes.row_locality import RowLocality
 from compiler.passes.partition import Cut
 from compiler.repository.manifest import BuildRecord
 from compiler.verify.gates import TAU_MIN_CANDIDATES, Verification
@@ -138,13 +138,13 @@ def _model_line(r: BuildRecord) -> str:
 
 
 def history_cache_lines(record: RowLocality) -> list[str]:
-    """The report's account of the encoder's row locality (compiler.passes.history_cache)."""
+    """The report's account of the encoder's row locality (compiler.passes.row_locality)."""
     lines = ["## History row cache", ""]
     if not record.row_local:
         return lines + [f"None: {record.why}. Every request encodes its whole history."]
-    keys = ", ".join(f"`{k['source']}` ({k['dtype']})" for k in record.plan["keys"])
-    lines += [f"Each row of {', '.join(f'`{n}`' for n in record.plan['cached'])} is a function of one key per history item: {keys} "
-              f"({record.plan['bytes_per_row']} bytes a row). Checked against the encoder at L = "
+    keys = ", ".join(f"`{k['source']}` ({k['dtype']})" for k in record.row_graphs["keys"])
+    lines += [f"Each row of {', '.join(f'`{n}`' for n in record.row_graphs['cached'])} is a function of one key per history item: {keys} "
+              f"({record.row_graphs['bytes_per_row']} bytes a row). Checked against the encoder at L = "
               f"{', '.join(map(str, record.confirmed_at_lengths))} and a left-padded request: largest difference "
               f"{max(record.confirmed_max_abs_difference.values()):.1e}."]
     if record.served:

@@ -33,7 +33,7 @@ from compiler.core.artifacts import sha256_file
 from compiler.core.contract import CONTRACT_PARAMETER, Contract
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
-from compiler.passes.history_cache import RowCachePlan
+from compiler.passes.row_locality import RowGraphs
 from compiler.passes.partition import Split
 from compiler.repository import budget
 from compiler.repository.deployment import Deployment
@@ -57,7 +57,7 @@ class Graphs:
     split: Split  # the halves as served
     whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
     plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
-    row_cache: RowCachePlan | None = None  # the encoder's key and row graphs (compiler.passes.history_cache), where row-local
+    row_cache: RowGraphs | None = None  # the encoder's key and row graphs (compiler.passes.row_locality), where row-local
     checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
 
 
@@ -135,9 +135,9 @@ def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, place
         config.platform = "tensorrt_plan"
         group = config.instance_group.add(count=cfg.options.instances or 1, kind=mc.ModelInstanceGroup.KIND_GPU)
         group.profile.extend(str(i) for i in range(cfg.tensorrt_profiles))  # the backend picks one per request
-        plan = version / "model.plan"
-        plan.write_bytes(plans[name])
-        written += [plan]
+        plan_file = version / "model.plan"
+        plan_file.write_bytes(plans[name])
+        written += [plan_file]
     if cache:
         config.response_cache.enable = True
     written += _warmup(repo / name, config, warmup)
@@ -152,20 +152,20 @@ def _split_model(repo: Path, graphs: Graphs, contract: Contract, request: dict, 
     return written + [_save_onnx(graphs.split.encoder, repo / SPLIT / "1" / SPLIT_ENCODER_FILE)]
 
 
-def _row_cache(model_dir: Path, plan: RowCachePlan, budget_bytes: int) -> list[Path]:
+def _row_cache(model_dir: Path, row_graphs: RowGraphs, budget_bytes: int) -> list[Path]:
     """The row cache in the model that holds it: the key and row graphs beside model.onnx, the cache module, and the
     parameters the served model reads (compiler/runtime/triton_python/onnx_model.py). In the history encoder, model.onnx
     stays the whole encoder (in stca_split, encoder.onnx does): with history_cache_bytes set to 0 the model serves
     from it, uncached. In the scorer, model.onnx is the scorer, its inputs are the row keys, and with
     history_cache_bytes 0 it computes every distinct row of each request."""
     version = model_dir / "1"
-    written = [_save_onnx(plan.key_graph, version / "key_graph.onnx"), _save_onnx(plan.row_graph, version / "row_graph.onnx")]
+    written = [_save_onnx(row_graphs.key_graph, version / "key_graph.onnx"), _save_onnx(row_graphs.row_graph, version / "row_graph.onnx")]
     (version / "stca_row_cache.py").write_text((resources.files("compiler.runtime") / "row_cache.py").read_text())
     config = read_config(model_dir / "config.pbtxt")
     config.parameters["history_cache_bytes"].string_value = str(budget_bytes)
     config.parameters["history_cache"].string_value = json.dumps({
-        "keys": [[k.name, k.dtype] for k in plan.keys],
-        "rows": {name: [s.dtype, list(s.row_shape)] for name, s in plan.row_specs.items()},
+        "keys": [[k.name, k.dtype] for k in row_graphs.keys],
+        "rows": {name: [s.dtype, list(s.row_shape)] for name, s in row_graphs.row_specs.items()},
         "weights_sha256": sha256_file(written[1]),
         "keys_arrive": model_dir.name == SCORER,  # the key graph ran in the step before: look the keys up directly
     })

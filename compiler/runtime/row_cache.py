@@ -3,7 +3,7 @@
     encoder = CachedEncoder(run_keys, run_rows, keys, RowCache(budget_bytes, rows, len(keys)))
     outputs = encoder(request_inputs)     # the history encoder's outputs, rows from the cache where it has them
 
-A row of a cached encoder output is a function of its row key alone (compiler.passes.history_cache proves it from
+A row of a cached encoder output is a function of its row key alone (compiler.passes.row_locality proves it from
 the graph and the build confirms it numerically), so a row computed for one request is valid for any later
 request with the same key, whoever sends it. Per request: the key graph gives one key per history row; rows
 whose key is cached are copied from the cache; the row graph runs on the distinct missing keys only; the

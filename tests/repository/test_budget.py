@@ -9,23 +9,23 @@ from compiler.repository import budget
 
 
 def test_the_plan_interleaves_instances_of_each_half_and_gives_a_baseline_every_core():
-    assert budget.plan(2)[ENCODER] == budget.plan(2)[SCORER] == budget.Placement(instances=2, threads=1, spinning=False)
-    plan = budget.plan(16)  # at most four instances (each holds the weights); their threads share the cores
+    assert budget.default_placements(2)[ENCODER] == budget.default_placements(2)[SCORER] == budget.Placement(instances=2, threads=1, spinning=False)
+    plan = budget.default_placements(16)  # at most four instances (each holds the weights); their threads share the cores
     assert plan[ENCODER] == budget.Placement(4, 4) and plan[FUSED] == budget.Placement(1, 16)
     assert plan[TORCH].threads == 16 and plan[NAIVE].instances == 1
-    assert budget.plan(1)[ENCODER] == budget.Placement(1, 1)  # never zero threads, on any machine
+    assert budget.default_placements(1)[ENCODER] == budget.Placement(1, 1)  # never zero threads, on any machine
 
 
 def test_both_halves_in_one_process_get_the_halves_plan_and_the_fused_graphs_candidates():
     for cores in (1, 2, 16):  # stca_split runs whole requests side by side, as each half's instances would
-        assert budget.plan(cores)[SPLIT] == budget.plan(cores)[ENCODER]
+        assert budget.default_placements(cores)[SPLIT] == budget.default_placements(cores)[ENCODER]
     found = budget.candidates(2)
     assert [c[SPLIT] for c in found] == [c[FUSED] for c in found]  # it does the fused graph's work: the same four budgets
-    assert budget.plan(2)[SPLIT] in [c[SPLIT] for c in found]  # the plan is measured too
+    assert budget.default_placements(2)[SPLIT] in [c[SPLIT] for c in found]  # the plan is measured too
 
 
 def test_instances_given_share_their_models_cores():
-    plan = budget.plan(8, instances=2)
+    plan = budget.default_placements(8, instances=2)
     assert (plan[ENCODER].instances, plan[ENCODER].threads) == (2, 4)
     assert (plan[FUSED].instances, plan[FUSED].threads) == (2, 4)
 
@@ -33,8 +33,8 @@ def test_instances_given_share_their_models_cores():
 def test_candidates_differ_and_each_keeps_the_baselines_plan():
     found = budget.candidates(2)
     assert len({(c[ENCODER], c[FUSED]) for c in found}) == len(found) == 4
-    assert found[0][ENCODER] == budget.plan(2)[ENCODER]  # the plan is measured too
-    assert all(c[TORCH] == budget.plan(2)[TORCH] for c in found)
+    assert found[0][ENCODER] == budget.default_placements(2)[ENCODER]  # the plan is measured too
+    assert all(c[TORCH] == budget.default_placements(2)[TORCH] for c in found)
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
@@ -42,21 +42,21 @@ def test_budgets_that_place_the_served_models_alike_are_measured_once():
     for cores, expected in ((2, 3), (16, 4)):  # on 2 cores two-thread instances are one all-core instance
         found = budget.candidates(cores, placed=(SPLIT, FUSED))
         assert len({(c[SPLIT], c[FUSED]) for c in found}) == len(found) == expected
-    assert budget.plan(2)[SPLIT] in [c[SPLIT] for c in budget.candidates(2, placed=(SPLIT, FUSED))]  # kept, not dropped
+    assert budget.default_placements(2)[SPLIT] in [c[SPLIT] for c in budget.candidates(2, placed=(SPLIT, FUSED))]  # kept, not dropped
     assert len(budget.candidates(2)) == 4  # the two halves' budgets differ in every one
 
 
 @pytest.mark.parametrize("holder, other", [(ENCODER, SCORER), (SCORER, ENCODER), (SPLIT, ENCODER)])
 def test_the_model_holding_the_row_cache_keeps_one_instance_so_no_row_is_computed_twice(holder, other):
     for cores in (1, 2, 16):
-        assert budget.plan(cores, cache_holder=holder)[holder].instances == 1
-        assert budget.plan(cores, cache_holder=holder)[other] == budget.plan(cores)[other]
+        assert budget.default_placements(cores, cache_holder=holder)[holder].instances == 1
+        assert budget.default_placements(cores, cache_holder=holder)[other] == budget.default_placements(cores)[other]
         found = budget.candidates(cores, cache_holder=holder)
         assert all(c[holder].instances == 1 for c in found)
     assert len({(c[ENCODER], c[SCORER], c[FUSED]) for c in budget.candidates(2, cache_holder=holder)}) == 4
-    assert budget.plan(8, instances=2, cache_holder=holder)[holder].instances == 2  # --instances is the user's word
+    assert budget.default_placements(8, instances=2, cache_holder=holder)[holder].instances == 2  # --instances is the user's word
     for taker in (SCORER, SPLIT):  # the scorer, or the one process, with the cache takes every core
-        assert budget.plan(4, cache_holder=taker)[taker] == budget.Placement(1, 4)
+        assert budget.default_placements(4, cache_holder=taker)[taker] == budget.Placement(1, 4)
 
 
 def test_configure_writes_each_backends_own_parameters():
@@ -69,7 +69,7 @@ def test_configure_writes_each_backends_own_parameters():
     assert ort.parameters["intra_op_thread_count"].string_value == "4" and "allow_spinning" not in ort.parameters
 
 
-@pytest.mark.parametrize("make", [lambda: budget.plan(0), lambda: budget.Placement(0, 1), lambda: budget.Placement(1, 0),
+@pytest.mark.parametrize("make", [lambda: budget.default_placements(0), lambda: budget.Placement(0, 1), lambda: budget.Placement(1, 0),
                                   lambda: budget.configure(mc.ModelConfig(), budget.Placement(), "tensorflow")])
 def test_impossible_budgets_are_refused(make):
     with pytest.raises(CompilerError):

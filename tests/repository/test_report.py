@@ -8,7 +8,7 @@ import pytest
 
 from compiler.build import BuildConfig, build
 from compiler.core.contract import CANDIDATE, REQUEST, Contract, Input, stca_contract
-from compiler.passes.history_cache import RowLocality
+from compiler.passes.row_locality import RowLocality
 from compiler.passes.partition import Cut, CutTensor, SharedWeight
 from compiler.repository import report
 from compiler.repository.report import cut_table, history_cache_lines
@@ -73,12 +73,12 @@ def test_the_history_cache_section_of_a_model_that_is_not_row_local_says_why():
 
 
 def row_local(served: bool, budget_bytes: int = 0) -> RowLocality:
-    plan = {"keys": [{"name": "row_key_0", "source": "history_actions", "dtype": "int64"},
+    row_graphs = {"keys": [{"name": "row_key_0", "source": "history_actions", "dtype": "int64"},
                      {"name": "row_key_1", "source": "remainder", "dtype": "int64"}],
             "cached": {"K_1": {"dtype": "float32", "row_shape": [16]}, "V_1": {"dtype": "float32", "row_shape": [16]}},
             "passthrough": ["user_tokens"], "keys_of": {"K_1": ["history_actions", "remainder"], "V_1": ["history_actions", "remainder"]},
             "bytes_per_row": 128}
-    return RowLocality(True, "", plan, {"user_tokens": 0.0, "K_1": 1.5e-7, "V_1": 2.5e-7}, (1, 64, 2000), served, budget_bytes)
+    return RowLocality(True, "", row_graphs, {"user_tokens": 0.0, "K_1": 1.5e-7, "V_1": 2.5e-7}, (1, 64, 2000), served, budget_bytes)
 
 
 def test_the_history_cache_section_of_a_row_local_record_names_its_keys_rows_and_check():
@@ -130,7 +130,7 @@ def test_report_md_of_a_real_build_shows_its_cut_verification_cases_and_row_cach
     cache, record = section(lines, "## History row cache"), built.history_cache
     assert record.row_local and record.served  # the tiny encoder is row-local and the python target serves its cache
     assert cache[:5] == history_cache_lines(record)  # the record's own section, whole
-    assert all(f"`{name}`" in cache[2] for name in record.plan["cached"])
+    assert all(f"`{name}`" in cache[2] for name in record.row_graphs["cached"])
     assert cache[4].startswith(f"Served: the history encoder keeps up to {record.budget_bytes // 2**20} MiB of rows")
 
 

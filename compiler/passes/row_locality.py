@@ -1,6 +1,6 @@
 """Row locality of the history encoder, and its split into a key graph and a row graph for a served row cache.
 
-    plan(encoder) -> RowCachePlan(key_graph, row_graph, keys, cached, passthrough)   or raises NotRowLocal
+    row_graphs(encoder) -> RowGraphs(key_graph, row_graph, keys, cached, passthrough)   or raises NotRowLocal
 
 A tensor the encoder outputs is row-local along the history axis L when each of its rows is a function of
 that history item's own inputs and the weights: no op on the way mixes rows (a reduction, softmax or matmul
@@ -66,7 +66,7 @@ class Mixed:
 
 
 @dataclass(frozen=True)
-class RowCachePlan:
+class RowGraphs:
     key_graph: onnx.ModelProto
     row_graph: onnx.ModelProto
     keys: tuple[RowKey, ...]
@@ -97,7 +97,7 @@ class RowLocality:
 
     row_local: bool
     why: str = ""  # not row-local: what mixes rows
-    plan: dict | None = None  # row-local: RowCachePlan.to_dict() (keys, cached outputs, bytes a row)
+    row_graphs: dict | None = None  # row-local: RowGraphs.to_dict() (keys, cached outputs, bytes a row)
     confirmed_max_abs_difference: dict[str, float] | None = None  # output -> largest difference from the encoder
     confirmed_at_lengths: tuple[int, ...] = ()
     served: bool = False
@@ -106,18 +106,18 @@ class RowLocality:
     def to_dict(self) -> dict:
         if not self.row_local:
             return {"row_local": False, "why": self.why, "served": False}
-        return {"row_local": True, **self.plan, "confirmed_max_abs_difference": self.confirmed_max_abs_difference,
+        return {"row_local": True, **self.row_graphs, "confirmed_max_abs_difference": self.confirmed_max_abs_difference,
                 "confirmed_at_lengths": list(self.confirmed_at_lengths), "served": self.served, "budget_bytes": self.budget_bytes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RowLocality":
         if not d["row_local"]:
             return cls(False, d["why"])
-        plan = {k: d[k] for k in ("keys", "cached", "passthrough", "keys_of", "bytes_per_row")}
-        return cls(True, "", plan, d["confirmed_max_abs_difference"], tuple(d["confirmed_at_lengths"]), d["served"], d["budget_bytes"])
+        row_graphs = {k: d[k] for k in ("keys", "cached", "passthrough", "keys_of", "bytes_per_row")}
+        return cls(True, "", row_graphs, d["confirmed_max_abs_difference"], tuple(d["confirmed_at_lengths"]), d["served"], d["budget_bytes"])
 
 
-def plan(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowCachePlan:
+def row_graphs(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowGraphs:
     """The key graph and row graph of `encoder` (see the module docstring), or NotRowLocal saying why not."""
     encoder = onnx.shape_inference.infer_shapes(encoder)  # ranks decide how rows broadcast; a later pass may not have typed its values
     index = GraphIndex(encoder.graph)
@@ -163,7 +163,7 @@ def plan(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowCachePlan:
             onnx.checker.check_model(graph, full_check=True)
         except onnx.checker.ValidationError as e:
             raise RuntimeError(f"history cache produced an invalid {role}: {e}") from e
-    return RowCachePlan(key_graph, row_graph, keys, tuple(cached), tuple(passthrough), keys_of, row_specs)
+    return RowGraphs(key_graph, row_graph, keys, tuple(cached), tuple(passthrough), keys_of, row_specs)
 
 
 def row_states(index: GraphIndex, row_dim: str = ROW_DIM) -> dict:
@@ -330,18 +330,18 @@ def _positive(axis: int, rank: int | None) -> int:
 
 
 
-def confirm(plan: RowCachePlan, encoder: onnx.ModelProto, requests: list[dict], runner) -> dict:
+def confirm(row_graphs: RowGraphs, encoder: onnx.ModelProto, requests: list[dict], runner) -> dict:
     """Check the postcondition numerically: on each request, the cached encoder (a tiny cache, so rows are evicted
     and recomputed between requests) equals the encoder, and each row computed alone equals the same row computed
     inside the whole history. `runner(graph)` -> an object with run(feeds) -> outputs (compiler.runtime.ort.OrtGraph).
     Returns the largest differences; raises NotRowLocal where a row differs beyond its dtype's tolerance."""
-    whole, keys, rows = runner(encoder), runner(plan.key_graph), runner(plan.row_graph)
-    budget = 64 * (plan.bytes_per_row + 8 * len(plan.keys) + ENTRY_OVERHEAD_BYTES)  # 64 rows: most requests evict
-    cached = plan.encoder(keys.run, rows.run, budget)
+    whole, keys, rows = runner(encoder), runner(row_graphs.key_graph), runner(row_graphs.row_graph)
+    budget = 64 * (row_graphs.bytes_per_row + 8 * len(row_graphs.keys) + ENTRY_OVERHEAD_BYTES)  # 64 rows: most requests evict
+    cached = row_graphs.encoder(keys.run, rows.run, budget)
     worst: dict[str, float] = {}
     for number, request in enumerate(requests, 1):
         expected = whole.run(request)
-        for got in (cached(request), _rows_one_at_a_time(plan, keys, rows, request, expected)):
+        for got in (cached(request), _rows_one_at_a_time(row_graphs, keys, rows, request, expected)):
             for name, value in got.items():
                 diff = float(np.max(np.abs(value.astype(np.float64) - expected[name].astype(np.float64)), initial=0.0))
                 worst[name] = max(worst.get(name, 0.0), diff)
@@ -356,14 +356,14 @@ TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "float64": 1e-9}  # relative to 1
 TOLERANCE.update({np.dtype(t).name: 0.0 for t in (np.int8, np.uint8, np.int32, np.int64, np.bool_)})
 
 
-def _rows_one_at_a_time(plan: RowCachePlan, keys, rows, request: dict, expected: dict) -> dict:
+def _rows_one_at_a_time(row_graphs: RowGraphs, keys, rows, request: dict, expected: dict) -> dict:
     """A few rows of each cached output, each computed from its key alone (a batch of one), in place in the
     encoder's outputs: a row must not depend on the other rows it was computed with."""
     keyed = keys.run(request)
-    length = len(keyed[plan.keys[0].name])
-    out = {name: expected[name].copy() for name in plan.cached}
+    length = len(keyed[row_graphs.keys[0].name])
+    out = {name: expected[name].copy() for name in row_graphs.cached}
     for row in sorted({0, length // 2, length - 1}):
-        alone = rows.run({k.name: keyed[k.name][row : row + 1] for k in plan.keys})
-        for name in plan.cached:
+        alone = rows.run({k.name: keyed[k.name][row : row + 1] for k in row_graphs.keys})
+        for name in row_graphs.cached:
             out[name][row] = alone[name][0]
     return out
