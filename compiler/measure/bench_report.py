@@ -207,13 +207,18 @@ def _markdown(r: dict, stamp: str) -> list[str]:
     return lines
 
 
+def unmeasured(cell: dict) -> str:
+    """Why a cell has no number: dropped before measuring (over the time budget), or measured without a stable level."""
+    return "dropped" if cell["dropped"] else "not stable"
+
+
 def throughput_table(r: dict, precision: str) -> list[str]:
     """Each cell of one precision at its best concurrency: req/s, p50/p99, FLOPs per request and the fraction of peak."""
     lines = ["| load | model | req/s | at conc. | p50 ms | p99 ms | GFLOP/request | % of peak |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for cell in (c for c in r["cells"] if c["precision"] == precision):
         b = best(cell)
         if b is None:
-            lines.append(f"| {cell['load']} | {cell['model']} | dropped | | | | {_gflops(cell)} | |")
+            lines.append(f"| {cell['load']} | {cell['model']} | {unmeasured(cell)} | | | | {_gflops(cell)} | |")
             continue
         lines.append(f"| {cell['load']} | {cell['model']} | {b['throughput']:.1f} | {b['concurrency']} | {b['p50_ms']:.1f} | "
                      f"{b['p99_ms']:.1f} | {_gflops(cell)} | {_of_peak(b)} |")
@@ -228,6 +233,29 @@ def speedup_table(r: dict) -> list[str]:
     fmt = lambda s, b: "-" if b not in measured else "dropped" if s[b] is None else f"{s[b]:.2f}x"  # noqa: E731
     return ["| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|",
             *(f"| {s['precision']} | {s['load']} | {fmt(s, FUSED)} | {fmt(s, NAIVE)} | {fmt(s, TORCH)} |" for s in speedups(r))]
+
+
+def grid_table(r: dict) -> list[str]:
+    """The grid in one table: per precision and load, each measured model's best req/s, stca over each measured
+    baseline, and stca's fraction of peak; only the models the run measured get columns. Empty without a grid."""
+    models = [m for m in (ENSEMBLE, *BASELINES) if m in r["config"].get("models", ())]
+    ratios = {(s["precision"], s["load"]): s for s in speedups(r)}
+    if not ratios:
+        return []
+    by_key = {(c["precision"], c["load"], c["model"]): c for c in r["cells"]}
+    peak = any(c["flops_per_request"] for c in r["cells"])
+    lines = ["| precision | load | " + " | ".join(f"`{m}` req/s" for m in models) + " | "
+             + " | ".join(f"over `{b}`" for b in models[1:]) + (" | `stca` % of peak" if peak else "") + " |",
+             "|---|---|" + "---:|" * (2 * len(models) - 1 + peak)]
+    for (precision, load), s in ratios.items():
+        req = []
+        for m in models:
+            b = best(by_key[precision, load, m]) if (precision, load, m) in by_key else None
+            req.append(f"{b['throughput']:.1f}" if b else unmeasured(by_key[precision, load, m]) if (precision, load, m) in by_key else "-")
+        over = ["dropped" if s[b] is None else f"{s[b]:.2f}x" for b in models[1:]]
+        mine = best(by_key[precision, load, ENSEMBLE])
+        lines.append(f"| {precision} | {load} | " + " | ".join(req + over) + (f" | {_of_peak(mine)}" if peak else "") + " |")
+    return lines
 
 
 def precision_table(r: dict, base: str = "fp32", other: str = "int8") -> list[str]:
@@ -389,7 +417,8 @@ def _plot_repeated(path: Path, r: dict, stamp: str, variants: dict) -> None:
         ax.set_xticks(range(len(names)), [f"{n} ({variants[n]['model']})" for n in names], rotation=30, ha="right", fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
         _legend(ax, loc="upper right", ncol=len(levels))
-    ax_t.set(title="throughput (requests / wall time)", ylabel="requests / s")
+    top = max(row["throughput"] for v in variants.values() for row in v["rows"])
+    ax_t.set(title="throughput (requests / wall time)", ylabel="requests / s", ylim=(0, 1.3 * top))  # room for the legend
     ax_h.set(title="row cache hit rate (distinct keys found / looked up)", ylabel="hit rate", ylim=(0, 1.25), yticks=[0, 0.25, 0.5, 0.75, 1])
     _save(plt, fig, path)
 
@@ -466,15 +495,19 @@ def _budget_markdown(r: dict) -> list[str]:
         lines += [f"## CPU thread budget, {precision} repository ({budget['cpu_threads']} cores, chosen by {budget['chosen_by']})", ""]
         tuning = budget.get("tuning")
         if tuning:
-            models, placed = list(tuning["sweep"][0]["throughput"]), list(tuning["sweep"][0]["placements"])
             lines += [f"`python -m compiler tune` on {tuning['load']}, N={tuning['candidates_per_request']}, best over concurrency "
-                      f"{tuning['concurrency']}; instances x intra-op threads per model:", "",
-                      "| " + " | ".join(SHORT_NAMES[m] for m in placed) + " | " + " | ".join(f"{m} req/s" for m in models) + " |",
-                      "|" + "---|" * len(placed) + "---:|" * len(models)]
-            for entry in tuning["sweep"]:
-                lines.append("| " + " | ".join(Placement(**entry["placements"][m]).label() for m in placed) + " | "
-                             + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
-            lines.append("")
+                      f"{tuning['concurrency']}; instances x intra-op threads per model:", "", *tuning_table(tuning), ""]
+    return lines
+
+
+def tuning_table(tuning: dict) -> list[str]:
+    """tune's sweep (a thread budget's "tuning"): each candidate's placements and what each tuned model served under it."""
+    models, placed = list(tuning["sweep"][0]["throughput"]), list(tuning["sweep"][0]["placements"])
+    lines = ["| " + " | ".join(SHORT_NAMES[m] for m in placed) + " | " + " | ".join(f"{m} req/s" for m in models) + " |",
+             "|" + "---|" * len(placed) + "---:|" * len(models)]
+    for entry in tuning["sweep"]:
+        lines.append("| " + " | ".join(Placement(**entry["placements"][m]).label() for m in placed) + " | "
+                     + " | ".join(f"{entry['throughput'][m]:.1f}" for m in models) + " |")
     return lines
 
 
@@ -595,7 +628,8 @@ def _plot_speedup(path: Path, r: dict, stamp: str, data: dict) -> None:
             ax.bar(xs, [x[baseline] for x in mine if x[baseline]], width, label=f"over {NAMES[baseline]}")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(mine)), [x["load"] for x in mine], rotation=45, ha="right", fontsize=7)
-        ax.set(title=precision, ylabel="speedup (x)", yscale="log")
+        ratios = [x[b] for x in mine for b in measured if x[b]]
+        ax.set(title=precision, ylabel="speedup (x)", yscale="log" if ratios and max(ratios) / min(ratios) > 10 else "linear")
         _legend(ax)
     _save(plt, fig, path)
 
