@@ -563,18 +563,30 @@ def _figure(n: int, title: str, stamp: str, width: float = 6.2):
     return plt, fig, axes[0]
 
 
-THROUGHPUT_LOAD = load_label(2_000, 128)  # the load of the throughput-against-concurrency plot
-LATENCY_CANDIDATES = 128  # the N of the latency-against-history plot
+THROUGHPUT_LOAD = load_label(2_000, 128)  # the load of the throughput-against-concurrency plot, where the run has it
+LATENCY_CANDIDATES = 128  # the N of the latency-against-history plot, where the run measured it
+
+
+def throughput_load(r: dict) -> str:
+    """THROUGHPUT_LOAD where the run measured it, else its fixed load with the most work (L x N)."""
+    fixed = {c["load"]: c["history"] * c["candidates"] for c in r["cells"] if c["rows"] and c["load"] == load_label(c["history"], c["candidates"])}
+    return THROUGHPUT_LOAD if THROUGHPUT_LOAD in fixed or not fixed else max(fixed, key=fixed.get)
+
+
+def latency_candidates(r: dict) -> int:
+    """LATENCY_CANDIDATES where the run measured it, else the run's N nearest to it."""
+    return min(r["config"].get("candidates") or (LATENCY_CANDIDATES,), key=lambda n: abs(n - LATENCY_CANDIDATES))
 
 
 def _throughput_data(r: dict):
-    """precision -> the cells of THROUGHPUT_LOAD with rows."""
-    found = {p: [c for c in r["cells"] if c["precision"] == p and c["load"] == THROUGHPUT_LOAD and c["rows"]] for p in r["config"]["precisions"]}
+    """precision -> the cells of throughput_load(r) with rows."""
+    load = throughput_load(r)
+    found = {p: [c for c in r["cells"] if c["precision"] == p and c["load"] == load and c["rows"]] for p in r["config"]["precisions"]}
     return found if any(found.values()) else None
 
 
 def _plot_throughput(path: Path, r: dict, stamp: str, data: dict) -> None:
-    plt, fig, axes = _figure(len(data), f"Throughput against concurrency, {THROUGHPUT_LOAD}", stamp)
+    plt, fig, axes = _figure(len(data), f"Throughput against concurrency, {throughput_load(r)}", stamp)
     for ax, (precision, cells) in zip(axes, data.items()):
         for cell in cells:
             ax.plot([x["concurrency"] for x in cell["rows"]], [x["throughput"] for x in cell["rows"]], marker="o", label=NAMES[cell["model"]])
@@ -585,12 +597,12 @@ def _plot_throughput(path: Path, r: dict, stamp: str, data: dict) -> None:
 
 
 def _latency_data(r: dict):
-    """precision -> {model: its cells at N=LATENCY_CANDIDATES on fixed-L loads measured at concurrency 1, by L}."""
-    found = {}
+    """precision -> {model: its cells at N=latency_candidates(r) on fixed-L loads measured at concurrency 1, by L}."""
+    found, N = {}, latency_candidates(r)
     for precision in r["config"]["precisions"]:
         found[precision] = {}
         for model in r["config"]["models"]:
-            cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model and c["candidates"] == LATENCY_CANDIDATES
+            cells = sorted((c for c in r["cells"] if c["precision"] == precision and c["model"] == model and c["candidates"] == N
                             and c["load"] == load_label(c["history"], c["candidates"]) and c["rows"] and c["rows"][0]["concurrency"] == 1),
                            key=lambda c: c["history"])
             if cells:
@@ -599,7 +611,7 @@ def _latency_data(r: dict):
 
 
 def _plot_latency(path: Path, r: dict, stamp: str, data: dict) -> None:
-    plt, fig, axes = _figure(len(data), f"p50 latency at concurrency 1 against history length, N={LATENCY_CANDIDATES}", stamp)
+    plt, fig, axes = _figure(len(data), f"p50 latency at concurrency 1 against history length, N={latency_candidates(r)}", stamp)
     for ax, (precision, models) in zip(axes, data.items()):
         for model, cells in models.items():
             ax.plot([c["history"] for c in cells], [c["rows"][0]["p50_ms"] for c in cells], marker="o", label=NAMES[model])
