@@ -10,8 +10,7 @@ import contextlib
 import gc
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from compiler.core.names import ENSEMBLE
 from compiler.serving.client import Ranking, ScoringClient
 from compiler.stca.data import sample_requests
 from compiler.stca.model import preset
+from tests.serving.local_http import local_http
 
 CONFIG = preset("tiny", max_history=100, max_candidates=10)
 CONTRACT = stca_contract(CONFIG)
@@ -60,15 +60,8 @@ def stand_in(configs: dict, scores: np.ndarray | None = None, output: str = "sco
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", inferred
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with local_http(Handler) as address:
+        yield address, inferred
 
 
 def model_config(contract: Contract | None = CONTRACT, tasks: str | None = TASKS) -> dict:

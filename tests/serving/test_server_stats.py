@@ -8,14 +8,14 @@ stand-in for Triton's /v2/models/stats and /metrics endpoints, enough to test th
 
 import contextlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from compiler.core.names import ENSEMBLE, FUSED, SCORER, SPLIT
 from compiler.serving import server_stats
 from compiler.serving.server_stats import StageTimes
+from tests.serving.local_http import local_http
 
 
 @contextlib.contextmanager
@@ -39,15 +39,8 @@ def stand_in(pages: dict):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", requested
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with local_http(Handler) as address:
+        yield address, requested
 
 
 def counts(success: int, queue: int, compute_input: int, compute_infer: int, compute_output: int) -> dict:
