@@ -108,6 +108,7 @@ def build_config(args):
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines, ort_trt_accelerator=args.ort_trt_accelerator,
                         response_cache=args.response_cache, history_cache_bytes=args.history_cache_bytes,
+                        history_cache_admission=args.history_cache_admission,
                         history_cache_at=args.history_cache_at, split_processes=args.split_processes),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
@@ -173,6 +174,9 @@ def _build_serving_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--history-cache-bytes", type=byte_size, default=DEFAULT_HISTORY_CACHE_BYTES, metavar="BYTES",
                    help="python target: the history encoder's row cache, over all its instances, e.g. 512M or 2G "
                         "(default 1G; 0 turns it off)")
+    b.add_argument("--history-cache-admission", choices=["frequency", "all"], default="frequency",
+                   help="python target: which computed rows a full row cache keeps: those asked for more often than the "
+                        "least recently used rows they would replace (frequency, the default), or every one (all: plain LRU)")
     b.add_argument("--history-cache-at", choices=["encoder", "scorer"],
                    help="with the halves in two processes: the one holding the row cache, the history encoder's (default), "
                         "or the scorer's, so only the row keys cross between the two steps instead of the cut")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENCODER, SCORER, SPLIT
 from compiler.repository import budget
-from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
+from compiler.runtime.row_cache import ADMISSIONS, DEFAULT_HISTORY_CACHE_BYTES
 
 TARGETS = ("python", "onnxruntime", "tensorrt")  # and "auto", which build() resolves before emitting
 CACHE_HOLDERS = {"encoder": ENCODER, "scorer": SCORER}  # --history-cache-at -> the model whose process holds the row cache
@@ -31,6 +31,7 @@ class EmitConfig:
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
+    history_cache_admission: str = "frequency"  # which computed rows a full cache keeps (compiler.runtime.row_cache.ADMISSIONS)
     split_processes: int | None = None  # python target: the halves in 1 process (stca_split) or 2; None: 1 there (2 where
     # response_cache or history_cache_at names a model of two), 2 on the other targets
     history_cache_at: str | None = None  # two processes: the one holding the row cache, the history encoder's (None) or the
@@ -56,6 +57,8 @@ class EmitConfig:
         if self.split_processes == 1 and self.response_cache:
             raise CompilerError("response cache: it caches the history encoder's answers, which needs the encoder as its own "
                                 "model (--split-processes 2)")
+        if self.history_cache_admission not in ADMISSIONS:
+            raise CompilerError(f"history cache admission: {self.history_cache_admission!r} is not one of {ADMISSIONS}")
         if self.history_cache_bytes < 0:
             raise CompilerError(f"history cache bytes: {self.history_cache_bytes} must be at least 0 (0 turns the cache off)")
         if self.cpu_threads < 0:

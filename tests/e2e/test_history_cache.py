@@ -7,7 +7,7 @@ import pytest
 from compiler.build import BuildConfig, build
 from compiler.core.names import ENCODER, SPLIT
 from compiler.repository.deployment import EmitConfig
-from compiler.repository.reader import cache_holder
+from compiler.repository.reader import cache_holder, read_config
 from compiler.serving.client import ScoringClient
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.serving.server_stats import history_cache_counters
@@ -34,15 +34,19 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
     after = cache_counters(triton)
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     assert hits > 0 and misses > 0
-    assert after["entries"] >= misses - after["evictions"]  # what was computed is held, unless evicted
+    assert after["rejected"] == 0 and after["admitted"] == after["misses"]  # a cache with room keeps every computed row
+    assert after["entries"] == after["admitted"] - after["evictions"]
     assert 0 < after["bytes"] <= EmitConfig().history_cache_bytes
 
 
-def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("admission", ["all", "frequency"])
+def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint, admission):
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"
     budget = 100_000  # about 200 rows of the tiny model (its encoder runs one instance): one user fits, two do not
-    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(history_cache_bytes=budget), verify=QUICK_VERIFY))
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,
+                      emit=EmitConfig(history_cache_bytes=budget, history_cache_admission=admission)))
+    assert read_config(out / SPLIT / "config.pbtxt").parameters["history_cache_admission"].string_value == admission
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=2), seed=22, n_candidates=8)
     traffic = [{k: v[-150:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic]
     with TritonServer(ServerConfig.on_free_ports(out)) as server:
@@ -54,7 +58,10 @@ def test_a_small_budget_evicts_and_a_fresh_server_starts_empty(tmp_path, tiny_ch
             np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4)
         client.close()
         counters = cache_counters(server)
-    assert counters["evictions"] > 0
+    if admission == "all":  # plain LRU: every computed row is kept, the least recently used go
+        assert counters["evictions"] > 0 and counters["rejected"] == 0
+    else:  # a full cache keeps a new row only over a less asked-for one: the rest are refused
+        assert counters["rejected"] > 0 and counters["admitted"] + counters["rejected"] == counters["misses"]
     assert counters["bytes"] <= budget
 
 
@@ -62,7 +69,6 @@ def test_the_cache_in_the_scorer_takes_row_keys_and_stays_exact(tmp_path, tiny_c
     """--history-cache-at scorer: the encoder step serves the key graph, only row keys cross to the scorer, which
     assembles the cut from its own cache; scores equal PyTorch's and the scorer reports the counters."""
     from compiler.core.names import ENSEMBLE, SCORER
-    from compiler.repository.reader import cache_holder, read_config
 
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"

@@ -1,8 +1,10 @@
-"""The row cache's own rules: least recently used rows go first, the budget holds, keys are exact."""
+"""The row cache's own rules: least recently used rows are the victims, a full cache admits a new row only over a less
+asked-for one, the budget holds, keys are exact, and every answer is the rows the row graph computes."""
 
 import numpy as np
+import pytest
 
-from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES, RowCache, RowSpec, distinct, from_codes, key_codes
+from compiler.runtime.row_cache import ADMISSIONS, ENTRY_OVERHEAD_BYTES, RowCache, RowSpec, distinct, from_codes, key_codes
 
 SPEC = {"rows": RowSpec("float32", (3,))}
 
@@ -12,23 +14,26 @@ def rows_of(codes: np.ndarray) -> dict:
     return {"rows": np.stack([codes.sum(axis=1), codes[:, 0], -codes[:, -1]], axis=1).astype(np.float32)}
 
 
-def cache_of(entries: int, key_width: int = 2) -> RowCache:
-    return RowCache(entries * (SPEC["rows"].nbytes + 8 * key_width + ENTRY_OVERHEAD_BYTES), SPEC, key_width)
+def cache_of(entries: int, key_width: int = 2, admission: str = "frequency") -> RowCache:
+    return RowCache(entries * (SPEC["rows"].nbytes + 8 * key_width + ENTRY_OVERHEAD_BYTES), SPEC, key_width, admission)
+
+
+def held(cache: RowCache) -> set[tuple]:
+    return {tuple(np.frombuffer(k, np.int64)) for k in cache.index}
 
 
 def codes(*keys) -> np.ndarray:
     return np.array(keys, dtype=np.int64).reshape(len(keys), -1)
 
 
-def test_the_least_recently_used_row_is_evicted_first():
-    cache = cache_of(3)
+def test_without_admission_the_least_recently_used_row_is_evicted_first():
+    cache = cache_of(3, admission="all")
     for key in ([1, 0], [2, 0], [3, 0]):
         cache.lookup(codes(key), rows_of)
     cache.lookup(codes([1, 0]), rows_of)  # 1 is now the most recently used; 2 the least
     out = cache.lookup(codes([4, 0], [1, 0]), rows_of)
     np.testing.assert_array_equal(out["rows"], rows_of(codes([4, 0], [1, 0]))["rows"])
-    held = {tuple(np.frombuffer(k, np.int64)) for k in cache.index}
-    assert held == {(1, 0), (3, 0), (4, 0)}
+    assert held(cache) == {(1, 0), (3, 0), (4, 0)}
     assert (cache.hits, cache.misses, cache.evictions) == (2, 4, 1)
 
 
@@ -48,8 +53,9 @@ def test_a_request_larger_than_the_cache_is_answered_and_keeps_nothing_new():
     assert len(cache.index) == 1 and cache.evictions == 0
 
 
-def test_the_budget_bounds_the_entries_under_any_traffic():
-    cache = cache_of(50)
+@pytest.mark.parametrize("admission", ADMISSIONS)
+def test_the_budget_bounds_the_entries_under_any_traffic(admission):
+    cache = cache_of(50, admission=admission)
     rng = np.random.default_rng(0)
     for _ in range(40):
         request = rng.integers(0, 200, (rng.integers(1, 50), 2))
@@ -67,3 +73,64 @@ def test_key_codes_are_exact_for_ints_bools_and_float_bits():
     for before, after in zip(columns, from_codes(coded, ["int64", "bool", "float32"])):
         assert after.dtype == before.dtype
         np.testing.assert_array_equal(after.view(np.uint8), before.view(np.uint8))
+
+
+def test_a_full_cache_keeps_rows_asked_for_often_over_a_row_seen_once():
+    cache = cache_of(3)
+    for _ in range(3):
+        for key in ([1, 0], [2, 0], [3, 0]):
+            cache.lookup(codes(key), rows_of)
+    out = cache.lookup(codes([4, 0]), rows_of)
+    np.testing.assert_array_equal(out["rows"], rows_of(codes([4, 0]))["rows"])  # answered, computed, not kept
+    assert held(cache) == {(1, 0), (2, 0), (3, 0)}
+    assert (cache.admitted, cache.rejected, cache.evictions) == (3, 1, 0)
+
+
+def test_a_new_row_asked_for_more_often_than_the_least_recently_used_replaces_it():
+    cache = cache_of(3)
+    for key in ([1, 0], [2, 0], [3, 0]):  # each asked for once
+        cache.lookup(codes(key), rows_of)
+    cache.lookup(codes([4, 0]), rows_of)  # once, as often as any row held: not kept
+    assert (4, 0) not in held(cache)
+    cache.lookup(codes([4, 0]), rows_of)  # twice now: it replaces the least recently used of the rows asked for once
+    assert held(cache) == {(2, 0), (3, 0), (4, 0)} and cache.evictions == 1
+    assert (cache.admitted, cache.rejected) == (4, 1)
+
+
+def test_rows_of_a_request_are_right_whether_kept_found_or_only_computed():
+    cache = cache_of(4)
+    for _ in range(2):
+        cache.lookup(codes([1, 0], [2, 0], [3, 0], [4, 0]), rows_of)  # the cache full, each asked for twice
+    request = codes([9, 9], [1, 0], [8, 8], [9, 9], [2, 0])  # two new keys (one repeated), two found
+    np.testing.assert_array_equal(cache.lookup(request, rows_of)["rows"], rows_of(request)["rows"])
+    assert cache.rejected == 2 and held(cache) == {(1, 0), (2, 0), (3, 0), (4, 0)}
+
+
+def test_traffic_that_never_repeats_stops_being_copied_into_a_full_cache():
+    cache = cache_of(100)
+    rng = np.random.default_rng(1)
+    for _ in range(60):  # 60 requests of 20 distinct, never-repeating keys: the cache is full after 5
+        request = np.stack([rng.integers(1, 1 << 40, 20), np.zeros(20, np.int64)], axis=1)
+        np.testing.assert_array_equal(cache.lookup(request, rows_of)["rows"], rows_of(request)["rows"])
+    # 1,200 rows computed: the first 100 filled the cache; after that a new row gets in only where the sketch's
+    # halving (every 10 x capacity keys counted) has let the held rows' counts fall below it
+    assert cache.admitted + cache.rejected == 1_200 and cache.admitted <= 300
+    assert cache.evictions == cache.admitted - 100
+
+
+def test_on_skewed_traffic_larger_than_the_cache_admission_finds_more_rows_than_plain_lru():
+    """Popular keys asked for again and again, among a long tail of keys asked for once or twice (Zipf, s=1.1)."""
+    rng = np.random.default_rng(2)
+    stream = [np.stack([rng.zipf(1.1, 50) % 100_000, np.zeros(50, np.int64)], axis=1) for _ in range(400)]
+    hit_rate = {}
+    for admission in ADMISSIONS:
+        cache = cache_of(500, admission=admission)
+        for request in stream:
+            cache.lookup(request, rows_of)
+        hit_rate[admission] = cache.hits / (cache.hits + cache.misses)
+    assert hit_rate["frequency"] > hit_rate["all"] + 0.02, hit_rate
+
+
+def test_an_unknown_admission_is_refused():
+    with pytest.raises(ValueError, match="admission 'lfu' is not one of"):
+        cache_of(3, admission="lfu")

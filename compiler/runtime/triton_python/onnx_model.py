@@ -87,7 +87,8 @@ class TritonPythonModel(StcaModel):
         keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
         instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
         # each instance is a process with its own cache; none with a budget of 0 (every distinct row computed)
-        cache = RowCache(self.cache_bytes // instances, rows, len(keys)) if self.cache_bytes > 0 else None
+        admission = self.params.get("history_cache_admission", "frequency")
+        cache = RowCache(self.cache_bytes // instances, rows, len(keys), admission) if self.cache_bytes > 0 else None
         labels = {"model": self.name, "instance": args["model_instance_name"], "weights": digest[:12]}
         # A Metric must not outlive its MetricFamily, so the families are kept as long as the model.
         self.metric_families = {
@@ -96,6 +97,8 @@ class TritonPythonModel(StcaModel):
                 ("hits", "Distinct history row keys found in the row cache", pb_utils.MetricFamily.COUNTER),
                 ("misses", "Distinct history row keys computed by the row graph", pb_utils.MetricFamily.COUNTER),
                 ("evictions", "Rows dropped from the row cache to make room", pb_utils.MetricFamily.COUNTER),
+                ("admitted", "Computed rows kept in the row cache", pb_utils.MetricFamily.COUNTER),
+                ("rejected", "Computed rows not kept: the full cache held rows asked for more often", pb_utils.MetricFamily.COUNTER),
                 ("entries", "Rows held in the row cache", pb_utils.MetricFamily.GAUGE),
                 ("bytes", "Bytes the row cache holds, rows, keys and index", pb_utils.MetricFamily.GAUGE),
             )
