@@ -98,15 +98,20 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
     (one instance on half the cores each), shared cores (one instance on all of them each), and ONNX Runtime's
     default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
     instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
-    cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache keeps one instance
-    (see default_placements) and never spins: the candidates vary its threads and the other half's. Tune's load repeats a few
+    cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache never spins; it runs
+    one instance in three candidates (one cache, its threads varied) and the plan's instances in the fourth, each a
+    process with its own cache of the budget's share: a request whose rows sit in the other instance's cache computes
+    them again, and concurrent requests run in parallel instead of queueing for the one process (served on never-repeating
+    item ids, demo model, 2 cores: 2x1 served 1.9x what 1x2 did at concurrency 2 and 4; benchmarks/row_cache_unique.py),
+    so which pays is the serving machine's and the traffic's to say. Tune's load repeats a few
     requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core
     between, it measured worst (the medium model, the cache in the scorer: 20.4 req/s spinning, 30.0 not; see
     docs/benchmarks.md). `placed` are the models the repository serves: budgets that place them alike would be the
     same server measured twice (on 2 cores the two-thread instance is also all cores in one), so each is kept once."""
     t, half, base = cpu_threads, max(1, cpu_threads // 2), default_placements(cpu_threads, cache_holder=cache_holder)
     split = [base[SCORER], Placement(1, half), Placement(1, t), Placement(1, t, spinning=True)]
-    held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(1, t)] if cache_holder else split
+    copies = min(t, MAX_PLANNED_INSTANCES)
+    held = [base[cache_holder], Placement(1, t), Placement(1, half), Placement(copies, max(1, t // copies))] if cache_holder else split
     encoder, scorer = (held if cache_holder == ENCODER else split), (held if cache_holder == SCORER else split)
     whole = [Placement(1, t), Placement(t, 1), Placement(1, t, spinning=True), Placement(max(1, t // 2), min(2, t))]
     one = held if cache_holder == SPLIT else whole  # the plan's stca_split budget is among the four up to 8 cores
