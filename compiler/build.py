@@ -135,7 +135,8 @@ def build(cfg: BuildConfig) -> BuildResult:
             out=Path(cfg.out), subject=subject, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), source=subject.source,
             model_config=subject.model.config if subject.model is not None else None, contract=subject.contract,
             target=deployment.target, opset=opset_of(whole), precision=least_precise(halves.encoder_precision, halves.scorer_precision),
-            half_precisions=(halves.encoder_precision, halves.scorer_precision), precisions=_precision_record(halves, int8_form, kept),
+            half_precisions=(halves.encoder_precision, halves.scorer_precision), precisions=PrecisionRecord.of(
+                halves.details, int8_form if "int8" in (halves.encoder_precision, halves.scorer_precision) else None, kept),
             cut=halves.split.cut, verification=verification, lint=tuple(lint_reports), history_cache=locality,
             thread_budget=ThreadBudget(deployment.cpu_threads, "plan", placements) if deployment.device == "cpu" else None,
             engines=plans.details if plans else None, accepted_accuracy_loss=bool(cfg.accept_accuracy_loss and not verification.passed),
@@ -180,13 +181,6 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
     if "int8" not in (cfg.precision.encoder_precision, cfg.precision.scorer_precision):
         return attempt([]), ()
     return keep_float_until_the_gates_pass(attempt, lambda: rank_layers(parts, cfg.precision, calibration, int8_form, subject))
-
-
-def _precision_record(halves: Halves, int8_form: str, kept) -> PrecisionRecord:
-    details = dict(halves.details)
-    int8 = "int8" in (halves.encoder_precision, halves.scorer_precision)
-    return PrecisionRecord({k: v for k, v in details.items() if k not in ("calibration", "cut")}, details.get("calibration"),
-                           details.get("cut"), int8_form if int8 else None, tuple(kept))
 
 
 def _warmup(cfg: BuildConfig, subject: Subject, halves: Halves) -> dict:

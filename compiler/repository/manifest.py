@@ -43,10 +43,17 @@ class PrecisionRecord:
                 **({"cut": self.cut} if self.cut else {}), **int8}
 
     @classmethod
+    def of(cls, details: dict, int8_form: str | None = None, kept: tuple[KeptLayer, ...] = ()) -> "PrecisionRecord":
+        """The record of the precision stage's details (compiler.precision.convert.Halves.details: one entry per graph,
+        and the calibration set's and the cut's where there are)."""
+        conversions = {k: v for k, v in details.items() if k not in ("calibration", "cut")}
+        return cls(conversions, details.get("calibration"), details.get("cut"), int8_form, tuple(kept))
+
+    @classmethod
     def from_dict(cls, d: dict) -> "PrecisionRecord":
         kept = tuple(KeptLayer(Layer(k["half"], k["node"], k["tau_deficit"], k["weight_share"]), k["why"]) for k in d.get("int8_kept_float", ()))
-        conversions = {k: v for k, v in d.items() if k not in ("calibration", "cut", "int8_form", "int8_kept_float")}
-        return cls(conversions, d.get("calibration"), d.get("cut"), d.get("int8_form"), kept)
+        details = {k: v for k, v in d.items() if k not in ("int8_form", "int8_kept_float")}
+        return cls.of(details, d.get("int8_form"), kept)
 
 
 @dataclass(frozen=True, kw_only=True)
