@@ -1,9 +1,10 @@
 """Serve one built repository under several thread placements on the repeated-users suite's traffic.
 
     .venv/bin/python benchmarks/row_cache_placements.py --repo REPO 1x2,1x2 1x2,1x2spin 1x1,2x1
+    .venv/bin/python benchmarks/row_cache_placements.py --repo REPO 1x2 2x1      # the halves in one process (stca_split)
 
-REPO is a python-target build with the row cache (either placement, `--history-cache-at`). Each PLACEMENT is
-ENCODER,SCORER as INSTANCESxTHREADS[spin]; for each, the repository's configs are rewritten (compiler.repository.budget), a
+REPO is a python-target build with the row cache (in stca_split, or with `--history-cache-at` in either half). Each
+PLACEMENT is ENCODER,SCORER as INSTANCESxTHREADS[spin] (stca_split's alone where it holds the cache); for each, the repository's configs are rewritten (compiler.repository.budget), a
 fresh server is started (an empty cache), the suite's warm-up users are sent, then each concurrency level's users
 (the same seeds as compiler/measure/bench_repeated.py), and req/s and the row-key hit rate per level are printed. The
 recorded suite (`python -m compiler bench --suites repeated_users`) measures one placement per variant, the one
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from compiler.core.artifacts import MANIFEST
-from compiler.core.names import ENCODER, ENSEMBLE, SCORER
+from compiler.core.names import ENCODER, ENSEMBLE, SCORER, SPLIT
 from compiler.measure.bench_repeated import RepeatedConfig, drive, hit_rate
 from compiler.repository import budget
 from compiler.repository.reader import cache_holder, read_config, write_config
@@ -44,7 +45,7 @@ def main() -> None:
                                     seed=999, n_candidates=cfg.candidates)
     holder = cache_holder(args.repo)
     for label in args.placements:
-        for model, text in zip((ENCODER, SCORER), label.split(",")):
+        for model, text in zip((SPLIT,) if holder == SPLIT else (ENCODER, SCORER), label.split(",")):
             path = args.repo / model / "config.pbtxt"
             model_config = read_config(path)
             budget.configure(model_config, placement(text), "python")

@@ -108,7 +108,7 @@ def build_config(args):
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
                         baselines=args.baselines, ort_trt_accelerator=args.ort_trt_accelerator,
                         response_cache=args.response_cache, history_cache_bytes=args.history_cache_bytes,
-                        history_cache_admission=args.history_cache_admission,
+                        history_cache_admission=args.history_cache_admission, history_cache_skip=args.history_cache_skip,
                         history_cache_at=args.history_cache_at, split_processes=args.split_processes),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
@@ -177,6 +177,10 @@ def _build_serving_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--history-cache-admission", choices=["frequency", "all"], default="frequency",
                    help="python target: which computed rows a full row cache keeps: those asked for more often than the "
                         "least recently used rows they would replace (frequency, the default), or every one (all: plain LRU)")
+    b.add_argument("--history-cache-skip", action=argparse.BooleanOptionalAction, default=True,
+                   help="python target: a full row cache that costs more than it saves on the traffic of late is skipped, "
+                        "one request in 16 still going through it to notice when it would pay again (the default); "
+                        "--no-history-cache-skip consults it on every request")
     b.add_argument("--history-cache-at", choices=["encoder", "scorer"],
                    help="with the halves in two processes: the one holding the row cache, the history encoder's (default), "
                         "or the scorer's, so only the row keys cross between the two steps instead of the cut")

@@ -78,7 +78,7 @@ def test_build_config_carries_every_stage_option():
                              "--attention", "auto", "--expected-candidates", "64", "--expected-history", "700", "--max-history",
                              "900", "--max-candidates", "300", "--opset", "17", "--cpu-threads", "4", "--instances", "2",
                              "--baselines", "--split-processes", "2", "--history-cache-bytes", "512M", "--history-cache-at",
-                             "scorer", "--profile", "L=1:2:3,N=1:4:8", "--profile", "L=1:1:1,N=2:2:2", "--accept-accuracy-loss"))
+                             "scorer", "--no-history-cache-skip", "--profile", "L=1:2:3,N=1:4:8", "--profile", "L=1:1:1,N=2:2:2", "--accept-accuracy-loss"))
     assert (cfg.out, cfg.preset, cfg.checkpoint, cfg.user_model) == (Path("r"), "tiny", None, None)
     assert (cfg.attention, cfg.expected_candidates, cfg.expected_history, cfg.max_history, cfg.max_candidates, cfg.opset) == (
         "auto", 64, 700, 900, 300, 17)
@@ -86,8 +86,8 @@ def test_build_config_carries_every_stage_option():
     assert (p.precision, p.encoder, p.scorer, p.calibration, p.int8_high_precision, p.int8_form, p.cut) == (
         "int8", None, "fp16", Path("cal"), "fp16", "cpu", "fp16")
     e = cfg.emit
-    assert (e.target, e.cpu_threads, e.instances, e.baselines, e.split_processes, e.history_cache_bytes, e.history_cache_at) == (
-        "python", 4, 2, True, 2, 512 << 20, "scorer")
+    assert (e.target, e.cpu_threads, e.instances, e.baselines, e.split_processes, e.history_cache_bytes, e.history_cache_at,
+            e.history_cache_skip) == ("python", 4, 2, True, 2, 512 << 20, "scorer", False)
     assert [prof.dims for prof in cfg.engines.profiles] == [{"L": (1, 2, 3), "N": (1, 4, 8)}, {"L": (1, 1, 1), "N": (2, 2, 2)}]
     assert cfg.accept_accuracy_loss is True
 

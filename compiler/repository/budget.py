@@ -78,16 +78,18 @@ MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of 
 def default_placements(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
     --instances) fixes the copies of each model, which split the cores between them. The model holding the history
-    row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) runs one instance: each instance is a
-    process with its own cache, so a second one would compute every row a second time. In the encoder it keeps the
-    plan's threads (with its rows cached the encoder is the lighter half); in the scorer or stca_split it takes every
-    core."""
+    row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) keeps the plan's instances,
+    each a process with its own cache of the budget's share, except the scorer, which runs one instance on every core:
+    a request whose rows sit in another instance's cache computes them again, but one instance makes every request
+    queue for one process. In stca_split the plan's two single-threaded instances served 1.9x what one two-thread
+    instance did on never-repeating traffic and 1.13x on repeated users, at the same hit rate (demo model, 2 cores;
+    benchmarks/row_cache_unique.py, docs/benchmarks.md)."""
     if cpu_threads < 1:
         raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
     copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
     composing = Placement(copies, max(1, cpu_threads // copies))
     whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
-    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole, SPLIT: whole}.get(cache_holder)
+    held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole}.get(cache_holder)
     placements = {ENCODER: composing, SCORER: composing, SPLIT: composing, **({cache_holder: held} if held else {})}
     return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
 

@@ -32,6 +32,7 @@ class EmitConfig:
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
     history_cache_admission: str = "frequency"  # which computed rows a full cache keeps (compiler.runtime.row_cache.ADMISSIONS)
+    history_cache_skip: bool = True  # a full cache that does not pay is skipped (compiler.runtime.row_cache.CacheWorth)
     split_processes: int | None = None  # python target: the halves in 1 process (stca_split) or 2; None: 1 there (2 where
     # response_cache or history_cache_at names a model of two), 2 on the other targets
     history_cache_at: str | None = None  # two processes: the one holding the row cache, the history encoder's (None) or the

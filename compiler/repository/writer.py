@@ -36,7 +36,7 @@ from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, 
 from compiler.passes.row_locality import RowGraphs
 from compiler.passes.partition import Split
 from compiler.repository import budget
-from compiler.repository.deployment import Deployment
+from compiler.repository.deployment import Deployment, EmitConfig
 from compiler.repository.reader import SPLIT_ENCODER_FILE, read_config, write_config
 from compiler.runtime.ort import OrtGraph
 
@@ -90,7 +90,7 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         written += _composing_model(repo, SCORER, graphs.split.scorer, contract, scorer_warmup, cfg, placements, graphs.plans, inputs=scorer_inputs)
         steps = [(ENCODER, _io(encoder.graph.input), _io(encoder.graph.output)), (SCORER, scorer_inputs, _io(graphs.split.scorer.graph.output))]
     if holder is not None:
-        written += _row_cache(repo / holder, graphs.row_cache, cfg.options.history_cache_bytes, cfg.options.history_cache_admission)
+        written += _row_cache(repo / holder, graphs.row_cache, cfg.options)
     validated = cfg.target != "python"  # the Python-backend models check requests themselves
     if validated:
         written += _validator_model(repo, graphs.whole, contract, cfg)
@@ -152,7 +152,7 @@ def _split_model(repo: Path, graphs: Graphs, contract: Contract, request: dict, 
     return written + [_save_onnx(graphs.split.encoder, repo / SPLIT / "1" / SPLIT_ENCODER_FILE)]
 
 
-def _row_cache(model_dir: Path, row_graphs: RowGraphs, budget_bytes: int, admission: str) -> list[Path]:
+def _row_cache(model_dir: Path, row_graphs: RowGraphs, options: EmitConfig) -> list[Path]:
     """The row cache in the model that holds it: the key and row graphs beside model.onnx, the cache module, and the
     parameters the served model reads (compiler/runtime/triton_python/onnx_model.py). In the history encoder, model.onnx
     stays the whole encoder (in stca_split, encoder.onnx does): with history_cache_bytes set to 0 the model serves
@@ -162,8 +162,9 @@ def _row_cache(model_dir: Path, row_graphs: RowGraphs, budget_bytes: int, admiss
     written = [_save_onnx(row_graphs.key_graph, version / "key_graph.onnx"), _save_onnx(row_graphs.row_graph, version / "row_graph.onnx")]
     (version / "stca_row_cache.py").write_text((resources.files("compiler.runtime") / "row_cache.py").read_text())
     config = read_config(model_dir / "config.pbtxt")
-    config.parameters["history_cache_bytes"].string_value = str(budget_bytes)
-    config.parameters["history_cache_admission"].string_value = admission
+    config.parameters["history_cache_bytes"].string_value = str(options.history_cache_bytes)
+    config.parameters["history_cache_admission"].string_value = options.history_cache_admission
+    config.parameters["history_cache_skip"].string_value = str(int(options.history_cache_skip))
     config.parameters["history_cache"].string_value = json.dumps({
         "keys": [[k.name, k.dtype] for k in row_graphs.keys],
         "rows": {name: [s.dtype, list(s.row_shape)] for name, s in row_graphs.row_specs.items()},

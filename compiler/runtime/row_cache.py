@@ -20,10 +20,17 @@ a count-min sketch of every key looked up, halved as it fills, and the candidate
 count is higher), so rows seen once do not push out rows seen often, and traffic that never repeats stops paying
 for copies into the cache. `admission="all"` keeps every computed row (plain LRU). Admission decides only what is
 kept: the rows answered are computed or found, never estimated.
+
+When it is consulted: where the whole encoder is at hand (run_encoder), a request skips the cache while going
+through it has cost more of late than the whole encoder would have (CacheWorth), so traffic whose rows do not
+repeat pays for the key graph, the lookups and the assembly on one request in CacheWorth.PROBE_EVERY only. Either
+path answers the encoder's outputs.
 """
 
+import functools
 import mmap
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,29 +258,119 @@ def distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique.view(np.int64).reshape(len(unique), codes.shape[1]), inverse.reshape(-1)
 
 
+class RowRate:
+    """Milliseconds per row of a graph, as the ratio of exponentially weighted means of its runs' milliseconds and
+    rows: a run's say is in proportion to its rows, so a small request's fixed cost (Triton's warmup sends one row:
+    0.17 ms for it, against 0.002 a row at L=2,000) does not pass for a per-row cost."""
+
+    def __init__(self, weight: float):
+        self.weight, self.ms, self.rows = weight, 0.0, 0.0
+
+    def add(self, rows: int, ms: float) -> None:
+        self.ms += self.weight * (ms - self.ms) if self.rows else ms
+        self.rows += self.weight * (rows - self.rows) if self.rows else rows
+
+    @property
+    def per_row(self) -> float | None:
+        return self.ms / self.rows if self.rows else None
+
+
+class CacheWorth:
+    """Whether going through a full cache pays on the traffic of late, measured: a request through the cache costs
+    what its path took (key graph, lookups, the row graph on its missing rows, copies, assembly); the whole encoder
+    would have cost its rows times the encoder's time per row (timed on the requests that ran it; until one has, the
+    row graph's time per computed row, the same rows' work). Both are exponentially weighted over requests. While the
+    cache's path costs more, the encoder runs whole and the cache is not consulted, except on one request in
+    PROBE_EVERY, which keeps the frequency sketch and this measure following the traffic: a service whose rows start
+    repeating finds the cache again. A cache with room for a request (as many free slots as the last request had rows)
+    is always consulted and not judged: its misses fill it, which pays only later."""
+
+    WEIGHT = 0.1  # each request's share of the means
+    PROBE_EVERY = 16
+    # The whole encoder's first runs are not timed: ONNX Runtime's first runs of a session grow its arena (demo model,
+    # L=2,000: 8.1, 7.4, 5.2 ms, then about 5), and one such time in the mean would send requests back to the cache,
+    # after which the encoder would not run again to correct it.
+    UNTIMED_RUNS = 3
+
+    def __init__(self):
+        self.encoder = RowRate(self.WEIGHT)  # the whole encoder, per history row
+        self.row_graph = RowRate(self.WEIGHT)  # the row graph, per computed row
+        self.margin_ms = 0.0  # mean of (the whole encoder's estimated time - the cache's path's time) per request
+        self.passed = 0  # requests not sent through the cache since it last was
+        self.whole_runs = 0
+
+    def use_cache(self) -> bool:
+        if self.margin_ms >= 0 or self.passed + 1 >= self.PROBE_EVERY:
+            self.passed = 0
+            return True
+        self.passed += 1
+        return False
+
+    def cached(self, rows: int, computed: int, computed_ms: float, path_ms: float, full: bool = True) -> None:
+        """A request of `rows` history rows went through the cache in path_ms, `computed` of them by the row graph in
+        computed_ms; `full`: the cache had no room for it (only then does the request count for the cache's worth)."""
+        if computed:
+            self.row_graph.add(computed, computed_ms)
+        row_ms = self.encoder.per_row if self.encoder.per_row is not None else self.row_graph.per_row
+        if full and row_ms is not None:
+            self.margin_ms += self.WEIGHT * (rows * row_ms - path_ms - self.margin_ms)
+
+    def whole(self, rows: int, encoder_ms: float) -> None:
+        """A request of `rows` history rows ran the whole encoder in encoder_ms."""
+        self.whole_runs += 1
+        if self.whole_runs > self.UNTIMED_RUNS:
+            self.encoder.add(rows, encoder_ms)
+
+
 class CachedEncoder:
     """The history encoder as key graph + cache + row graph; outputs equal the encoder's (module docstring).
 
     run_keys(request inputs) -> {key names and passthrough outputs}; run_rows({key name: [M]}) -> {cached output: [M, ...]}.
-    Without a cache (None) every row is computed, each distinct key once.
+    Without a cache (None) every row is computed, each distinct key once. With run_encoder (request inputs -> the
+    encoder's outputs, the whole encoder) a request skips the cache while the cache does not pay (CacheWorth).
     """
 
-    def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None):
-        self.run_keys, self.run_rows, self.keys, self.cache = run_keys, run_rows, keys, cache
+    def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None, run_encoder=None):
+        self.run_keys, self.run_rows, self.keys, self.cache, self.run_encoder = run_keys, run_rows, keys, cache, run_encoder
+        self.worth = CacheWorth() if run_encoder is not None and cache is not None and cache.capacity else None
+        self.bypassed = 0  # requests the whole encoder answered, the cache not consulted
+        self.rows = 0  # the last request's history rows
 
     def __call__(self, inputs: dict) -> dict:
-        return self.assemble(self.run_keys(inputs))
+        start, full = time.perf_counter(), self.cache is not None and self.cache.capacity - self.cache.used < max(self.rows, 1)
+        if self.worth is not None and full and not self.worth.use_cache():
+            outputs = self.run_encoder(inputs)
+            self.rows = len(outputs[next(iter(self.cache.tables))])  # a cached output: one row per history row
+            self.worth.whole(self.rows, 1e3 * (time.perf_counter() - start))
+            self.bypassed += 1
+            return outputs
+        computed = []
+        outputs, self.rows = self._assemble(self.run_keys(inputs), computed)
+        if self.worth is not None:
+            self.worth.cached(self.rows, *(computed[0] if computed else (0, 0.0)), path_ms=1e3 * (time.perf_counter() - start), full=full)
+        return outputs
 
     def assemble(self, keyed: dict) -> dict:
         """The key graph's outputs (its key columns and passthrough values) -> the encoder's outputs: where the cache
         lives beside the scorer, the key graph runs in another process and only its outputs arrive here."""
+        return self._assemble(keyed, [])[0]
+
+    def counters(self) -> dict[str, int]:
+        return {**(self.cache.counters() if self.cache is not None else {}), "bypassed": self.bypassed}
+
+    def _assemble(self, keyed: dict, computed: list) -> tuple[dict, int]:
+        """(assemble's answer, the request's history rows); the row graph's (rows, milliseconds) appended to computed."""
         keyed = dict(keyed)
         codes = key_codes([keyed.pop(k.name) for k in self.keys])
+        compute = functools.partial(self._compute, computed=computed)
         if self.cache is None or self.cache.capacity == 0:
             unique, inverse = distinct(codes)
-            return {**keyed, **{name: rows[inverse] for name, rows in self._compute(unique).items()}}
-        return {**keyed, **self.cache.lookup(codes, self._compute)}
+            return {**keyed, **{name: rows[inverse] for name, rows in compute(unique).items()}}, len(codes)
+        return {**keyed, **self.cache.lookup(codes, compute)}, len(codes)
 
-    def _compute(self, codes: np.ndarray) -> dict:
+    def _compute(self, codes: np.ndarray, computed: list) -> dict:
+        start = time.perf_counter()
         columns = from_codes(codes, [k.dtype for k in self.keys])
-        return self.run_rows({k.name: c for k, c in zip(self.keys, columns)})
+        rows = self.run_rows({k.name: c for k, c in zip(self.keys, columns)})
+        computed.append((len(codes), 1e3 * (time.perf_counter() - start)))
+        return rows

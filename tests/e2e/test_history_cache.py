@@ -43,10 +43,11 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
 def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint, admission):
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"
-    budget = 100_000  # about 200 rows of the tiny model (its encoder runs one instance): one user fits, two do not
-    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,
-                      emit=EmitConfig(history_cache_bytes=budget, history_cache_admission=admission)))
-    assert read_config(out / SPLIT / "config.pbtxt").parameters["history_cache_admission"].string_value == admission
+    budget = 200_000  # about 200 rows of the tiny model in each of stca_split's two instances: one user fits, two do not
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,  # every request through the cache
+                      emit=EmitConfig(history_cache_bytes=budget, history_cache_admission=admission, history_cache_skip=False)))
+    parameters = read_config(out / SPLIT / "config.pbtxt").parameters
+    assert (parameters["history_cache_admission"].string_value, parameters["history_cache_skip"].string_value) == (admission, "0")
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=2, visits=2), seed=22, n_candidates=8)
     traffic = [{k: v[-150:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic]
     with TritonServer(ServerConfig.on_free_ports(out)) as server:

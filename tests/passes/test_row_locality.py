@@ -190,3 +190,22 @@ def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
     assert row_graphs is None and not record.row_local and not record.served
     assert "MatMul" in record.why
     assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]
+
+
+def test_a_request_that_skips_the_cache_gets_the_same_scores(tiny):
+    """With the whole encoder beside a full cache, a request answered by either path scores as PyTorch does."""
+    model, _, row_graphs, graphs = tiny
+    traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=2), seed=12, n_candidates=8)
+    encoder = row_graphs.encoder(graphs["keys"].run, graphs["rows"].run, 64 * (row_graphs.bytes_per_row + 8 * len(row_graphs.keys) + ENTRY_OVERHEAD_BYTES),
+                                 run_encoder=graphs["encoder"].run)
+    for request in traffic[:2]:  # short histories: room for the next
+        encoder({k: v[-20:] if k.startswith("history_") else v for k, v in request.items()})
+    assert encoder.cache.capacity - encoder.cache.used >= 20 and encoder.bypassed == 0  # a cache with room is never skipped
+    for request in traffic:  # until it has no room for a request
+        encoder({k: v[-20:] if k.startswith("history_") else v for k, v in request.items()})
+    assert encoder.cache.capacity - encoder.cache.used < 20
+    encoder.worth.cached(rows=100, computed=100, computed_ms=1.0, path_ms=1_000.0)  # measured: the full cache does not pay
+    bypassed = encoder.bypassed
+    for request in traffic:
+        assert np.abs(scores(graphs, encoder, request) - model.score(request)).max() <= FP32_GATE
+    assert encoder.bypassed == bypassed + len(traffic)

@@ -1,10 +1,14 @@
 """The row cache's own rules: least recently used rows are the victims, a full cache admits a new row only over a less
-asked-for one, the budget holds, keys are exact, and every answer is the rows the row graph computes."""
+asked-for one, the budget holds, keys are exact, every answer is the rows the row graph computes, and a cache that
+does not pay is skipped."""
+
+import time
 
 import numpy as np
 import pytest
 
-from compiler.runtime.row_cache import ADMISSIONS, ENTRY_OVERHEAD_BYTES, RowCache, RowSpec, distinct, from_codes, key_codes
+from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, CachedEncoder, CacheWorth, RowCache, RowKey, RowRate, RowSpec,
+                                        distinct, from_codes, key_codes)
 
 SPEC = {"rows": RowSpec("float32", (3,))}
 
@@ -134,3 +138,61 @@ def test_on_skewed_traffic_larger_than_the_cache_admission_finds_more_rows_than_
 def test_an_unknown_admission_is_refused():
     with pytest.raises(ValueError, match="admission 'lfu' is not one of"):
         cache_of(3, admission="lfu")
+
+
+def test_a_small_requests_fixed_cost_does_not_pass_for_a_per_row_cost():
+    rate = RowRate(CacheWorth.WEIGHT)
+    rate.add(rows=1, ms=0.17)  # Triton's warmup: one row
+    for _ in range(5):
+        rate.add(rows=2_000, ms=4.0)
+    assert rate.per_row == pytest.approx(0.002, rel=0.1)  # a mean of per-call ratios would still say 0.1
+
+
+def test_a_cache_whose_path_costs_more_than_the_whole_encoder_is_skipped_but_for_probes():
+    worth = CacheWorth()
+    worth.cached(rows=1_000, computed=1_000, computed_ms=1.8, path_ms=30.0, full=False)  # filling: not judged
+    assert worth.use_cache()
+    for encoder_ms in (9.0, 5.0, 3.0, 2.0):  # the whole encoder: 2 us a row, once its first runs (not timed) are done
+        worth.whole(rows=1_000, encoder_ms=encoder_ms)
+    assert worth.encoder.per_row == pytest.approx(0.002)
+    for _ in range(50):  # every row computed again, and the lookups on top: 3 ms against the encoder's 2
+        worth.cached(rows=1_000, computed=1_000, computed_ms=1.8, path_ms=3.0)
+    choices = [worth.use_cache() for _ in range(4 * CacheWorth.PROBE_EVERY)]
+    assert choices.count(True) == 4 and choices[CacheWorth.PROBE_EVERY - 1]  # one probe in PROBE_EVERY
+    for _ in range(50):  # the probes now find most rows: 0.5 ms against the encoder's 2
+        worth.cached(rows=1_000, computed=100, computed_ms=0.2, path_ms=0.5)
+    assert all(worth.use_cache() for _ in range(CacheWorth.PROBE_EVERY))
+
+
+def test_the_cached_encoder_skips_a_cache_that_does_not_pay_and_both_paths_answer_the_same():
+    """Row keys that never repeat and a row graph slower than the whole encoder: once the cache is full (4 requests),
+    only probes go through it; then repeated keys and a slow encoder bring the cache back."""
+    delay = {"rows": 0.004, "whole": 0.0}
+
+    def run_rows(columns):
+        time.sleep(delay["rows"])
+        return rows_of(np.stack([columns["k0"], columns["k1"]], axis=1))
+
+    def run_whole(inputs):
+        time.sleep(delay["whole"])
+        return {"passthrough": inputs["user"], **rows_of(inputs["keys"])}
+
+    def run_keys(inputs):
+        return {"passthrough": inputs["user"], "k0": inputs["keys"][:, 0], "k1": inputs["keys"][:, 1]}
+
+    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64"), RowKey("k1", "int64")], cache_of(200), run_whole)
+    rng = np.random.default_rng(3)
+    for _ in range(3 * CacheWorth.PROBE_EVERY):
+        request = {"user": np.arange(3), "keys": np.stack([rng.integers(1, 1 << 40, 50), np.ones(50, np.int64)], axis=1)}
+        outputs = encoder(request)
+        np.testing.assert_array_equal(outputs["rows"], rows_of(request["keys"])["rows"])
+        np.testing.assert_array_equal(outputs["passthrough"], request["user"])
+    assert encoder.bypassed >= 2 * CacheWorth.PROBE_EVERY - 3 and encoder.counters()["bypassed"] == encoder.bypassed
+    delay.update(rows=0.0, whole=0.01)
+    repeated = {"user": np.arange(3), "keys": codes(*[[k, 2] for k in range(50)])}
+    for _ in range(6 * CacheWorth.PROBE_EVERY):
+        np.testing.assert_array_equal(encoder(repeated)["rows"], rows_of(repeated["keys"])["rows"])
+    bypassed = encoder.bypassed
+    for _ in range(CacheWorth.PROBE_EVERY):
+        encoder(repeated)
+    assert encoder.bypassed == bypassed and encoder.cache.hits > 0  # the cache is back: every request goes through it

@@ -8,8 +8,8 @@ needs numpy and onnxruntime in the server's Python. What it runs, by what lies b
                                      on the request and the cut, which never leaves the process
   + a row cache (history_cache)      the history encoder's work is done by the key graph, the cache and the row graph
                                      (stca_row_cache.CachedEncoder; key_graph.onnx, row_graph.onnx, stca_row_cache.py
-                                     beside) where history_cache_bytes > 0, and the cache's counters go to Triton's
-                                     /metrics. In the history encoder that is the answer; in stca_split the scorer runs
+                                     beside) where history_cache_bytes > 0, or by the whole encoder while the cache does
+                                     not pay, and the cache's counters go to Triton's /metrics. In the history encoder that is the answer; in stca_split the scorer runs
                                      on it. In the scorer (keys_arrive) the inputs are the row keys the encoder step's
                                      key graph made, and the cut is assembled from them before model.onnx (with
                                      history_cache_bytes 0 it computes each request's distinct rows).
@@ -83,6 +83,10 @@ class TritonPythonModel(StcaModel):
                                f"is not {spec['weights_sha256'][:12]})")
         self.key_session = None if spec.get("keys_arrive") else OrtSession("key_graph.onnx", self.params)
         self.row_session = OrtSession("row_graph.onnx", self.params)
+        # the whole encoder, for requests the cache would not pay for (CacheWorth); none where only the keys arrive
+        whole = ENCODER_FILE if os.path.isfile(os.path.join(HERE, ENCODER_FILE)) else "model.onnx"
+        skip = self.params.get("history_cache_skip", "1") == "1" and self.cache_bytes > 0 and not spec.get("keys_arrive")
+        self.whole_session = OrtSession(whole, self.params) if skip else None
         rows = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
         keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
         instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
@@ -99,18 +103,21 @@ class TritonPythonModel(StcaModel):
                 ("evictions", "Rows dropped from the row cache to make room", pb_utils.MetricFamily.COUNTER),
                 ("admitted", "Computed rows kept in the row cache", pb_utils.MetricFamily.COUNTER),
                 ("rejected", "Computed rows not kept: the full cache held rows asked for more often", pb_utils.MetricFamily.COUNTER),
+                ("bypassed", "Requests the whole encoder answered, the cache not consulted: its path cost more of late",
+                 pb_utils.MetricFamily.COUNTER),
                 ("entries", "Rows held in the row cache", pb_utils.MetricFamily.GAUGE),
                 ("bytes", "Bytes the row cache holds, rows, keys and index", pb_utils.MetricFamily.GAUGE),
             )
         }
         self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
         self.reported = {name: 0 for name in self.metrics}
-        return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache)
+        return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache,
+                             self.whole_session.run if self.whole_session else None)
 
     def _report(self):
         if self.cached_encoder.cache is None:
             return
-        for name, value in self.cached_encoder.cache.counters().items():
+        for name, value in self.cached_encoder.counters().items():
             if name not in self.metrics:
                 continue
             if name in ("entries", "bytes"):
