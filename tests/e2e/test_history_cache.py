@@ -54,7 +54,9 @@ def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_pa
         client = ScoringClient(server.cfg.http_url)
         np.testing.assert_allclose(client.score(traffic[0]), model.score(traffic[0]), rtol=0, atol=1e-4)
         first = cache_counters(server)
-        assert first["hits"] == 0 and first["misses"] > 0  # nothing survives a restart: every row was computed
+        # nothing survives a restart: every row was computed (a hit or two are Triton's warmup requests, one history row
+        # each, finding the row an earlier warmup request left)
+        assert first["hits"] <= 2 and first["misses"] > 100
         for request in traffic[1:] * 2:
             np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4)
         client.close()

@@ -117,14 +117,16 @@ class TritonPythonModel(StcaModel):
     def _report(self):
         if self.cached_encoder.cache is None:
             return
+        # Only what changed: each update is a message to Triton's process (demo model, L=2,000, never-repeating item
+        # ids: updating all eight on every 8th request instead of every request served 1.08x)
         for name, value in self.cached_encoder.counters().items():
-            if name not in self.metrics:
+            if name not in self.metrics or value == self.reported[name]:
                 continue
             if name in ("entries", "bytes"):
                 self.metrics[name].set(value)
             else:
                 self.metrics[name].increment(value - self.reported[name])
-                self.reported[name] = value
+            self.reported[name] = value
 
 
 class OrtSession:
