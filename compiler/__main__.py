@@ -330,10 +330,12 @@ def _train_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    """Run tritonserver on a built repository until Ctrl-C or SIGTERM."""
-    from compiler.serving.server import serve_forever
+    """Run tritonserver on a built repository, healing a model process or server that dies, until Ctrl-C or SIGTERM."""
+    from compiler.serving.memory import MemoryLimit
+    from compiler.serving.supervisor import serve_forever
 
-    serve_forever(serve_config(args))
+    limit = MemoryLimit(args.memory_limit, "--memory-limit") if args.memory_limit else None
+    serve_forever(serve_config(args), limit, check_memory=args.memory_check)
     return 0
 
 
@@ -354,6 +356,11 @@ def _serve_parser(sub) -> None:
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--tritonserver", type=Path, help="tritonserver binary (default: the one in the nvidia-pytriton wheel)")
     s.add_argument("--log-verbose", type=int, default=0)
+    s.add_argument("--memory-limit", type=byte_size, metavar="BYTES",
+                   help="the memory the server may use (default: the container's cgroup limit, else the machine's memory)")
+    s.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="at start, send the largest request to every instance, print each process's resident memory and "
+                        "what the row caches may still take, and stop if the total exceeds the limit (the default)")
     s.set_defaults(handler=cmd_serve)
 
 # -------------------------------------------------------------------------------------------------------------- score

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compiler.serving import probe
+
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a test dependency")
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
@@ -29,13 +31,21 @@ def test_a_misspelled_field_is_caught():
         kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
 
 
-def test_probes_use_tritons_health_endpoints_and_metrics_are_scraped():
+def test_probes_score_through_the_probe_script_and_metrics_are_scraped():
     pod = manifests()["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    probes = {kind: container[kind]["exec"]["command"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for kind, command in probes.items():  # the probe script, where the ConfigMap holding it is mounted
+        assert command[:2] == ["python3", f"{mounts['stca-probe']}/probe.py"], kind
+        args = probe.parser().parse_args(command[2:])  # the probe's own arguments, its own parser
+        assert args.url == f"127.0.0.1:{ports['http']}", kind
+    assert [probes[k].count("--liveness") for k in probes] == [0, 0, 1]  # only liveness forgives a busy server
+    assert volumes["stca-probe"]["configMap"]["name"] == "stca-probe"
+    assert container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"] >= 60
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
     args = container["args"]
     assert any(a.startswith("--model-repository=s3://") for a in args) and "--strict-model-config=true" in args

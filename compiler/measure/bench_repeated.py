@@ -34,7 +34,7 @@ from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER
 from compiler.repository.reader import cache_holder, composing, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import ServerConfig, TritonServer
+from compiler.serving.server import ServerConfig, TritonServer, stub_processes
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from compiler.stca.model import STCAConfig
 
@@ -151,19 +151,8 @@ def encoder_profile(url: str, metrics: str, parts: tuple[str, ...], requests: li
 
 
 def holder_memory(server_pid: int, model: str = ENCODER) -> list[int]:
-    """Resident bytes of each of a model's Python-backend processes (children of the server)."""
-    resident = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            status = (proc / "status").read_text()
-        except OSError:  # gone, or not ours to read
-            continue
-        if f"/{model}/1/model.py" in cmdline and f"PPid:\t{server_pid}\n" in status:
-            resident.append(int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024)
-    return sorted(resident)
+    """Resident bytes of each of a model's Python-backend processes (in the server's process group)."""
+    return sorted(stub.resident_bytes for stub in stub_processes(server_pid) if stub.model == model)
 
 
 def uncached_copy(repo: Path, copy: Path) -> Path:

@@ -6,9 +6,14 @@
 
 The request is validated here, before anything is sent, with the contract the server's models were
 built with; the server validates again, so a client that skips this still gets a named error.
+
+Scoring is idempotent, so a request that fails for a reason that passes (the server restarting, a model being
+reloaded after its process died, a full queue) is sent again, up to `retries` times with doubling waits; a request
+the server refuses for what it is (the contract, a model error) is not.
 """
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +21,21 @@ import numpy as np
 from compiler.core.contract import CONTRACT_PARAMETER, Contract, RequestError
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENSEMBLE
+
+# What Triton says while a model cannot answer for now: its process died (until the supervisor reloads it), it is
+# being unloaded or loaded, or its queue is full.
+RETRYABLE = ("is not healthy", "not ready", "unknown model", "unavailable", "queue")
+MAX_BACKOFF_S = 4.0
+
+
+def retryable(error: Exception) -> bool:
+    """Whether a failed scoring request may succeed if sent again: one of RETRYABLE, or the connection refused or
+    reset. Not a timeout: the request may still be running, and sending it again adds to the load that delayed it."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, InferenceServerException):
+        return any(text in f"{error.status()} {error.message()}".lower() for text in RETRYABLE)
+    return isinstance(error, OSError) and not isinstance(error, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,14 @@ class Ranking:
 
 
 class ScoringClient:
-    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = ENSEMBLE, timeout_s: float = 60.0):
+    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", model: str = ENSEMBLE, timeout_s: float = 60.0,
+                 retries: int = 5, backoff_s: float = 0.25):
+        """`retries`: how many times a request that failed for a passing reason is sent again, waiting backoff_s, then
+        twice that, and so on up to MAX_BACKOFF_S (the defaults wait up to 7.75 s in all); 0 sends each request once."""
+        if retries < 0 or backoff_s < 0:
+            raise CompilerError(f"client: retries {retries} and backoff {backoff_s}s must be at least 0")
+        self.retries, self.backoff_s, self.retried = retries, backoff_s, 0  # retried: sends beyond the first, over all requests
+        self.timeout_s = timeout_s  # over HTTP the connection's timeout; over gRPC each request's deadline
         if protocol not in ("http", "grpc"):
             raise CompilerError(f"protocol: {protocol!r} is not http or grpc")
         if "://" in url:
@@ -94,8 +121,16 @@ class ScoringClient:
             tensor.set_data_from_numpy(value)
             tensors.append(tensor)
         output = self.contract.outputs[0]
-        result = self._client.infer(self.model, tensors, outputs=[self._triton.InferRequestedOutput(output)])
-        return result.as_numpy(output)
+        for attempt in range(self.retries + 1):
+            try:
+                deadline = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+                result = self._client.infer(self.model, tensors, outputs=[self._triton.InferRequestedOutput(output)], **deadline)
+                return result.as_numpy(output)
+            except Exception as e:  # noqa: BLE001  (tritonclient raises its own and the transport's errors)
+                if attempt == self.retries or not retryable(e):
+                    raise
+                self.retried += 1
+                time.sleep(min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S))
 
     def rank(self, inputs: dict) -> Ranking:
         """The candidates ordered by each column of the first output (one row per candidate)."""

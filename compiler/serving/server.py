@@ -1,10 +1,15 @@
-"""Serve stage: run the real tritonserver on a repository, wait until every model is ready, stop it cleanly.
+"""Serve stage: run the real tritonserver on a repository, wait until it can score, keep it so, stop it cleanly.
 
 The embedded CPU server is the tritonserver binary (Triton 2.51) that ships inside the nvidia-pytriton
 wheel, with its Python backend. It needs its bundled libraries on LD_LIBRARY_PATH and a backend
 directory holding the Python-backend stub built for the running interpreter; both are set up here, in a
 temporary directory the server owns for its lifetime. The stub runs the models in this interpreter's
 environment, so onnxruntime (and torch for the eager baseline) come from the same virtualenv.
+
+Ready means able to score: every model ready and a small request scored through the ensemble
+(compiler.serving.probe). Triton does not restart a Python-backend model whose process died, and keeps answering
+ready while every request through it fails; the server runs in explicit model-control mode so that
+`reload` can unload and load such a model, which starts new processes for it (Supervisor does this on its own).
 """
 
 import ctypes
@@ -26,6 +31,9 @@ from pathlib import Path
 from compiler.core.artifacts import MANIFEST
 from compiler.core.errors import CompilerError
 from compiler.core.log import log
+from compiler.core.names import ENSEMBLE
+from compiler.repository.reader import read_config
+from compiler.serving.probe import probe
 
 # The environment of the server and its Python-backend stubs (they inherit it); the caller's own settings win.
 # glibc malloc: the cut tensors are megabytes per request (20 MB at L=10,000 for the demo model), and by
@@ -137,7 +145,7 @@ class TritonServer:
             str(install.binary),
             f"--model-repository={Path(cfg.repo).resolve()}",
             "--strict-model-config=true",
-            "--model-control-mode=none",
+            "--model-control-mode=explicit", "--load-model=*",  # every model at start; `reload` needs explicit mode
             "--exit-on-error=true",
             f"--http-address={cfg.host}", f"--http-port={cfg.http_port}",
             f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
@@ -173,14 +181,14 @@ class TritonServer:
         return backends
 
     def wait_ready(self, timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
-        """Poll until the server and every model of the repository are ready (or `stop` is set);
-        raise with the log tail if the server dies or the time runs out."""
+        """Poll until the server and every model of the repository are ready and a request is scored (where the
+        repository has the ensemble), or `stop` is set; raise with the log tail if the server dies or the time runs out."""
         deadline = time.monotonic() + (timeout_s or self.cfg.ready_timeout_s)
         models = sorted(p.parent.name for p in Path(self.cfg.repo).glob("*/config.pbtxt"))
         while time.monotonic() < deadline and not (stop and stop.is_set()):
             if self.process.poll() is not None:
                 raise CompilerError(f"serve: tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
-            if self._ok("/v2/health/ready") and all(self._ok(f"/v2/models/{m}/ready") for m in models):
+            if self._ok("/v2/health/ready") and all(self._ok(f"/v2/models/{m}/ready") for m in models) and self.can_score():
                 log.info("serve: ready: %s", ", ".join(models))
                 return
             time.sleep(0.5)
@@ -195,8 +203,57 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
+    def _post(self, path: str) -> None:
+        request = urllib.request.Request(f"http://{self.cfg.http_url}{path}", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=300):
+                pass
+        except urllib.error.HTTPError as e:
+            raise CompilerError(f"serve: {path}: {e.code} {e.read().decode(errors='replace')}") from e
+
     def is_ready(self) -> bool:
         return self.process is not None and self.process.poll() is None and self._ok("/v2/health/ready")
+
+    def can_score(self) -> bool:
+        """Whether every Python-backend model instance has its process and small requests through the ensemble are
+        scored now (where the repository has one). The processes are checked too: with several instances of a model,
+        a request may be scored by a live one while the dead one fails others."""
+        if self.dead_models():
+            return False
+        return not (Path(self.cfg.repo) / ENSEMBLE / "config.pbtxt").is_file() or probe(self.cfg.http_url).ok
+
+    def stub_instances(self) -> dict[str, str]:
+        """Each Python-backend model instance the repository asks for (Triton names them <model>_<group>_<index>) ->
+        its model."""
+        instances = {}
+        for path in sorted(Path(self.cfg.repo).glob("*/config.pbtxt")):
+            config = read_config(path)
+            if config.backend != "python":
+                continue
+            for g, group in enumerate(config.instance_group or [None]):
+                for i in range(group.count if group is not None and group.count else 1):
+                    instances[f"{config.name}_{g}_{i}"] = config.name
+        return instances
+
+    def dead_models(self) -> list[str]:
+        """The Python-backend models with an instance whose process is gone (exited, killed, or a zombie): Triton
+        keeps them "ready" but they answer nothing."""
+        expected = self.stub_instances()
+        alive = {stub.instance for stub in stub_processes(self.process.pid) if stub.state not in "ZX"}
+        return sorted({expected[name] for name in expected.keys() - alive})
+
+    def reload(self, models: list[str], timeout_s: float = 120.0) -> None:
+        """Unload and load `models` (new processes for a Python-backend model), load the ensemble again (Triton
+        unloads it with a model it composes), and wait until a request is scored."""
+        for model in models:
+            self._post(f"/v2/repository/models/{model}/unload")
+            deadline = time.monotonic() + timeout_s
+            while self._ok(f"/v2/models/{model}/ready") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._post(f"/v2/repository/models/{model}/load")
+        if (Path(self.cfg.repo) / ENSEMBLE / "config.pbtxt").is_file():
+            self._post(f"/v2/repository/models/{ENSEMBLE}/load")
+        self.wait_ready(timeout_s)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -224,6 +281,35 @@ class TritonServer:
             self._workdir = None
 
 
+@dataclass(frozen=True)
+class StubProcess:
+    """A Python-backend process of a server: which model instance it runs, its state and resident memory."""
+
+    pid: int
+    model: str
+    instance: str  # Triton's <model>_<group>_<index>
+    state: str  # /proc's one-letter state: Z for a zombie
+    resident_bytes: int
+
+
+def stub_processes(group: int) -> list[StubProcess]:
+    """The Python-backend stubs in a server's process group (the server's pid: it leads its own group), from /proc.
+    A stub's command line is the stub binary, its model.py (<repo>/<model>/1/model.py), ..., the instance name."""
+    stubs = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if int(fields[2]) != group or not argv[0].endswith("triton_python_backend_stub"):
+                continue
+            model = Path(argv[1]).parent.parent.name
+            instance = next(a for a in argv[2:] if a.startswith(f"{model}_"))
+            stubs.append(StubProcess(int(stat.parent.name), model, instance, fields[0], int(fields[21]) * os.sysconf("SC_PAGE_SIZE")))
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue  # ended while being read, or not ours to read
+    return sorted(stubs, key=lambda s: s.instance)
+
+
 def die_with_parent() -> None:
     """In a child (preexec_fn): have Linux send it SIGTERM if the process that started it dies, however it
     dies, so a killed `serve`, `bench` or test run never leaves a tritonserver or perf_analyzer behind."""
@@ -241,30 +327,3 @@ def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"processes of group {pgid} survived SIGKILL for {timeout_s:.0f}s")
-
-
-def serve_forever(cfg: ServerConfig) -> None:
-    """Start, print the endpoints, block until Ctrl-C or SIGTERM, then stop cleanly."""
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        # Only a flag: an exception raised here can land inside logging's emit(), which swallows it.
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server = TritonServer(cfg)
-        server.start()
-        try:
-            server.wait_ready(stop=stop)
-            if not stop.is_set():
-                log.info("serve: http %s  grpc %s  metrics %s  (Ctrl-C stops)", cfg.http_url, cfg.grpc_url, cfg.metrics_url)
-            while not stop.wait(0.5):
-                if server.process.poll() is not None:
-                    raise CompilerError(f"serve: tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
-        finally:
-            server.stop()
-        log.info("serve: stop requested; server stopped")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

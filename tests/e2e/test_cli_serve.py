@@ -66,6 +66,20 @@ def test_serve_refuses_a_busy_port_and_a_non_repository(served_repo, tmp_path):
     assert result.returncode == 2 and "is not a model repository" in result.stderr
 
 
+def test_serve_refuses_a_repository_that_would_not_fit_in_its_memory_limit(served_repo):
+    """The 1 GiB row cache alone exceeds 512 MiB: refused before the server starts. Under 1,100 MiB it fits, but not
+    with the processes measured after the largest request: refused once measured, the server stopped."""
+    http_port = free_port()
+    serve = [sys.executable, "-m", "compiler", "serve", "--repo", str(served_repo), "--http-port", str(http_port),
+             "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+    result = subprocess.run([*serve, "--memory-limit", "512M"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "exceed the memory limit, 512 MiB (--memory-limit)" in result.stderr
+    result = subprocess.run([*serve, "--memory-limit", "1100M"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "once its row caches fill, more than the memory limit 1,100 MiB" in result.stderr, result.stderr[-2000:]
+    assert "| stca_split | 2 |" in result.stderr  # the table names each process
+    assert not port_in_use("127.0.0.1", http_port)  # the server it started is stopped
+
+
 def test_demo_builds_serves_ranks_and_stops(tmp_path, tiny_checkpoint):
     result = subprocess.run([sys.executable, "-m", "compiler", "demo", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "repo")],
                             capture_output=True, text=True, timeout=600)

@@ -1,0 +1,103 @@
+"""Keep a served repository able to score: what `compiler serve` runs around the server.
+
+    supervisor = Supervisor(server)          # a started TritonServer
+    supervisor.run(stop)                     # checks every interval_s until stop is set
+
+Two failures are healed without an operator. A Python-backend model whose process died (killed by the kernel's
+OOM killer, a crash in a native kernel): Triton neither restarts it nor stops answering ready, so the supervisor
+finds the missing process (TritonServer.dead_models, from /proc) and unloads and loads that model through Triton's
+model-control API, which starts new processes for it and loads the ensemble again; the rest of the server keeps its
+state (the other models' row caches among it). Measured on the demo model: a reload takes well under a second, where
+a restart of the whole server takes seconds and empties every cache. The server process itself dying: it is started
+again on the same ports. Requests in the gap fail with an error the client retries (ScoringClient), never with a
+wrong score. A model that keeps dying is not reloaded forever: after MAX_HEALS heals within HEAL_WINDOW_S the
+supervisor stops with the server's log, so a crash loop surfaces instead of hiding behind restarts.
+"""
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from compiler.core.errors import CompilerError
+from compiler.core.log import log
+from compiler.serving import memory
+from compiler.serving.server import ServerConfig, TritonServer
+
+MAX_HEALS, HEAL_WINDOW_S = 5, 600.0
+
+
+@dataclass(frozen=True)
+class Heal:
+    """One recovery: what was healed, how, when it was found, and how long until the server scored again."""
+
+    what: str  # the models reloaded, or "tritonserver"
+    how: str  # "reload" | "restart"
+    found_at: float  # time.monotonic()
+    seconds: float
+
+
+@dataclass
+class Supervisor:
+    server: TritonServer
+    interval_s: float = 0.5
+    heals: list[Heal] = field(default_factory=list)
+
+    def check(self) -> Heal | None:
+        """Heal what has failed since the last check; None where nothing had."""
+        start = time.monotonic()
+        if self.server.process.poll() is not None:
+            log.warning("serve: tritonserver exited with code %s; starting it again on the same ports", self.server.process.returncode)
+            self.server.stop()
+            self.server.start()
+            self.server.wait_ready()
+            heal = Heal("tritonserver", "restart", start, time.monotonic() - start)
+        else:
+            dead = self.server.dead_models()
+            if not dead:
+                return None
+            log.warning("serve: the process of %s died; reloading it", ", ".join(dead))
+            self.server.reload(dead)
+            heal = Heal(", ".join(dead), "reload", start, time.monotonic() - start)
+        self.heals.append(heal)
+        log.info("serve: %s healed (%s) in %.1fs; scoring again", heal.what, heal.how, heal.seconds)
+        if sum(start - h.found_at < HEAL_WINDOW_S for h in self.heals) >= MAX_HEALS:
+            raise CompilerError(f"serve: {MAX_HEALS} heals within {HEAL_WINDOW_S:.0f}s, the last of {heal.what}; giving up "
+                                f"(a crash loop is not healed by restarts):\n{self.server.log_tail()}")
+        return heal
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
+            self.check()
+
+
+def serve_forever(cfg: ServerConfig, limit: memory.MemoryLimit | None = None, check_memory: bool = True) -> None:
+    """Check the memory the repository needs against `limit` (default: the container's or machine's), start, print
+    the endpoints, heal what dies (Supervisor) until Ctrl-C or SIGTERM, then stop cleanly."""
+    limit = limit or memory.memory_limit()
+    memory.check_budgets(cfg.repo, limit)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        # Only a flag: an exception raised here can land inside logging's emit(), which swallows it.
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = TritonServer(cfg)
+        server.start()
+        try:
+            server.wait_ready(stop=stop)
+            if check_memory and not stop.is_set():
+                report = memory.measure(server, limit)
+                log.info("serve: resident memory, %s:\n%s", report.largest, report.table())
+                report.check()
+            if not stop.is_set():
+                log.info("serve: http %s  grpc %s  metrics %s  (Ctrl-C stops)", cfg.http_url, cfg.grpc_url, cfg.metrics_url)
+            Supervisor(server).run(stop)
+        finally:
+            server.stop()
+        log.info("serve: stop requested; server stopped")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
