@@ -9,8 +9,8 @@ request with the same key, whoever sends it. Per request: the key graph gives on
 whose key is cached are copied from the cache; the row graph runs on the distinct missing keys only; the
 outputs are assembled in request order.
 
-The cache is content-addressed on the whole key (a dict of the key's bytes: a hash collision is resolved by
-comparing keys, never trusted), bounded by a byte budget, and guarded by one lock. It holds rows of one set of
+The cache is content-addressed on the whole key (KeyIndex, a hash table in numpy arrays: a hash collision is
+resolved by comparing keys, never trusted), bounded by a byte budget, and guarded by one lock. It holds rows of one set of
 weights: the served encoder builds it for the weight digest it loaded. Only numpy: copied beside the encoder's
 model.py as stca_row_cache.py.
 
@@ -38,10 +38,10 @@ import numpy as np
 # The budget over all of a history encoder's instances (each instance, a process, holds its share). 1 GiB holds about
 # 127,000 rows of the medium model's fp32 cut (8 KiB a row, plus key and index) or 470,000 of the demo's (2 KiB).
 DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
-# Bytes an entry costs beyond its rows and its key's 8 bytes per column: the dict slot, the key's bytes object and
-# the slot's stamp and back-reference. Measured with tracemalloc over 200,000 four-column keys: 149 bytes of Python
-# objects per entry (key included) plus 16 in the two slot arrays; 200 leaves room for a larger dict after a resize.
-ENTRY_OVERHEAD_BYTES = 200
+# Bytes an entry costs beyond its rows and its key's 8 bytes per column, at most: its stamp (8) and live flag (1), the
+# index's buckets (int32, 2 to 4 per slot: 16) and the frequency sketch's counters (4 rows of 4 to 8 one-byte cells
+# per slot: 32). All numpy arrays of the capacity, allocated up front.
+ENTRY_OVERHEAD_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,16 @@ def from_codes(codes: np.ndarray, dtypes: list[str]) -> list[np.ndarray]:
 ADMISSIONS = ("frequency", "all")
 
 
+def mix(codes: np.ndarray) -> np.ndarray:
+    """[M] uint64 hashes of [M, k] int64 codes: each column mixed into a running hash (multiply, xor-shift)."""
+    mixed = np.zeros(len(codes), np.uint64)
+    with np.errstate(over="ignore"):
+        for column in codes.T.astype(np.uint64):
+            mixed = (mixed ^ column) * np.uint64(0xBF58476D1CE4E5B9)
+            mixed ^= mixed >> np.uint64(31)
+    return mixed
+
+
 class FrequencySketch:
     """How often each key was looked up lately: a count-min sketch (DEPTH rows of 4-bit counters, a key's count the
     least of its cells), every counter halved once `period` keys have been counted, so old popularity fades."""
@@ -96,12 +106,8 @@ class FrequencySketch:
 
     def _cells(self, codes: np.ndarray) -> np.ndarray:
         """[DEPTH, M] cell of each of M keys ([M, k] int64 codes) in each row."""
-        mixed = np.zeros(len(codes), np.uint64)
         with np.errstate(over="ignore"):
-            for column in codes.T.astype(np.uint64):  # a multiply-xorshift mix of each column into the running hash
-                mixed = (mixed ^ column) * np.uint64(0xBF58476D1CE4E5B9)
-                mixed ^= mixed >> np.uint64(31)
-            return (mixed[None, :] * self.SEEDS[:, None]) >> np.uint64(64 - self.bits)
+            return (mix(codes)[None, :] * self.SEEDS[:, None]) >> np.uint64(64 - self.bits)
 
     def count(self, codes: np.ndarray) -> np.ndarray:
         """Count each of these distinct keys once more; return their counts."""
@@ -119,6 +125,81 @@ class FrequencySketch:
         return self.table[np.arange(self.DEPTH)[:, None], cells].min(axis=0)
 
 
+class KeyIndex:
+    """Key codes -> slots, as numpy arrays and no Python object a key: open addressing over `buckets` (a power of two,
+    at least twice the slots, so probe sequences stay short), linear probing, deletions marked as tombstones, which a
+    rebuild clears once they are a quarter of the buckets. Every operation takes all of a request's keys at once: one
+    numpy step a probe position, not a Python step a key."""
+
+    EMPTY, DELETED = -1, -2
+
+    def __init__(self, capacity: int, key_width: int):
+        self.bits = max(4, int(np.ceil(np.log2(max(8, 2 * capacity)))))
+        self.buckets = np.full(1 << self.bits, self.EMPTY, np.int32)
+        self.codes = np.zeros((capacity, key_width), np.int64)  # each slot's key
+        self.live = np.zeros(capacity, bool)
+        self.deleted = 0
+
+    def __len__(self) -> int:
+        return int(self.live.sum())
+
+    def find(self, codes: np.ndarray) -> np.ndarray:
+        """The slot of each of [M, k] codes, -1 where absent."""
+        return self._probe(codes)[0]
+
+    def insert(self, codes: np.ndarray, slots: np.ndarray) -> None:
+        """Index absent, distinct [M, k] codes at free `slots`."""
+        self.codes[slots], self.live[slots] = codes, True
+        self._place(codes, slots.astype(np.int32))
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Forget the keys of these slots."""
+        found, positions = self._probe(self.codes[slots])
+        self.buckets[positions[found >= 0]] = self.DELETED
+        self.live[slots] = False
+        self.deleted += int((found >= 0).sum())
+        if self.deleted * 4 > len(self.buckets):
+            self.buckets.fill(self.EMPTY)
+            self.deleted = 0
+            held = np.flatnonzero(self.live)
+            self._place(self.codes[held], held.astype(np.int32))
+
+    def _home(self, codes: np.ndarray) -> np.ndarray:
+        return (mix(codes) >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def _probe(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(each key's slot or -1, the bucket where it was found or its probe ended)."""
+        mask = len(self.buckets) - 1
+        slots, positions = np.full(len(codes), -1, np.int64), self._home(codes)
+        pending = np.arange(len(codes))
+        while len(pending):
+            held = self.buckets[positions[pending]]
+            match = held >= 0
+            match[match] = (self.codes[held[match]] == codes[pending[match]]).all(axis=1)
+            slots[pending[match]] = held[match]
+            going = ~match & (held != self.EMPTY)  # a tombstone or another key: look further
+            pending = pending[going]
+            positions[pending] = (positions[pending] + 1) & mask
+        return slots, positions
+
+    def _place(self, codes: np.ndarray, slots: np.ndarray) -> None:
+        """Put each slot in the first free bucket of its key's probe sequence; keys that want the same bucket take it in
+        turn."""
+        mask = len(self.buckets) - 1
+        positions, pending = self._home(codes), np.arange(len(codes))
+        while len(pending):
+            free = self.buckets[positions[pending]] < 0
+            wanted, first = np.unique(positions[pending[free]], return_index=True)
+            taken = self.buckets[wanted] == self.DELETED
+            self.deleted -= int(taken.sum())
+            self.buckets[wanted] = slots[pending[free][first]]
+            placed = np.zeros(len(pending), bool)
+            placed[np.flatnonzero(free)[first]] = True
+            moving = pending[~free]
+            positions[moving] = (positions[moving] + 1) & mask  # the others try the same bucket again: now taken
+            pending = pending[~placed]
+
+
 class RowCache:
     """Rows of the cached outputs by key within `budget_bytes`: least recently used rows are the victims, and once
     the cache is full a new row takes a victim's place only if it is asked for more often (module docstring)."""
@@ -132,8 +213,7 @@ class RowCache:
         self.sketch = FrequencySketch(self.capacity) if admission == "frequency" else None
         self.tables = {name: _table(self.capacity, s) for name, s in rows.items()}
         self.stamp = np.zeros(self.capacity, np.int64)  # the request that last used each slot
-        self.slot_key: list[bytes | None] = [None] * self.capacity
-        self.index: dict[bytes, int] = {}
+        self.index = KeyIndex(self.capacity, key_width)
         self.used = 0  # slots ever filled; the rest are free
         self.clock = 0
         self.hits = self.misses = self.evictions = 0  # distinct keys found, distinct keys computed, rows dropped
@@ -147,24 +227,23 @@ class RowCache:
     def lookup(self, codes: np.ndarray, compute) -> dict[str, np.ndarray]:
         """The rows for [L, k] key codes, in order; compute([M, k] codes of distinct missing keys) -> {name: [M, ...]}."""
         unique, inverse = distinct(codes)
-        keys = np.ascontiguousarray(unique).view(np.dtype((np.void, unique.itemsize * unique.shape[1])))[:, 0].tolist()  # bytes
         with self.lock:
             self.clock += 1
-            slots = np.fromiter((self.index.get(k, -1) for k in keys), np.int64, len(keys))
+            slots = self.index.find(unique)
             found = slots >= 0
             self.stamp[slots[found]] = self.clock
             missing = np.flatnonzero(~found)
-            self.hits += len(keys) - len(missing)
+            self.hits += len(unique) - len(missing)
             self.misses += len(missing)
             counts = self.sketch.count(unique) if self.sketch is not None else None
             if not len(missing):
                 return self._gather(slots[inverse])
             computed = compute(unique[missing])
-            kept, victims = self._admit(missing, counts) if len(keys) <= self.capacity else (missing[:0], None)
+            kept, victims = self._admit(missing, counts) if len(unique) <= self.capacity else (missing[:0], None)
             self.admitted += len(kept)  # (a request larger than the cache keeps nothing: it would evict its own rows)
             self.rejected += len(missing) - len(kept)
             if len(kept):
-                slots[kept] = self._claim([keys[j] for j in kept], victims)
+                slots[kept] = self._claim(unique[kept], victims)
                 position = np.searchsorted(missing, kept)  # kept is a subset of missing, both ascending
                 for name, table in self.tables.items():
                     table[slots[kept]] = computed[name][position]
@@ -179,7 +258,7 @@ class RowCache:
         if counts is None or len(missing) <= room:
             return missing, None
         lru = self._least_recent(len(missing) - room)
-        victim_counts = self.sketch.estimate(self._codes(lru))
+        victim_counts = self.sketch.estimate(self.index.codes[lru])
         order = np.argsort(victim_counts, kind="stable")
         by_count = missing[np.argsort(-counts[missing], kind="stable")]
         contenders = by_count[room:room + len(lru)]
@@ -192,29 +271,22 @@ class RowCache:
         n = min(n, len(older))
         return older[np.argpartition(self.stamp[older], n - 1)[:n]] if n else older[:0]
 
-    def _codes(self, slots: np.ndarray) -> np.ndarray:
-        """The key codes of the rows in these slots."""
-        return np.frombuffer(b"".join(self.slot_key[s] for s in slots.tolist()), np.int64).reshape(len(slots), self.key_width)
-
     def _gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         # np.take copies whole rows; measured 6.4 ms against 7.7 for fancy indexing (medium model, L=10,000)
         return {name: np.take(table, slots, axis=0) for name, table in self.tables.items()}
 
-    def _claim(self, keys: list[bytes], victims: np.ndarray | None = None) -> np.ndarray:
-        """Slots for new keys: free ones first, then `victims`, or where None those least recently used by earlier
-        requests."""
-        fresh = min(len(keys), self.capacity - self.used)
+    def _claim(self, codes: np.ndarray, victims: np.ndarray | None = None) -> np.ndarray:
+        """Slots for new keys ([M, k] codes): free ones first, then `victims`, or where None those least recently used
+        by earlier requests."""
+        fresh = min(len(codes), self.capacity - self.used)
         slots = np.arange(self.used, self.used + fresh)
-        if fresh < len(keys):  # the cache is full (fresh slots are all taken, so none of them can be a victim)
-            victims = self._least_recent(len(keys) - fresh) if victims is None else victims
-            for slot in victims:
-                del self.index[self.slot_key[slot]]
+        if fresh < len(codes):  # the cache is full (fresh slots are all taken, so none of them can be a victim)
+            victims = self._least_recent(len(codes) - fresh) if victims is None else victims
+            self.index.remove(victims)
             self.evictions += len(victims)
             slots = np.concatenate([slots, victims])
         self.used += fresh
-        for key, slot in zip(keys, slots.tolist()):
-            self.index[key] = slot
-            self.slot_key[slot] = key
+        self.index.insert(codes, slots)
         self.stamp[slots] = self.clock
         return slots
 

@@ -43,7 +43,7 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
 def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint, admission):
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"
-    budget = 200_000  # about 200 rows of the tiny model in each of stca_split's two instances: one user fits, two do not
+    budget = 150_000  # about 200 rows of the tiny model in each of stca_split's two instances: one user fits, two do not
     build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,  # every request through the cache
                       emit=EmitConfig(history_cache_bytes=budget, history_cache_admission=admission, history_cache_skip=False)))
     parameters = read_config(out / SPLIT / "config.pbtxt").parameters

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, CachedEncoder, CacheWorth, RowCache, RowKey, RowRate, RowSpec,
-                                        distinct, from_codes, key_codes)
+from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, CachedEncoder, CacheWorth, KeyIndex, RowCache, RowKey,
+                                        RowRate, RowSpec, distinct, from_codes, key_codes)
 
 SPEC = {"rows": RowSpec("float32", (3,))}
 
@@ -23,7 +23,7 @@ def cache_of(entries: int, key_width: int = 2, admission: str = "frequency") -> 
 
 
 def held(cache: RowCache) -> set[tuple]:
-    return {tuple(np.frombuffer(k, np.int64)) for k in cache.index}
+    return {tuple(codes) for codes in cache.index.codes[cache.index.live]}
 
 
 def codes(*keys) -> np.ndarray:
@@ -196,3 +196,29 @@ def test_the_cached_encoder_skips_a_cache_that_does_not_pay_and_both_paths_answe
     for _ in range(CacheWorth.PROBE_EVERY):
         encoder(repeated)
     assert encoder.bypassed == bypassed and encoder.cache.hits > 0  # the cache is back: every request goes through it
+
+
+def test_the_key_index_answers_as_a_dict_would_through_inserts_removals_and_rebuilds():
+    """Random keys (the index at its full load, so probe sequences collide) inserted, found, removed and found again,
+    against a dict; enough removals that the tombstones force rebuilds."""
+    rng = np.random.default_rng(4)
+    index, reference = KeyIndex(300, 2), {}
+    free = list(range(300))
+    rebuilt = 0
+    for _ in range(200):
+        removing = rng.choice(list(reference.values()), min(len(reference), 40), replace=False) if reference else []
+        if len(removing):
+            tombstones = index.deleted
+            index.remove(np.array(removing))
+            rebuilt += index.deleted < tombstones + len(removing)  # the tombstones were cleared
+            reference = {k: s for k, s in reference.items() if s not in set(removing)}
+            free += list(removing)
+        new = {tuple(k) for k in rng.integers(0, 1_000, (60, 2))} - set(reference)
+        new = np.array(sorted(new)[: len(free)], np.int64).reshape(-1, 2)
+        slots = np.array([free.pop() for _ in range(len(new))], np.int64)
+        index.insert(new, slots)
+        reference.update({tuple(k): int(s) for k, s in zip(new, slots)})
+        asked = np.concatenate([new, rng.integers(0, 1_000, (50, 2))])
+        np.testing.assert_array_equal(index.find(asked), [reference.get(tuple(k), -1) for k in asked])
+        assert len(index) == len(reference)
+    assert rebuilt > 0
