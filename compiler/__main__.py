@@ -109,7 +109,8 @@ def build_config(args):
                         baselines=args.baselines, ort_trt_accelerator=args.ort_trt_accelerator,
                         response_cache=args.response_cache, history_cache_bytes=args.history_cache_bytes,
                         history_cache_admission=args.history_cache_admission, history_cache_skip=args.history_cache_skip,
-                        history_cache_at=args.history_cache_at, split_processes=args.split_processes),
+                        history_cache_at=args.history_cache_at, split_processes=args.split_processes,
+                        queue_limit=args.queue_limit),
         engines=EngineConfig(profiles=tuple(Profile.parse(p) for p in args.profile), timing_cache=args.timing_cache),
         accept_accuracy_loss=args.accept_accuracy_loss,
     )
@@ -181,6 +182,9 @@ def _build_serving_arguments(b: argparse.ArgumentParser) -> None:
                    help="python target: a full row cache that costs more than it saves on the traffic of late is skipped, "
                         "one request in 16 still going through it to notice when it would pay again (the default); "
                         "--no-history-cache-skip consults it on every request")
+    b.add_argument("--queue-limit", type=int, default=16, metavar="N",
+                   help="requests each served model keeps waiting beyond those its instances run; more are refused at once "
+                        "with a retryable error (HTTP 503) instead of waiting ever longer under overload (default 16; 0: no limit)")
     b.add_argument("--history-cache-at", choices=["encoder", "scorer"],
                    help="with the halves in two processes: the one holding the row cache, the history encoder's (default), "
                         "or the scorer's, so only the row keys cross between the two steps instead of the cut")

@@ -37,6 +37,7 @@ class EmitConfig:
     # response_cache or history_cache_at names a model of two), 2 on the other targets
     history_cache_at: str | None = None  # two processes: the one holding the row cache, the history encoder's (None) or the
     # scorer's, where only the row keys cross between the ensemble's steps instead of the cut tensors
+    queue_limit: int = 16  # requests each model keeps waiting beyond those its instances run; more are refused (0: no limit)
     warmup_history: int = 2_000
     warmup_candidates: int = 128
 
@@ -62,6 +63,8 @@ class EmitConfig:
             raise CompilerError(f"history cache admission: {self.history_cache_admission!r} is not one of {ADMISSIONS}")
         if self.history_cache_bytes < 0:
             raise CompilerError(f"history cache bytes: {self.history_cache_bytes} must be at least 0 (0 turns the cache off)")
+        if self.queue_limit < 0:
+            raise CompilerError(f"queue limit: {self.queue_limit} must be at least 0 (0: no limit)")
         if self.cpu_threads < 0:
             raise CompilerError(f"cpu threads: {self.cpu_threads} must be at least 1 (or 0: this machine's)")
         if self.device is not None and self.device not in DEVICES:

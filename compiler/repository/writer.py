@@ -37,7 +37,7 @@ from compiler.passes.row_locality import RowGraphs
 from compiler.passes.partition import Split
 from compiler.repository import budget
 from compiler.repository.deployment import Deployment, EmitConfig
-from compiler.repository.reader import SPLIT_ENCODER_FILE, read_config, write_config
+from compiler.repository.reader import SPLIT_ENCODER_FILE, read_config, update_config, write_config
 from compiler.runtime.ort import OrtGraph
 
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
@@ -103,7 +103,19 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         written += _naive_model(repo, graphs.whole, contract, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
             written += _torch_model(repo, graphs.whole, graphs.checkpoint, contract, placements[TORCH])
+    if cfg.options.queue_limit:
+        for model in sorted({p.parent.name for p in written if p.name == "config.pbtxt"} - {ENSEMBLE}):
+            update_config(repo, model, lambda config: bound_queue(config, cfg.options.queue_limit))  # the same file
     return written
+
+
+def bound_queue(config: mc.ModelConfig, limit: int) -> None:
+    """At most `limit` requests wait for the model's instances; one more is refused at once (HTTP 503, gRPC UNAVAILABLE,
+    "Exceeds maximum queue size"), which a client may retry, where an unbounded queue would make every request wait
+    longer under overload, the answered ones included. Triton's queue policy belongs to its dynamic batcher; with
+    max_batch_size 0 the batcher forms no batches (each request runs alone, as before) and only bounds the queue."""
+    config.dynamic_batching.default_queue_policy.max_queue_size = limit
+    config.dynamic_batching.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
 
 
 def _composing_model(repo, name, graph, contract, warmup, cfg: Deployment, placements: dict, plans=None, cache: bool = False,

@@ -179,3 +179,17 @@ def test_warmup_values_without_the_cut_are_refused(tmp_path, graphs):
     request_only = {k: v for k, v in warmup.items() if k not in {t.name for t in cut.tensors}}
     with pytest.raises(CompilerError, match="the warmup values lack"):
         emit(tmp_path, g, limits, ("finish", "skip", "like"), request_only, resolve_deployment(EmitConfig(), "python"))
+
+
+@pytest.mark.parametrize("target", ["python", "onnxruntime"])
+def test_every_served_model_bounds_its_queue_and_the_ensemble_has_none(tmp_path, graphs, target):
+    configs = emitted(tmp_path / "bounded", graphs, target=target, baselines=True, queue_limit=5)
+    for name, config in configs.items():
+        policy = config.dynamic_batching.default_queue_policy
+        if name == ENSEMBLE:  # it has no queue: its steps' queues bound it
+            assert not config.HasField("dynamic_batching")
+        else:
+            assert (policy.max_queue_size, policy.timeout_action) == (5, mc.ModelQueuePolicy.REJECT), name
+            assert config.max_batch_size == 0 and not config.dynamic_batching.preferred_batch_size  # no batches formed
+    unbounded = emitted(tmp_path / "unbounded", graphs, target=target, queue_limit=0)
+    assert not any(config.HasField("dynamic_batching") for config in unbounded.values())
