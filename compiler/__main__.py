@@ -182,9 +182,10 @@ def _build_serving_arguments(b: argparse.ArgumentParser) -> None:
                    help="python target: a full row cache that costs more than it saves on the traffic of late is skipped, "
                         "one request in 16 still going through it to notice when it would pay again (the default); "
                         "--no-history-cache-skip consults it on every request")
-    b.add_argument("--queue-limit", type=int, default=16, metavar="N",
-                   help="requests each served model keeps waiting beyond those its instances run; more are refused at once "
-                        "with a retryable error (HTTP 503) instead of waiting ever longer under overload (default 16; 0: no limit)")
+    b.add_argument("--queue-limit", type=int, default=0, metavar="N",
+                   help="requests each model of the ensemble keeps waiting beyond those its instances run; more are refused at once "
+                        "with a retryable error (HTTP 503) instead of waiting ever longer under overload (e.g. 16; default 0: no limit, "
+                        "as the bound's dispatch costs throughput on a small machine: docs/serving.md, Overload)")
     b.add_argument("--history-cache-at", choices=["encoder", "scorer"],
                    help="with the halves in two processes: the one holding the row cache, the history encoder's (default), "
                         "or the scorer's, so only the row keys cross between the two steps instead of the cut")

@@ -37,7 +37,8 @@ class EmitConfig:
     # response_cache or history_cache_at names a model of two), 2 on the other targets
     history_cache_at: str | None = None  # two processes: the one holding the row cache, the history encoder's (None) or the
     # scorer's, where only the row keys cross between the ensemble's steps instead of the cut tensors
-    queue_limit: int = 16  # requests each model keeps waiting beyond those its instances run; more are refused (0: no limit)
+    queue_limit: int = 0  # requests each step of the ensemble keeps waiting beyond those its instances run; more are
+    # refused at once (writer.bound_queue); 0: no limit, the default, as the bound's dispatch costs throughput on a small machine
     warmup_history: int = 2_000
     warmup_candidates: int = 128
 

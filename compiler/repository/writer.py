@@ -103,8 +103,8 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         written += _naive_model(repo, graphs.whole, contract, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
             written += _torch_model(repo, graphs.whole, graphs.checkpoint, contract, placements[TORCH])
-    if cfg.options.queue_limit:
-        for model in sorted({p.parent.name for p in written if p.name == "config.pbtxt"} - {ENSEMBLE}):
+    if cfg.options.queue_limit:  # the ensemble's steps, which its requests queue for; not the baselines
+        for model in [VALIDATOR] * validated + [model for model, _, _ in steps]:
             update_config(repo, model, lambda config: bound_queue(config, cfg.options.queue_limit))  # the same file
     return written
 

@@ -1,7 +1,7 @@
 """Faults on a real tritonserver under load: a model's process killed, the whole server killed. Every answer a client
 receives is right, the errors in the gap are the retryable kind, readiness (a scored request) is false in the gap and
 true after, the supervisor heals without an operator, and retrying clients see no error at all. An overloaded server
-refuses the surplus at once. And the memory the server needs, measured after the largest request, against a limit."""
+refuses the surplus at once. A small row cache evicting under concurrent callers stays exact. And the memory the server needs, measured after the largest request, against a limit."""
 
 import os
 import signal
@@ -19,6 +19,7 @@ from compiler.serving import memory
 from compiler.serving.client import ScoringClient, retryable
 from compiler.serving.probe import probe
 from compiler.serving.server import ServerConfig, TritonServer, stub_processes
+from compiler.serving.server_stats import history_cache_counters
 from compiler.serving.supervisor import Supervisor
 from compiler.stca.checkpoint import load_model
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
@@ -212,3 +213,22 @@ def test_an_overloaded_server_refuses_at_once_and_answers_the_admitted_right(tmp
             np.testing.assert_allclose(scores, expected[request], rtol=0, atol=1e-4)
         assert len(answered) == 2 * 16 * 4 - without and server.can_score()
     print(f"\nqueue of 1, 16 callers x 4 requests: refused without retries {without}, with 8 retries 0")
+
+
+def test_a_small_cache_evicting_under_concurrent_callers_stays_exact(tmp_path, tiny_checkpoint, traffic_and_expected):
+    """A row cache of about 140 rows an instance, below the traffic's rows (60 a request, six requests), and four
+    callers at once: rows are evicted while other requests read the cache, and every answer is still exact."""
+    model = load_model(tiny_checkpoint)
+    traffic = [{k: v[-60:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic_and_expected[0]]
+    expected = [model.score(r) for r in traffic]
+    out = tmp_path / "repo"
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,
+                      emit=EmitConfig(history_cache_bytes=100_000, history_cache_admission="all", history_cache_skip=False)))
+    with TritonServer(ServerConfig.on_free_ports(out)) as server:
+        with Load(server.cfg.http_url, traffic, retrying=4, once=0) as load:
+            time.sleep(4.0)
+        counters = history_cache_counters(server.cfg.metrics_url, SPLIT)
+    assert counters["evictions"] > 0 and counters["hits"] > 0
+    assert_every_answer_right(load, expected)
+    assert load.errors["retrying"] == []
+    print(f"\nsmall cache under 4 callers: {len(load.answers)} answers, all exact; counters {counters}")

@@ -182,12 +182,12 @@ def test_warmup_values_without_the_cut_are_refused(tmp_path, graphs):
 
 
 @pytest.mark.parametrize("target", ["python", "onnxruntime"])
-def test_every_served_model_bounds_its_queue_and_the_ensemble_has_none(tmp_path, graphs, target):
+def test_the_ensembles_steps_bound_their_queues_and_the_ensemble_and_baselines_do_not(tmp_path, graphs, target):
     configs = emitted(tmp_path / "bounded", graphs, target=target, baselines=True, queue_limit=5)
     for name, config in configs.items():
         policy = config.dynamic_batching.default_queue_policy
-        if name == ENSEMBLE:  # it has no queue: its steps' queues bound it
-            assert not config.HasField("dynamic_batching")
+        if name in (ENSEMBLE, FUSED, NAIVE):  # the ensemble has no queue of its own; the baselines are references
+            assert not config.HasField("dynamic_batching"), name
         else:
             assert (policy.max_queue_size, policy.timeout_action) == (5, mc.ModelQueuePolicy.REJECT), name
             assert config.max_batch_size == 0 and not config.dynamic_batching.preferred_batch_size  # no batches formed
