@@ -138,10 +138,10 @@ class KeyIndex:
         self.buckets = np.full(1 << self.bits, self.EMPTY, np.int32)
         self.codes = np.zeros((capacity, key_width), np.int64)  # each slot's key
         self.live = np.zeros(capacity, bool)
-        self.deleted = 0
+        self.size = self.deleted = 0  # keys held; buckets marked deleted
 
     def __len__(self) -> int:
-        return int(self.live.sum())
+        return self.size
 
     def find(self, codes: np.ndarray) -> np.ndarray:
         """The slot of each of [M, k] codes, -1 where absent."""
@@ -150,6 +150,7 @@ class KeyIndex:
     def insert(self, codes: np.ndarray, slots: np.ndarray) -> None:
         """Index absent, distinct [M, k] codes at free `slots`."""
         self.codes[slots], self.live[slots] = codes, True
+        self.size += len(slots)
         self._place(codes, slots.astype(np.int32))
 
     def remove(self, slots: np.ndarray) -> None:
@@ -157,6 +158,7 @@ class KeyIndex:
         found, positions = self._probe(self.codes[slots])
         self.buckets[positions[found >= 0]] = self.DELETED
         self.live[slots] = False
+        self.size -= len(slots)
         self.deleted += int((found >= 0).sum())
         if self.deleted * 4 > len(self.buckets):
             self.buckets.fill(self.EMPTY)
@@ -247,7 +249,12 @@ class RowCache:
                 position = np.searchsorted(missing, kept)  # kept is a subset of missing, both ascending
                 for name, table in self.tables.items():
                     table[slots[kept]] = computed[name][position]
-            return {name: _assemble(self.tables[name][slots[found]], found, computed[name], inverse) for name in self.tables}
+            row_slots = slots[inverse]  # each request row's slot: found or just kept; -1 where computed and not kept
+            if (row_slots >= 0).all():
+                return self._gather(row_slots)
+            in_table = row_slots >= 0
+            from_computed = np.searchsorted(missing, inverse[~in_table])  # its key's place among the computed
+            return {name: _assemble(table, row_slots, in_table, computed[name], from_computed) for name, table in self.tables.items()}
 
     def _admit(self, missing: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Which computed keys to keep (indices into this request's distinct keys, ascending), and the rows they
@@ -308,12 +315,15 @@ def _table(capacity: int, spec: RowSpec) -> np.ndarray:
     return np.frombuffer(memory, spec.dtype).reshape(capacity, *spec.row_shape)
 
 
-def _assemble(found_rows: np.ndarray, found: np.ndarray, computed: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """Rows in request order from the distinct keys' rows, some found and some computed."""
-    distinct = np.empty((len(found), *computed.shape[1:]), computed.dtype)
-    distinct[found] = found_rows
-    distinct[~found] = computed
-    return distinct[inverse]
+def _assemble(table: np.ndarray, row_slots: np.ndarray, in_table: np.ndarray, computed: np.ndarray,
+              from_computed: np.ndarray) -> np.ndarray:
+    """Rows in request order, each copied once: from the table where the row is in it, else from the computed rows
+    (one gather a source, straight into the answer: a copy of the distinct keys' rows first, then the request's
+    order, cost the demo model 1.7 of 4.4 ms a request at L=2,000)."""
+    rows = np.empty((len(row_slots), *table.shape[1:]), table.dtype)
+    rows[in_table] = np.take(table, row_slots[in_table], axis=0)
+    rows[~in_table] = computed[from_computed]
+    return rows
 
 
 @dataclass(frozen=True)
