@@ -101,7 +101,8 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
     default; for stca_split and the fused baseline (each runs a whole request), all cores in one instance, one
     instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
     cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache never spins; it runs
-    one instance in three candidates (one cache, its threads varied) and the plan's instances in the fourth, each a
+    its default (one instance, or stca_split's plan's instances), one instance on all cores and on half of them, and
+    the plan's instances (a repeat, dropped, where the default is that), each a
     process with its own cache of the budget's share: a request whose rows sit in the other instance's cache computes
     them again, and concurrent requests run in parallel instead of queueing for the one process (served on never-repeating
     item ids, demo model, 2 cores: 2x1 served 1.9x what 1x2 did at concurrency 2 and 4; benchmarks/row_cache_unique.py),
