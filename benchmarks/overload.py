@@ -32,7 +32,7 @@ from compiler.core.machine import machine, versions
 from compiler.serving import memory
 from compiler.serving.client import ScoringClient
 from compiler.serving.probe import probe
-from compiler.serving.server import ServerConfig, TritonServer, stub_processes
+from compiler.serving.server import ServerConfig, TritonServer, resident_bytes, stub_processes
 from compiler.stca.data import sample_requests
 from compiler.stca.model import STCAConfig
 
@@ -45,9 +45,7 @@ def requests_of(config: STCAConfig, history: int, candidates: int, count: int, s
 
 
 def resident(server: TritonServer) -> int:
-    server_rss = int(next(line for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:")).split()[1]) * 1024
-    return server_rss + sum(s.resident_bytes for s in stub_processes(server.process.pid))
+    return resident_bytes(server.process.pid) + sum(s.resident_bytes for s in stub_processes(server.process.pid))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ A measurement rather than a formula because the arena's peak depends on ONNX Run
 """
 
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from compiler.core.names import ENSEMBLE
 from compiler.repository.reader import read_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import TritonServer, stub_processes
+from compiler.serving.server import TritonServer, resident_bytes, stub_processes
 
 CGROUP_LIMITS = ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
 NO_CGROUP_LIMIT = 1 << 60  # what cgroup v1 reports for "no limit" is near 2^63; anything this large is none
@@ -114,7 +115,7 @@ def measure(server: TritonServer, limit: MemoryLimit) -> MemoryReport:
     contract = reader.contract
     reader.close()
     request = contract.generate(contract.sizes(contract.max_history or 1, contract.max_candidates), seed=0)
-    copies, errors = max(_instances(server).values(), default=1), []
+    copies, errors = max(Counter(server.stub_instances().values()).values(), default=1), []
 
     def send():
         try:
@@ -139,26 +140,12 @@ def measure(server: TritonServer, limit: MemoryLimit) -> MemoryReport:
         models.append(ModelMemory(model, tuple(s.resident_bytes for s in stubs if s.model == model),
                                   max(0, budgets.get(model, 0) - int(held))))
     largest = f"{copies} concurrent request(s) of {_describe(contract)}"
-    return MemoryReport(tuple(models), _resident(server.process.pid), limit, largest)
-
-
-def _instances(server: TritonServer) -> dict[str, int]:
-    counts = {}
-    for model in server.stub_instances().values():
-        counts[model] = counts.get(model, 0) + 1
-    return counts
+    return MemoryReport(tuple(models), resident_bytes(server.process.pid), limit, largest)
 
 
 def _describe(contract) -> str:
     return f"{contract.describe(contract.history_dim, contract.max_history)}, {contract.describe(contract.candidate_dim, contract.max_candidates)}" \
         if contract.history_dim else contract.describe(contract.candidate_dim, contract.max_candidates)
-
-
-def _resident(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _mib(n: int) -> str:

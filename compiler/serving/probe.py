@@ -67,9 +67,9 @@ def probe(url: str, model: str = ENSEMBLE, timeout_s: float = 10.0, requests: in
     one most often idle to take the next request)."""
     try:
         config = _call(f"http://{url}/v2/models/{model}/config", None, timeout_s)
-        contract = json.loads(config["parameters"][CONTRACT_PARAMETER]["string_value"])
+        body = smallest_request(json.loads(config["parameters"][CONTRACT_PARAMETER]["string_value"]))
         for _ in range(requests):
-            answer = _call(f"http://{url}/v2/models/{model}/infer", smallest_request(contract), timeout_s)
+            answer = _call(f"http://{url}/v2/models/{model}/infer", body, timeout_s)
             result = _scored(model, answer)
             if not result.ok:
                 return result

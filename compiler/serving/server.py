@@ -115,6 +115,7 @@ class TritonServer:
         self.cfg = cfg
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
+        self._stub_instances: dict[str, str] | None = None
 
     def __enter__(self) -> "TritonServer":
         self.start()
@@ -140,6 +141,7 @@ class TritonServer:
             if port_in_use(cfg.host, port):
                 raise CompilerError(f"serve: {name} port {cfg.host}:{port} is already in use; pick another with --{name}-port")
         install = _find_install(cfg.tritonserver)
+        self._stub_instances = None  # the configs as this start serves them
         self._workdir = Path(tempfile.mkdtemp(prefix="stca-triton-"))
         command = [
             str(install.binary),
@@ -224,7 +226,9 @@ class TritonServer:
 
     def stub_instances(self) -> dict[str, str]:
         """Each Python-backend model instance the repository asks for (Triton names them <model>_<group>_<index>) ->
-        its model."""
+        its model. Read from the configs once per start: the supervisor asks every half second."""
+        if self._stub_instances is not None:
+            return self._stub_instances
         instances = {}
         for path in sorted(Path(self.cfg.repo).glob("*/config.pbtxt")):
             config = read_config(path)
@@ -233,6 +237,7 @@ class TritonServer:
             for g, group in enumerate(config.instance_group or [None]):
                 for i in range(group.count if group is not None and group.count else 1):
                     instances[f"{config.name}_{g}_{i}"] = config.name
+        self._stub_instances = instances
         return instances
 
     def dead_models(self) -> list[str]:
@@ -308,6 +313,14 @@ def stub_processes(group: int) -> list[StubProcess]:
         except (OSError, IndexError, ValueError, StopIteration):
             continue  # ended while being read, or not ours to read
     return sorted(stubs, key=lambda s: s.instance)
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def die_with_parent() -> None:
