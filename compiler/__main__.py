@@ -16,6 +16,7 @@ from pathlib import Path
 from compiler.core.errors import CompilerError
 from compiler.core.log import configure, log
 from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
+from compiler.serving.proxy import ROUTES
 
 # ---------------------------------------------------------------------------------------------------------- arguments
 
@@ -340,6 +341,12 @@ def cmd_serve(args) -> int:
     from compiler.serving.supervisor import serve_forever
 
     limit = MemoryLimit(args.memory_limit, "--memory-limit") if args.memory_limit else None
+    if args.replicas > 1:
+        from compiler.serving.replicas import ReplicasConfig, serve_replicas_forever
+
+        serve_replicas_forever(ReplicasConfig(args.repo, args.replicas, args.route, args.host, args.http_port, args.grpc_port,
+                                              tritonserver=args.tritonserver), limit)
+        return 0
     serve_forever(serve_config(args), limit, check_memory=args.memory_check)
     return 0
 
@@ -366,6 +373,12 @@ def _serve_parser(sub) -> None:
     s.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True,
                    help="at start, send the largest request to every instance, print each process's resident memory and "
                         "what the row caches may still take, and stop if the total exceeds the limit (the default)")
+    s.add_argument("--replicas", type=int, default=1, metavar="R",
+                   help="serve R replicas of the repository, each on its share of the cores and of the row cache's budget, "
+                        "behind nginx on --http-port/--grpc-port (default 1: one server, no proxy)")
+    s.add_argument("--route", choices=ROUTES, default="affinity",
+                   help="with --replicas: affinity (each user's requests to one replica, by consistent hashing of the "
+                        "stca-user-key header; the default) or round-robin")
     s.set_defaults(handler=cmd_serve)
 
 # -------------------------------------------------------------------------------------------------------------- score

@@ -14,6 +14,22 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
     fi
 fi
 
+# nginx routes between replica servers (`compiler serve --replicas`); the distribution's service must not start with it
+# (the project starts its own nginx, on its own ports), so a policy-rc.d refuses service starts during the install.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing nginx-light (the proxy in front of replicas)"
+        policy=/usr/sbin/policy-rc.d
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        fi
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    else
+        echo "setup: warning: nginx is missing; \`serve --replicas\` and its tests need it (apt-get install nginx-light)" >&2
+    fi
+fi
+
 stamp=.venv/.stca-setup
 want=$(cat pyproject.toml requirements/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

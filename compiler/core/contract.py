@@ -92,6 +92,13 @@ class Contract:
         return tuple(i.name for i in self.inputs if self.history_dim is not None and i.dims[:1] == (self.history_dim,))
 
     @property
+    def user_inputs(self) -> tuple[str, ...]:
+        """The request-level inputs that say who the user is: those without a row per history item (STCA's user_features),
+        which stay the same from one of a user's visits to the next while the history grows and ages. A router keys on
+        them (compiler.serving.routing)."""
+        return tuple(name for name in self.request_inputs if name not in self.history_inputs)
+
+    @property
     def max_history(self) -> int:
         return self.limits.get(self.history_dim, 0) if self.history_dim else 0
 

@@ -14,8 +14,6 @@ container or a binary on PATH) and does not start the embedded one with the Pyth
 package serves with; the sweep here is small enough to run directly.
 """
 
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT, VALIDAT
 from compiler.measure.perf import perf, write_input_file
 from compiler.repository import budget, manifest
 from compiler.repository.budget import ThreadBudget
-from compiler.repository.reader import cache_holder, composing, update_config
+from compiler.repository.reader import cache_holder, composing, linked_copy
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.stca.data import contract_requests, kuairand_lengths
 
@@ -73,7 +71,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
         candidates = budget.candidates(cpu_threads, holder, placed=tuple(placed))
         progress = Progress("budget", len(candidates), every_s=0)
         for index, placements in enumerate(candidates):
-            copy = _copy_with(repo, Path(scratch) / f"candidate-{index}", placements, kind=_kind(repo))
+            copy = linked_copy(repo, Path(scratch) / f"candidate-{index}", (ENSEMBLE, VALIDATOR, *PLACED))
+            budget.write_placements(copy, placements)
             entry = {"placements": {m: placements[m].to_dict() for m in placed}, "throughput": {}, "at_concurrency": {}}
             with TritonServer(ServerConfig.on_free_ports(copy)) as server:
                 url = server.cfg.http_url if cfg.protocol == "http" else server.cfg.grpc_url
@@ -92,31 +91,9 @@ def tune(cfg: TuneConfig) -> TuneResult:
             chosen.update({m: candidates[best][m] for m in served[model]})
             choice[model] = {"candidate": best, "throughput": sweep[best]["throughput"][model]}
         s.summary = "; ".join(f"{m}: {'/'.join(chosen[p].label() for p in served[m])} ({choice[m]['throughput']:.1f} req/s)" for m in tuned)
-    _write_configs(repo, chosen, _kind(repo))
+    budget.write_placements(repo, chosen)  # the configs hold what the manifest records
     tuned_budget = ThreadBudget(cpu_threads, "tune", chosen, tuning={
         "load": load, "candidates_per_request": cfg.candidates, "requests": cfg.requests, "concurrency": list(cfg.concurrency),
         "choice": choice, "sweep": sweep})
     manifest.write(repo, manifest.with_files(replace(record, thread_budget=tuned_budget), repo))
     return TuneResult(chosen, sweep, tuned_budget)
-
-
-def _kind(repo: Path) -> str:
-    """How the composing models read their threads: this package's Python-backend models, or ONNX Runtime's."""
-    return "onnxruntime" if (repo / VALIDATOR).is_dir() else "python"
-
-
-def _copy_with(repo: Path, copy: Path, placements: dict, kind: str) -> Path:
-    """The models tune serves, hard-linked (the graphs are large) with fresh config files."""
-    for model in (ENSEMBLE, VALIDATOR, *PLACED):
-        if (repo / model).is_dir():
-            shutil.copytree(repo / model, copy / model, copy_function=os.link)
-    _write_configs(copy, placements, kind)
-    return copy
-
-
-def _write_configs(repo: Path, placements: dict, kind: str) -> None:
-    """Every model's config in `repo` with its placement (update_config replaces the file: a copy's files are hard
-    links), so the configs hold what the manifest records."""
-    for model, placement in placements.items():
-        if (repo / model / "config.pbtxt").is_file():
-            update_config(repo, model, lambda config, p=placement, k=budget.config_kind(model, kind): budget.configure(config, p, k))

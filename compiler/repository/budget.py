@@ -18,11 +18,13 @@ budgets `compiler.measure.tune` measures to replace the plan with the best measu
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH
+from compiler.core.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
+from compiler.repository.reader import update_config
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,19 @@ def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:
         config.parameters["inter_op_thread_count"].string_value = "1"
     elif kind != "none":
         raise CompilerError(f"thread budget: unknown model kind {kind!r}")
+
+
+def repository_backend(repo: Path) -> str:
+    """How a built repository's composing models read their threads (config_kind's `backend`): this package's
+    Python-backend models ("python"), or ONNX Runtime's C++ backend ("onnxruntime", whose repositories have the
+    request validator)."""
+    return "onnxruntime" if (Path(repo) / VALIDATOR).is_dir() else "python"
+
+
+def write_placements(repo: Path, placements: dict[str, Placement]) -> None:
+    """Every placed model's config in `repo` with its placement (update_config replaces the file, so a hard-linked
+    copy's configs change alone)."""
+    backend = repository_backend(repo)
+    for model, placement in placements.items():
+        if (Path(repo) / model / "config.pbtxt").is_file():
+            update_config(repo, model, lambda config, p=placement, k=config_kind(model, backend): configure(config, p, k))

@@ -7,6 +7,10 @@
 The request is validated here, before anything is sent, with the contract the server's models were
 built with; the server validates again, so a client that skips this still gets a named error.
 
+Every request carries its user's routing key (compiler.serving.routing: `user_id` where the caller passes one, else a
+hash of the request's user inputs), so a proxy in front of several servers keeps each user on the one whose history
+row cache holds that user's rows.
+
 Scoring is idempotent, so a request that fails for a reason that passes (the server restarting, a model being
 reloaded after its process died, a full queue) is sent again, up to `retries` times with doubling waits; a request
 the server refuses for what it is (the contract, a model error) is not.
@@ -21,6 +25,7 @@ import numpy as np
 from compiler.core.contract import CONTRACT_PARAMETER, Contract, RequestError
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENSEMBLE
+from compiler.serving.routing import USER_KEY_HEADER, user_key
 
 # What Triton says while a model cannot answer for now: its process died (until the supervisor reloads it), it is
 # being unloaded or loaded, or its queue is full.
@@ -102,15 +107,16 @@ class ScoringClient:
                                 "version of stca-compiler?")
         return Contract.from_dict(json.loads(params[CONTRACT_PARAMETER])), tuple(filter(None, params.get("tasks", "").split(",")))
 
-    def score(self, inputs: dict) -> np.ndarray:
-        """Scores (N, T) of one request; a request that breaks the contract raises before it is sent."""
+    def score(self, inputs: dict, user_id: str | int | None = None) -> np.ndarray:
+        """Scores (N, T) of one request; a request that breaks the contract raises before it is sent. `user_id`: the
+        routing key, where the caller knows the user (default: a hash of the request's user inputs)."""
         try:
             self.contract.validate(inputs)
         except RequestError as e:
             raise CompilerError(f"request: {e}") from e
-        return self.infer(inputs)
+        return self.infer(inputs, user_id)
 
-    def infer(self, inputs: dict) -> np.ndarray:
+    def infer(self, inputs: dict, user_id: str | int | None = None) -> np.ndarray:
         """The model's first output, sent as is, without client-side validation (tests use it to reach the server's own
         checks)."""
         from tritonclient.utils import np_to_triton_dtype
@@ -121,10 +127,13 @@ class ScoringClient:
             tensor.set_data_from_numpy(value)
             tensors.append(tensor)
         output = self.contract.outputs[0]
+        key = user_key(inputs, self.contract, user_id)
+        headers = {USER_KEY_HEADER: key} if key else None
         for attempt in range(self.retries + 1):
             try:
                 deadline = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-                result = self._client.infer(self.model, tensors, outputs=[self._triton.InferRequestedOutput(output)], **deadline)
+                result = self._client.infer(self.model, tensors, outputs=[self._triton.InferRequestedOutput(output)],
+                                            headers=headers, **deadline)
                 return result.as_numpy(output)
             except Exception as e:  # noqa: BLE001  (tritonclient raises its own and the transport's errors)
                 if attempt == self.retries or not retryable(e):
@@ -132,9 +141,9 @@ class ScoringClient:
                 self.retried += 1
                 time.sleep(min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S))
 
-    def rank(self, inputs: dict) -> Ranking:
+    def rank(self, inputs: dict, user_id: str | int | None = None) -> Ranking:
         """The candidates ordered by each column of the first output (one row per candidate)."""
-        scores = self.score(inputs)
+        scores = self.score(inputs, user_id)
         scores = scores.reshape(len(scores), -1)
         tasks = self.tasks if len(self.tasks) == scores.shape[1] else tuple(f"{self.contract.outputs[0]}[{t}]" for t in range(scores.shape[1]))
         if "candidate_item_ids" in inputs:

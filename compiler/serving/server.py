@@ -13,6 +13,7 @@ ready while every request through it fails; the server runs in explicit model-co
 """
 
 import ctypes
+import functools
 import importlib.util
 import os
 import shutil
@@ -55,6 +56,7 @@ class ServerConfig:
     response_cache_bytes: int = 256 << 20  # used only by models that enable response_cache
     log_verbose: int = 0
     ready_timeout_s: float = 300.0
+    cpus: tuple[int, ...] | None = None  # the cores the server and its model processes may run on (default: the caller's)
 
     @classmethod
     def on_free_ports(cls, repo: Path, **fields) -> "ServerConfig":
@@ -108,16 +110,11 @@ def _find_install(binary: Path | None) -> _Install:
     return _Install(root / "bin" / "tritonserver", libs, root / "backends", root / "python_backend_stubs", root / "caches")
 
 
-class TritonServer:
-    """One tritonserver process. Use as a context manager, or start()/wait_ready()/stop()."""
+class Started:
+    """Something started with start(), ready after wait_ready(), ended by stop(); as a context manager, stopped when the
+    block ends or when it does not become ready."""
 
-    def __init__(self, cfg: ServerConfig):
-        self.cfg = cfg
-        self.process: subprocess.Popen | None = None
-        self._workdir: Path | None = None
-        self._stub_instances: dict[str, str] | None = None
-
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self):
         self.start()
         try:
             self.wait_ready()
@@ -128,6 +125,16 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class TritonServer(Started):
+    """One tritonserver process. Use as a context manager, or start()/wait_ready()/stop()."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._stub_instances: dict[str, str] | None = None
 
     @property
     def log_path(self) -> Path | None:
@@ -169,7 +176,7 @@ class TritonServer:
                  cfg.http_port, cfg.grpc_port, cfg.metrics_port)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=die_with_parent)
+                                            preexec_fn=functools.partial(_child_setup, cfg.cpus))
 
     def _backends(self, install: _Install) -> Path:
         """A copy of the wheel's backends with the stub for this interpreter put where Triton looks for it."""
@@ -328,6 +335,14 @@ def die_with_parent() -> None:
     dies, so a killed `serve`, `bench` or test run never leaves a tritonserver or perf_analyzer behind."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _child_setup(cpus: tuple[int, ...] | None) -> None:
+    """In the server's process before it runs: die with the parent; keep to `cpus` where given (its model processes
+    inherit the mask, and ONNX Runtime sizes nothing from it: the configs' thread counts do)."""
+    die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:

@@ -14,9 +14,11 @@ wrong score. A model that keeps dying is not reloaded forever: after MAX_HEALS h
 supervisor stops with the server's log, so a crash loop surfaces instead of hiding behind restarts.
 """
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from compiler.core.errors import CompilerError
@@ -71,11 +73,9 @@ class Supervisor:
             self.check()
 
 
-def serve_forever(cfg: ServerConfig, limit: memory.MemoryLimit | None = None, check_memory: bool = True) -> None:
-    """Check the memory the repository needs against `limit` (default: the container's or machine's), start, print
-    the endpoints, heal what dies (Supervisor) until Ctrl-C or SIGTERM, then stop cleanly."""
-    limit = limit or memory.memory_limit()
-    memory.check_budgets(cfg.repo, limit)
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM while the block runs (the previous handlers come back after it)."""
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -84,6 +84,18 @@ def serve_forever(cfg: ServerConfig, limit: memory.MemoryLimit | None = None, ch
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def serve_forever(cfg: ServerConfig, limit: memory.MemoryLimit | None = None, check_memory: bool = True) -> None:
+    """Check the memory the repository needs against `limit` (default: the container's or machine's), start, print
+    the endpoints, heal what dies (Supervisor) until Ctrl-C or SIGTERM, then stop cleanly."""
+    limit = limit or memory.memory_limit()
+    memory.check_budgets(cfg.repo, limit)
+    with stop_on_signals() as stop:
         server = TritonServer(cfg)
         server.start()
         try:
@@ -98,6 +110,3 @@ def serve_forever(cfg: ServerConfig, limit: memory.MemoryLimit | None = None, ch
         finally:
             server.stop()
         log.info("serve: stop requested; server stopped")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
