@@ -113,7 +113,18 @@ def _docs(root: Path) -> list[Path]:
 
 
 def _run_files(out: Path, results: dict, check: bool) -> list[Path]:
-    """results.md and the plots of one run: those that differ (check) or changed (written by bench_report.write)."""
+    """results.md and the plots of one run: those that differ (check) or changed (written by bench_report.write). A run
+    of a benchmark script of its own (results.json names its "suite") has its script's files: here only the results.md
+    of those in SCRIPT_RUNS, by own_markdown."""
+    if "suite" in results and results["suite"] not in SCRIPT_RUNS:
+        return []
+    if "suite" in results:
+        md, text = out / "results.md", own_markdown(results)
+        if md.is_file() and md.read_text() == text:
+            return []
+        if not check:
+            md.write_text(text)
+        return [md]
     files = [out / "results.md", *(out / name for name in bench_report.PLOTS)]
     if check:
         drawn = set(bench_report.plot_files(results))
@@ -273,10 +284,49 @@ def headline_fidelity(r: dict, b: Block) -> list[str]:
             f"report.md), not from a benchmark run. {_where(r, b)}"]
 
 
+def replicas(r: dict, b: Block | None = None) -> list[str]:
+    """benchmarks/replicas.py: one server against two replicas behind the proxy, by routing, on one cache budget."""
+    lines = [f"{r['machine']}; onnxruntime {r['versions'].get('onnxruntime', '?')}; {r['requests']} requests from "
+             f"{r['users']} users ({r['traffic']['visits']} visits each, mean history {r['mean_history']:.0f} rows, "
+             f"N={r['candidates']}), concurrency {r['concurrency']}; working set {r['working_set_rows']:,} rows of "
+             f"{r['entry_bytes']:,} B; total row cache budget {r['budget_bytes'] / 2**20:.1f} MiB ({r['budget_fraction']:g} of "
+             "the working set), split evenly over the processes that hold a cache.",
+             "",
+             "| way | hit rate | simulated | req/s | p50 ms | p99 ms | max ms | users per replica |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for way, row in r["ways"].items():
+        sim = r.get("simulated", {}).get(way)
+        lines.append(f"| {way} | {row['hit_rate']:.3f} | {'-' if sim is None else f'{sim:.3f}'} | {row['throughput']:.1f} | "
+                     f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.0f} | "
+                     f"{'/'.join(map(str, row.get('users_per_replica', []))) or '-'} |")
+    if "working_set_over_replicas" in r:
+        lines += ["", f"Simulated: benchmarks/cache_sim.py's replay of the same requests through the served cache, one at a "
+                      f"time (two caches spread at random for the server's two instances and for round-robin; nginx's own "
+                      f"placement of the users for affinity). With affinity the two replicas' working sets add up to "
+                      f"{r['working_set_over_replicas']:.2f}x the traffic's: rows of items many users share are needed on both."]
+    killed = [row for row in r["ways"].values() if "survivor_hit_rate_after_kill" in row]
+    if killed:
+        lines += ["", f"With replica 0 killed halfway, all {r['requests']} requests were answered without a client retry; "
+                      f"the survivor's hit rate after the kill was {killed[0]['survivor_hit_rate_after_kill']:.3f} (it took "
+                      "replica 0's users, whose rows it had not cached)."]
+    return lines
+
+
 KINDS: dict[str, Callable[[dict, Block], list[str]]] = {
     "summary": summary, "memory": memory, "int8": int8, "latency": latency, "tuning": tuning, "headline-split": headline_split,
     "headline-repeated": headline_repeated, "headline-int8": headline_int8, "headline-fidelity": headline_fidelity,
+    "replicas": replicas,
 }
+# Runs that a benchmark script of their own records (results.json's "suite"): results.md's title and table.
+SCRIPT_RUNS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
+    "replicas": ("Two replicas: routing and the row cache", replicas),
+}
+
+
+def own_markdown(results: dict) -> str:
+    """results.md of a SCRIPT_RUNS run: its title, the command that recorded it, its table."""
+    title, table = SCRIPT_RUNS[results["suite"]]
+    return f"# {title}\n\nReproduce: `{results['command']}`\n\n" + "\n".join(table(results)) + "\n"
 
 
 def _repeated(r: dict) -> dict:

@@ -15,7 +15,7 @@ from compiler.measure import bench, bench_report
 from compiler.measure.docs_tables import RESULTS, regenerate, render
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = sorted(p.parent.name for p in (ROOT / RESULTS).glob("*/results.json"))
+RUNS = sorted(p.parent.name for p in (ROOT / RESULTS).glob("*/results.json") if "suite" not in json.loads(p.read_text()))  # `compiler bench`'s
 RUN = "repeated-users-demo"  # the copies' run: two plots, so regenerating it draws little
 GRID_ONLY = ("models", "histories", "candidates", "cell_budget_s")  # config fields only the grid suite reads
 
