@@ -25,6 +25,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -103,18 +104,23 @@ def hit_rate(cache: dict) -> float:
     return cache.get("hits", 0.0) / looked_up if looked_up else 0.0
 
 
-def drive(url: str, model: str, requests: list[dict], concurrency: int) -> tuple[float, list[float]]:
-    """Send every request once, in order, from `concurrency` threads; (wall seconds, latencies in ms)."""
+def drive(url: str, model: str, requests: list[dict], concurrency: int, retries: int = 5,
+          midway: Callable[[], None] | None = None) -> tuple[float, list[float]]:
+    """Send every request once, in order, from `concurrency` threads, each with its user's routing key; (wall seconds,
+    latencies in ms). A request that fails after the client's `retries` raises. `midway` is called once, by the thread
+    about to send the middle request."""
     position, lock, latencies, errors = iter(range(len(requests))), threading.Lock(), [], []
 
     def client_loop():
-        client = ScoringClient(url, "http", model=model, timeout_s=600.0)
+        client = ScoringClient(url, "http", model=model, timeout_s=600.0, retries=retries)
         try:
             while True:
                 with lock:
                     k = next(position, None)
                 if k is None:
                     return
+                if midway is not None and k == len(requests) // 2:
+                    midway()
                 start = time.perf_counter()
                 client.score(requests[k])
                 latencies.append(1e3 * (time.perf_counter() - start))

@@ -26,9 +26,9 @@ from compiler.core.errors import CompilerError
 from compiler.core.log import log
 from compiler.repository import budget, manifest
 from compiler.repository.reader import cache_holder, linked_copy, update_config
-from compiler.serving.proxy import Proxy, ProxyConfig
-from compiler.serving.server import ServerConfig, Started, TritonServer
 from compiler.serving import memory
+from compiler.serving.proxy import Proxy, ProxyConfig
+from compiler.serving.server import ServerConfig, Started, TritonServer, free_port
 from compiler.serving.supervisor import Supervisor, stop_on_signals
 
 
@@ -38,7 +38,7 @@ class ReplicasConfig:
     replicas: int = 2
     route: str = "affinity"  # compiler.serving.proxy.ROUTES
     host: str = "127.0.0.1"  # the proxy's address; the replicas listen on free ports of 127.0.0.1
-    http_port: int = 8000
+    http_port: int = 8000  # 0: a port free when the proxy starts (chosen then: one chosen earlier may be taken meanwhile)
     grpc_port: int = 8001
     cores: tuple[int, ...] | None = None  # the cores to share out (default: those this process may run on)
     tritonserver: Path | None = None
@@ -103,8 +103,8 @@ class Replicas(Started):
             server.wait_ready(stop=stop)
         if stop is None or not stop.is_set():
             cfg = self.cfg
-            self.proxy = Proxy(ProxyConfig(tuple(s.cfg for s in self.servers), cfg.route, cfg.host, cfg.http_port, cfg.grpc_port,
-                                           cfg.nginx))
+            self.proxy = Proxy(ProxyConfig(tuple(s.cfg for s in self.servers), cfg.route, cfg.host, cfg.http_port or free_port(),
+                                           cfg.grpc_port or free_port(), cfg.nginx))
             self.proxy.start()
             self.proxy.wait_ready()
 

@@ -47,11 +47,11 @@ def visits(contract) -> list[tuple[int, dict]]:
 
 @pytest.fixture(scope="module")
 def group(served_repo):
-    cfg = ReplicasConfig(served_repo, replicas=2, route="affinity", http_port=free_port(), grpc_port=free_port())
-    with Replicas(cfg) as replicas:
+    with Replicas(ReplicasConfig(served_repo, replicas=2, route="affinity", http_port=0, grpc_port=0)) as replicas:
+        proxy = replicas.proxy.cfg
         yield replicas
-    for port in (cfg.http_port, cfg.grpc_port):
-        assert not port_in_use(cfg.host, port), f"the proxy's port {port} still answers after stop()"
+    for port in (proxy.http_port, proxy.grpc_port):
+        assert not port_in_use(proxy.host, port), f"the proxy's port {port} still answers after stop()"
 
 
 def ensemble_counts(group, at_least: int = 0, timeout_s: float = 5.0) -> list[int]:
