@@ -11,8 +11,8 @@ whole traffic) is counted here, in process, with the repository's own key graph,
 is set to --budget-fraction x W rows, so it cannot hold every user's rows and routing matters. Each way of serving
 starts cold, on the same cores (all of this machine's) and the same total budget:
 
-  one server            the repository as built: stca_split's planned instances, each a process with B / instances
-  one server, one cache  stca_split as one instance on every core, holding all of B
+  one server            the repository as built: stca_split's planned instances, processes sharing one cache of B
+  one server, one process  stca_split as one instance on every core, holding B
   2 replicas, affinity   two servers, one per share of the cores, B/2 each, behind nginx hashing the user key
   2 replicas, round-robin  the same behind nginx's round-robin
   ... replica 0 killed midway  affinity, and replica 0's server and model processes SIGKILLed when half the traffic
@@ -58,7 +58,7 @@ from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from compiler.stca.model import STCAConfig
 
 KILLED = "2 replicas, affinity, replica 0 killed midway"
-WAYS = ("one server", "one server, one cache", "2 replicas, affinity", "2 replicas, round-robin", KILLED)
+WAYS = ("one server", "one server, one process", "2 replicas, affinity", "2 replicas, round-robin", KILLED)
 COUNTERS = ("hits", "misses", "evictions")
 
 
@@ -141,15 +141,15 @@ def placement(servers: list[TritonServer], url: str, requests: list[dict], keys:
 
 def simulated(keys: list[str], codes: list[np.ndarray], capacity: int, home: dict[str, int]) -> dict[str, float]:
     """What benchmarks/cache_sim.py's simulation (the served RowCache, requests in order, one at a time) predicts for
-    each way, `capacity` rows in all: one cache; two caches, requests spread at random (the server's two instances,
-    round-robin); two caches with each user where nginx placed it (`home`)."""
+    each way, `capacity` rows in all: one cache (one server, however many processes share it); two caches, requests
+    spread at random (round-robin); two caches with each user where nginx placed it (`home`)."""
     def rate(replicas: int, routing: str, placed=None) -> float:
         hits, misses = simulate(keys, codes, replicas, routing, capacity // replicas, placed=placed)
         return float(hits.sum() / (hits.sum() + misses.sum()))
 
-    spread = rate(2, "random")
-    return {"one server": spread, "one server, one cache": rate(1, "random"),
-            "2 replicas, affinity": rate(2, "affinity", np.array([home[k] for k in keys])), "2 replicas, round-robin": spread}
+    one = rate(1, "random")
+    return {"one server": one, "one server, one process": one,
+            "2 replicas, affinity": rate(2, "affinity", np.array([home[k] for k in keys])), "2 replicas, round-robin": rate(2, "random")}
 
 
 def duplication(keys: list[str], codes: list[np.ndarray], home: dict[str, int]) -> float:
@@ -191,10 +191,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stca-replicas-bench-") as scratch:
         scratch = Path(scratch)
         built = with_budget(repo, scratch / "one-server", budget_bytes)
-        one_cache = with_budget(repo, scratch / "one-cache", budget_bytes, Placement(1, cores))
+        one_process = with_budget(repo, scratch / "one-process", budget_bytes, Placement(1, cores))
         for way in WAYS:
             if way.startswith("one server"):
-                with TritonServer(ServerConfig.on_free_ports(built if way == "one server" else one_cache)) as server:
+                with TritonServer(ServerConfig.on_free_ports(built if way == "one server" else one_process)) as server:
                     row = measure([server], server.cfg.http_url, requests, args.concurrency)
             elif way == KILLED:
                 with Replicas(ReplicasConfig(built, 2, "affinity", http_port=0, grpc_port=0)) as group:

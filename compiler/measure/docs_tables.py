@@ -301,7 +301,7 @@ def replicas(r: dict, b: Block | None = None) -> list[str]:
                      f"{'/'.join(map(str, row.get('users_per_replica', []))) or '-'} |")
     if "working_set_over_replicas" in r:
         lines += ["", f"Simulated: benchmarks/cache_sim.py's replay of the same requests through the served cache, one at a "
-                      f"time (two caches spread at random for the server's two instances and for round-robin; nginx's own "
+                      f"time (one cache for one server; two caches spread at random for round-robin, and with nginx's own "
                       f"placement of the users for affinity). With affinity the two replicas' working sets add up to "
                       f"{r['working_set_over_replicas']:.2f}x the traffic's: rows of items many users share are needed on both."]
     killed = [row for row in r["ways"].values() if "survivor_hit_rate_after_kill" in row]

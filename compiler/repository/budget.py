@@ -80,12 +80,11 @@ MAX_PLANNED_INSTANCES = 4  # each instance is a process holding its own copy of 
 def default_placements(cpu_threads: int, instances: int | None = None, cache_holder: str | None = None) -> dict[str, Placement]:
     """The unmeasured default for `cpu_threads` cores: see the module docstring. `instances` (the build's
     --instances) fixes the copies of each model, which split the cores between them. The model holding the history
-    row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) keeps the plan's instances,
-    each a process with its own cache of the budget's share, except the scorer, which runs one instance on every core:
-    a request whose rows sit in another instance's cache computes them again, but one instance makes every request
-    queue for one process. In stca_split the plan's two single-threaded instances served 1.9x what one two-thread
-    instance did on never-repeating traffic and 1.13x on repeated users, at the same hit rate (demo model, 2 cores;
-    benchmarks/row_cache_unique.py, docs/benchmarks.md)."""
+    row cache (compiler/runtime/row_cache.py; `cache_holder`, SPLIT, ENCODER or SCORER) runs processes that share the
+    one cache: stca_split the plan's instances (one instance would make every request queue for one process), the
+    history encoder one (with its rows cached it is the lighter half), the scorer one on every core. In stca_split the plan's two single-threaded instances served 1.9x what
+    one two-thread instance did on never-repeating traffic (demo model, 2 cores; benchmarks/row_cache_unique.py,
+    docs/benchmarks.md)."""
     if cpu_threads < 1:
         raise CompilerError(f"thread budget: cpu_threads = {cpu_threads} must be at least 1")
     copies = instances or min(cpu_threads, MAX_PLANNED_INSTANCES)
@@ -104,9 +103,8 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
     instance per core, ONNX Runtime's default, and two-thread instances (stca_split's plan is one of these up to 8
     cores). The PyTorch and point-wise baselines keep the plan's. The model holding a row cache never spins; it runs
     its default (one instance, or stca_split's plan's instances), one instance on all cores and on half of them, and
-    the plan's instances (a repeat, dropped, where the default is that), each a
-    process with its own cache of the budget's share: a request whose rows sit in the other instance's cache computes
-    them again, and concurrent requests run in parallel instead of queueing for the one process (served on never-repeating
+    the plan's instances (a repeat, dropped, where the default is that), processes sharing the one cache, where
+    concurrent requests run in parallel instead of queueing for the one process (served on never-repeating
     item ids, demo model, 2 cores: 2x1 served 1.9x what 1x2 did at concurrency 2 and 4; benchmarks/row_cache_unique.py),
     so which pays is the serving machine's and the traffic's to say. Tune's load repeats a few
     requests, so their rows are all cached after one pass, and there a spinning holder measured best; on repeated-user traffic, where the holder also computes the missing rows and the other step needs a core

@@ -10,7 +10,8 @@ whose key is cached are copied from the cache; the row graph runs on the distinc
 outputs are assembled in request order.
 
 The cache is content-addressed on the whole key (KeyIndex, a hash table in numpy arrays: a hash collision is
-resolved by comparing keys, never trusted), bounded by a byte budget, and guarded by one lock. It holds rows of one set of
+resolved by comparing keys, never trusted), bounded by a byte budget, and guarded by one lock; the instances of a
+served model (processes) share one, in a SharedRegion. It holds rows of one set of
 weights: the served encoder builds it for the weight digest it loaded. Only numpy: copied beside the encoder's
 model.py as stca_row_cache.py.
 
@@ -27,21 +28,29 @@ repeat pays for the key graph, the lookups and the assembly on one request in Ca
 path answers the encoder's outputs.
 """
 
+import contextlib
+import fcntl
 import functools
+import glob
+import json
 import mmap
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-# The budget over all of a history encoder's instances (each instance, a process, holds its share). 1 GiB holds about
+# The budget of the one cache a model's instances share. 1 GiB holds about
 # 127,000 rows of the medium model's fp32 cut (8 KiB a row, plus key and index) or 470,000 of the demo's (2 KiB).
 DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
 # Bytes an entry costs beyond its rows and its key's 8 bytes per column, at most: its stamp (8) and live flag (1), the
 # index's buckets (int32, 2 to 4 per slot: 16) and the frequency sketch's counters (4 rows of 4 to 8 one-byte cells
 # per slot: 32). All numpy arrays of the capacity, allocated up front.
 ENTRY_OVERHEAD_BYTES = 64
+# What a SharedRegion holds beyond the budget: the arrays' alignment and the smallest tables' minimum sizes.
+SHARED_SLACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,113 @@ def mix(codes: np.ndarray) -> np.ndarray:
     return mixed
 
 
+class Cell:
+    """An integer attribute held in its object's `_state` array (an Arena's), so that the processes sharing the arena
+    share it: `size = Cell(0)` reads and writes `self._state[0]`."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __get__(self, obj, owner=None) -> int:
+        return int(obj._state[self.index])
+
+    def __set__(self, obj, value: int) -> None:
+        obj._state[self.index] = value
+
+
+class SharedRegion:
+    """Memory that the processes of one served model share: the first to open `name` makes it (a memfd of `nbytes`)
+    and says where, in a file in the temporary directory, the others open it through /proc. Its lock (flock on each
+    process's own open file) guards the cache across processes. Keyed by the Triton server's pid (the stubs' parent),
+    so another server, or a restarted one, never finds it; freed by the kernel when its last process ends."""
+
+    def __init__(self, name: str, nbytes: int, server: int | None = None):
+        """`server`: the pid of the process whose children share the region (default: this process's parent)."""
+        self.name, self.nbytes = f"stca-row-cache-{server or os.getppid()}-{name}", nbytes
+        where = os.path.join(tempfile.gettempdir(), self.name)
+        with open(where + ".lock", "a") as guard:  # one process decides at a time whether to make it
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            self.fd = self._open(where)
+            self.fresh = self.fd is None  # made here: this process fills its arrays
+            if self.fresh:
+                _remove_stale_region_files()
+                self.fd = os.memfd_create(self.name)
+                os.ftruncate(self.fd, nbytes)
+                with open(where, "w") as f:
+                    json.dump({"pid": os.getpid(), "fd": self.fd}, f)
+        self.memory = mmap.mmap(self.fd, nbytes)
+
+    def _open(self, where: str) -> int | None:
+        """The region another process of this model made, if it is alive and has it."""
+        try:
+            with open(where) as f:
+                made = json.load(f)
+            link = f"/proc/{made['pid']}/fd/{made['fd']}"
+            if not os.readlink(link).startswith(f"/memfd:{self.name}"):
+                return None  # the pid or the fd was reused
+            fd = os.open(link, os.O_RDWR)
+        except (OSError, ValueError, KeyError):
+            return None
+        if os.fstat(fd).st_size != self.nbytes:
+            os.close(fd)
+            return None
+        return fd
+
+    def lock(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def region_files(server: int) -> list[str]:
+    """The files in the temporary directory that say where the SharedRegions of a server's models are (a stopped
+    server's are stale: its regions ended with its processes)."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"stca-row-cache-{server}-*"))
+
+
+def _remove_stale_region_files() -> None:
+    """Those of servers that are gone (a server killed without its stop() leaves them; its regions went with it)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "stca-row-cache-*")):
+        server = os.path.basename(path).split("-")[3]
+        if server.isdigit() and not os.path.exists(f"/proc/{server}"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+class Arena:
+    """Where a row cache's arrays live: private memory, each array its own allocation (the default), or a SharedRegion,
+    the arrays laid out in the order they are asked for, so every process building the same cache finds each array at
+    the same place; only the process that made the region fills them."""
+
+    PAGE = 4096
+
+    def __init__(self, region: SharedRegion | None = None):
+        self.region, self.used = region, 0
+
+    def array(self, shape: tuple, dtype, fill=0) -> np.ndarray:
+        if self.region is None:
+            return np.full(shape, fill, dtype) if fill else np.zeros(shape, dtype)
+        view = self._view(shape, np.dtype(dtype), align=64)
+        if self.region.fresh and fill:  # the region starts zeroed
+            view.fill(fill)
+        return view
+
+    def table(self, capacity: int, spec: RowSpec) -> np.ndarray:
+        """[capacity, *row_shape] of rows, resident as they are written (_table)."""
+        if self.region is None:
+            return _table(capacity, spec)
+        return self._view((capacity, *spec.row_shape), np.dtype(spec.dtype), align=self.PAGE)
+
+    def _view(self, shape: tuple, dtype: np.dtype, align: int) -> np.ndarray:
+        start = -(-self.used // align) * align
+        count = int(np.prod(shape, dtype=np.int64))
+        self.used = start + count * dtype.itemsize
+        if self.used > self.region.nbytes:
+            raise ValueError(f"row cache: its arrays need more than the {self.region.nbytes} bytes of {self.region.name}")
+        return np.frombuffer(self.region.memory, dtype, count, start).reshape(shape)
+
+
 class FrequencySketch:
     """How often each key was looked up lately: a count-min sketch (DEPTH rows of 4-bit counters, a key's count the
     least of its cells), every counter halved once `period` keys have been counted, so old popularity fades."""
@@ -99,10 +215,18 @@ class FrequencySketch:
     # odd 64-bit multipliers: one hash a row, from the key's mixed 64 bits
     SEEDS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64)
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, arena: "Arena | None" = None):
+        arena = arena or Arena()
         self.bits = max(4, int(np.ceil(np.log2(max(16, 4 * capacity)))))  # about 4 counters a cached row, per row
-        self.table = np.zeros((self.DEPTH, 1 << self.bits), np.uint8)
-        self.period, self.counted = 10 * max(capacity, 1), 0
+        self.table = arena.array((self.DEPTH, 1 << self.bits), np.uint8)
+        self.period = 10 * max(capacity, 1)
+        self._state = arena.array((1,), np.int64)
+
+    counted = Cell(0)  # keys counted since the last halving
+
+    def clear(self) -> None:
+        self.table.fill(0)
+        self.counted = 0
 
     def _cells(self, codes: np.ndarray) -> np.ndarray:
         """[DEPTH, M] cell of each of M keys ([M, k] int64 codes) in each row."""
@@ -133,15 +257,23 @@ class KeyIndex:
 
     EMPTY, DELETED = -1, -2
 
-    def __init__(self, capacity: int, key_width: int):
+    def __init__(self, capacity: int, key_width: int, arena: "Arena | None" = None):
+        arena = arena or Arena()
         self.bits = max(4, int(np.ceil(np.log2(max(8, 2 * capacity)))))
-        self.buckets = np.full(1 << self.bits, self.EMPTY, np.int32)
-        self.codes = np.zeros((capacity, key_width), np.int64)  # each slot's key
-        self.live = np.zeros(capacity, bool)
-        self.size = self.deleted = 0  # keys held; buckets marked deleted
+        self.buckets = arena.array((1 << self.bits,), np.int32, fill=self.EMPTY)
+        self.codes = arena.array((capacity, key_width), np.int64)  # each slot's key
+        self.live = arena.array((capacity,), bool)
+        self._state = arena.array((2,), np.int64)
+
+    size, deleted = Cell(0), Cell(1)  # keys held; buckets marked deleted
 
     def __len__(self) -> int:
         return self.size
+
+    def clear(self) -> None:
+        self.buckets.fill(self.EMPTY)
+        self.live.fill(False)
+        self.size = self.deleted = 0
 
     def find(self, codes: np.ndarray) -> np.ndarray:
         """The slot of each of [M, k] codes, -1 where absent."""
@@ -204,32 +336,64 @@ class KeyIndex:
 
 class RowCache:
     """Rows of the cached outputs by key within `budget_bytes`: least recently used rows are the victims, and once
-    the cache is full a new row takes a victim's place only if it is asked for more often (module docstring)."""
+    the cache is full a new row takes a victim's place only if it is asked for more often (module docstring).
 
-    def __init__(self, budget_bytes: int, rows: dict[str, RowSpec], key_width: int, admission: str = "frequency"):
+    With a SharedRegion (`shared`), the processes of one served model hold one cache: its arrays and counts live in the
+    region and its lock is the region's. A request holds the lock to find its rows (and copy out those found), computes
+    the missing ones without it, and holds it again to keep them, so the processes compute in parallel. Should a
+    process die holding the lock, the next one to take it finds the cache marked as being changed and empties it:
+    a half-made change is never read. The budget is the whole cache's, however many processes share it."""
+
+    def __init__(self, budget_bytes: int, rows: dict[str, RowSpec], key_width: int, admission: str = "frequency",
+                 shared: SharedRegion | None = None):
         if admission not in ADMISSIONS:
             raise ValueError(f"row cache admission {admission!r} is not one of {ADMISSIONS}")
-        self.key_width = key_width
+        arena = Arena(shared)
+        self.key_width, self.shared = key_width, shared
         self.entry_bytes = sum(s.nbytes for s in rows.values()) + 8 * key_width + ENTRY_OVERHEAD_BYTES
         self.capacity = max(0, budget_bytes) // self.entry_bytes
-        self.sketch = FrequencySketch(self.capacity) if admission == "frequency" else None
-        self.tables = {name: _table(self.capacity, s) for name, s in rows.items()}
-        self.stamp = np.zeros(self.capacity, np.int64)  # the request that last used each slot
-        self.index = KeyIndex(self.capacity, key_width)
-        self.used = 0  # slots ever filled; the rest are free
-        self.clock = 0
-        self.hits = self.misses = self.evictions = 0  # distinct keys found, distinct keys computed, rows dropped
-        self.admitted = self.rejected = 0  # computed rows kept, computed rows not kept (the cache full of more asked-for rows)
+        self._state = arena.array((3,), np.int64)
+        self.sketch = FrequencySketch(self.capacity, arena) if admission == "frequency" else None
+        self.stamp = arena.array((self.capacity,), np.int64)  # the request that last used each slot
+        self.index = KeyIndex(self.capacity, key_width, arena)
+        self.tables = {name: arena.table(self.capacity, s) for name, s in rows.items()}
+        # this process's counters: distinct keys found, distinct keys computed, rows dropped (evicted, or emptied after a
+        # process died changing the cache), computed rows kept, computed rows not kept (the cache full of more asked-for
+        # rows, or the row kept meanwhile by another process)
+        self.hits = self.misses = self.evictions = self.admitted = self.rejected = 0
         self.lock = threading.Lock()
+
+    used, clock, changing = Cell(0), Cell(1), Cell(2)  # slots ever filled (the rest are free); requests; a change under way
 
     @property
     def nbytes(self) -> int:
         return len(self.index) * self.entry_bytes
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """The cache to change, alone: this process's threads and, where shared, the other processes."""
+        with self.lock:
+            if self.shared is not None:
+                self.shared.lock()
+            try:
+                if self.changing:  # a process died in the middle of a change: start again from empty
+                    self.evictions += len(self.index)
+                    self.index.clear()
+                    self.stamp.fill(0)
+                    self.used = 0
+                    if self.sketch is not None:
+                        self.sketch.clear()
+                self.changing = 1
+                yield
+                self.changing = 0  # not reached where the change raised: the next one starts from empty
+            finally:
+                if self.shared is not None:
+                    self.shared.unlock()
+
     def lookup(self, codes: np.ndarray, compute) -> dict[str, np.ndarray]:
         """The rows for [L, k] key codes, in order; compute([M, k] codes of distinct missing keys) -> {name: [M, ...]}."""
         unique, inverse = distinct(codes)
-        with self.lock:
+        with self._locked():
             self.clock += 1
             slots = self.index.find(unique)
             found = slots >= 0
@@ -240,21 +404,33 @@ class RowCache:
             counts = self.sketch.count(unique) if self.sketch is not None else None
             if not len(missing):
                 return self._gather(slots[inverse])
-            computed = compute(unique[missing])
-            kept, victims = self._admit(missing, counts) if len(unique) <= self.capacity else (missing[:0], None)
-            self.admitted += len(kept)  # (a request larger than the cache keeps nothing: it would evict its own rows)
-            self.rejected += len(missing) - len(kept)
-            if len(kept):
-                slots[kept] = self._claim(unique[kept], victims)
-                position = np.searchsorted(missing, kept)  # kept is a subset of missing, both ascending
-                for name, table in self.tables.items():
-                    table[slots[kept]] = computed[name][position]
-            row_slots = slots[inverse]  # each request row's slot: found or just kept; -1 where computed and not kept
-            if (row_slots >= 0).all():
-                return self._gather(row_slots)
-            in_table = row_slots >= 0
-            from_computed = np.searchsorted(missing, inverse[~in_table])  # its key's place among the computed
-            return {name: _assemble(table, row_slots, in_table, computed[name], from_computed) for name, table in self.tables.items()}
+            in_table = found[inverse]  # each request row: its key found (copied now, while no one can evict it)
+            rows = {name: _rows_from_table(table, slots[inverse], in_table) for name, table in self.tables.items()}
+        computed = compute(unique[missing])
+        from_computed = np.searchsorted(missing, inverse[~in_table])  # its key's place among the computed
+        for name, out in rows.items():
+            out[~in_table] = computed[name][from_computed]
+        if len(unique) <= self.capacity:  # a request larger than the cache keeps nothing: it would evict its own rows
+            with self._locked():
+                self._keep(unique, missing, counts, computed)
+        else:
+            self.rejected += len(missing)
+        return rows
+
+    def _keep(self, unique: np.ndarray, missing: np.ndarray, counts: np.ndarray | None, computed: dict) -> None:
+        """Keep the computed rows of `missing` (indices into the request's distinct keys, ascending) that no other
+        process kept meanwhile, as far as admission allows. A tick of its own: every row in the cache may be a victim,
+        the request's own found rows too (they are copied out already), so there are always enough."""
+        self.clock += 1
+        absent = missing[self.index.find(unique[missing]) < 0]
+        kept, victims = self._admit(absent, counts)
+        self.admitted += len(kept)
+        self.rejected += len(missing) - len(kept)
+        if len(kept):
+            slots = self._claim(unique[kept], victims)
+            position = np.searchsorted(missing, kept)  # kept is a subset of missing, both ascending
+            for name, table in self.tables.items():
+                table[slots] = computed[name][position]
 
     def _admit(self, missing: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Which computed keys to keep (indices into this request's distinct keys, ascending), and the rows they
@@ -273,7 +449,7 @@ class RowCache:
         return np.sort(np.concatenate([by_count[:room], contenders[wins]])), lru[order][wins]
 
     def _least_recent(self, n: int) -> np.ndarray:
-        """Up to n slots, those least recently used by earlier requests (the running request's rows are never victims)."""
+        """Up to n slots, those least recently used before this tick."""
         older = np.flatnonzero(self.stamp[: self.used] < self.clock)
         n = min(n, len(older))
         return older[np.argpartition(self.stamp[older], n - 1)[:n]] if n else older[:0]
@@ -315,14 +491,12 @@ def _table(capacity: int, spec: RowSpec) -> np.ndarray:
     return np.frombuffer(memory, spec.dtype).reshape(capacity, *spec.row_shape)
 
 
-def _assemble(table: np.ndarray, row_slots: np.ndarray, in_table: np.ndarray, computed: np.ndarray,
-              from_computed: np.ndarray) -> np.ndarray:
-    """Rows in request order, each copied once: from the table where the row is in it, else from the computed rows
-    (one gather a source, straight into the answer: a copy of the distinct keys' rows first, then the request's
-    order, cost the demo model 1.7 of 4.4 ms a request at L=2,000)."""
+def _rows_from_table(table: np.ndarray, row_slots: np.ndarray, in_table: np.ndarray) -> np.ndarray:
+    """An answer in request order with the rows found in the table copied in (each row copied once, straight into place:
+    a copy of the distinct keys' rows first, then the request's order, cost the demo model 1.7 of 4.4 ms a request at
+    L=2,000); the others are filled from the computed rows."""
     rows = np.empty((len(row_slots), *table.shape[1:]), table.dtype)
     rows[in_table] = np.take(table, row_slots[in_table], axis=0)
-    rows[~in_table] = computed[from_computed]
     return rows
 
 

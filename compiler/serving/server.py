@@ -34,6 +34,7 @@ from compiler.core.errors import CompilerError
 from compiler.core.log import log
 from compiler.core.names import ENSEMBLE
 from compiler.repository.reader import read_config
+from compiler.runtime.row_cache import region_files
 from compiler.serving.probe import probe
 
 # The environment of the server and its Python-backend stubs (they inherit it); the caller's own settings win.
@@ -287,6 +288,8 @@ class TritonServer(Started):
                 os.killpg(pgid, signal.SIGKILL)  # before waiting: a server that ignored SIGTERM must not hang its caller
         self.process.wait()  # reaped first: a zombie leader would keep its group alive for _kill_group
         _kill_group(pgid)
+        for stale in region_files(pgid):  # where its models' shared row caches were (they ended with its processes)
+            os.unlink(stale)
         self.process = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)

@@ -216,14 +216,15 @@ def test_an_overloaded_server_refuses_at_once_and_answers_the_admitted_right(tmp
 
 
 def test_a_small_cache_evicting_under_concurrent_callers_stays_exact(tmp_path, tiny_checkpoint, traffic_and_expected):
-    """A row cache of about 140 rows an instance, below the traffic's rows (60 a request, six requests), and four
-    callers at once: rows are evicted while other requests read the cache, and every answer is still exact."""
+    """A row cache of about 140 rows (shared by stca_split's instances), below the traffic's rows (60 a request, six
+    requests), and four callers at once: rows are evicted while other requests read the cache, and every answer is
+    still exact."""
     model = load_model(tiny_checkpoint)
     traffic = [{k: v[-60:] if k.startswith("history_") else v for k, v in r.items()} for r in traffic_and_expected[0]]
     expected = [model.score(r) for r in traffic]
     out = tmp_path / "repo"
     build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,
-                      emit=EmitConfig(history_cache_bytes=100_000, history_cache_admission="all", history_cache_skip=False)))
+                      emit=EmitConfig(history_cache_bytes=50_000, history_cache_admission="all", history_cache_skip=False)))
     with TritonServer(ServerConfig.on_free_ports(out)) as server:
         with Load(server.cfg.http_url, traffic, retrying=4, once=0) as load:
             time.sleep(4.0)

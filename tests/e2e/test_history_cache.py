@@ -1,6 +1,9 @@
 """The history encoder's row cache on a real tritonserver: scores equal PyTorch's on repeated-user traffic, its
 counters are on /metrics, and a small budget evicts and stays exact on a freshly started (empty) server."""
 
+import threading
+import urllib.request
+
 import numpy as np
 import pytest
 
@@ -43,7 +46,7 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
 def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_path, tiny_checkpoint, admission):
     model = load_model(tiny_checkpoint)
     out = tmp_path / "repo"
-    budget = 150_000  # about 200 rows of the tiny model in each of stca_split's two instances: one user fits, two do not
+    budget = 75_000  # about 200 rows of the tiny model, in the one cache stca_split's two instances share: one user fits, two do not
     build(BuildConfig(out=out, checkpoint=tiny_checkpoint, verify=QUICK_VERIFY,  # every request through the cache
                       emit=EmitConfig(history_cache_bytes=budget, history_cache_admission=admission, history_cache_skip=False)))
     parameters = read_config(out / SPLIT / "config.pbtxt").parameters
@@ -92,3 +95,43 @@ def test_the_cache_in_the_scorer_takes_row_keys_and_stays_exact(tmp_path, tiny_c
         counters = history_cache_counters(server.cfg.metrics_url, SCORER)
         assert counters["hits"] > 0 and counters["misses"] > 0
         assert history_cache_counters(server.cfg.metrics_url, ENCODER) == {}
+
+
+def per_instance(server: TritonServer, counter: str) -> dict[str, float]:
+    """A row cache counter of each instance of the model holding the cache, from /metrics."""
+    holder, found = cache_holder(server.cfg.repo), {}
+    with urllib.request.urlopen(server.cfg.metrics_url, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(f"stca_history_cache_{counter}{{") and f'model="{holder}"' in line:
+                found[line.split('instance="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_the_instances_share_one_cache(triton, tiny_checkpoint):
+    """stca_split's two instances (two processes) hold one cache: a request's rows computed by whichever instance
+    answered it first are found by both afterwards, so sending it again from two threads computes no row."""
+    assert len(per_instance(triton, "hits")) == 2  # the plan's two instances on two cores
+    model = load_model(tiny_checkpoint)
+    request = repeated_user_requests(model.config, RepeatedUsers(users=1, visits=1), seed=23, n_candidates=16)[0]
+    client = ScoringClient(triton.cfg.http_url)
+    client.score(request)
+    client.close()
+    hits, misses = per_instance(triton, "hits"), sum(per_instance(triton, "misses").values())
+    expected, answers = model.score(request), []
+
+    def send():  # a client per thread: one is not shared between threads
+        client = ScoringClient(triton.cfg.http_url)
+        answers.extend(client.score(request) for _ in range(6))
+        client.close()
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 12
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, rtol=0, atol=1e-4)
+    assert sum(per_instance(triton, "misses").values()) == misses  # no instance computed a row of it again
+    grew = [name for name, value in per_instance(triton, "hits").items() if value > hits.get(name, 0)]
+    assert len(grew) == 2, f"only {grew} answered: the test needs both instances to"

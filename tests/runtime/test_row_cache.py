@@ -2,13 +2,16 @@
 asked-for one, the budget holds, keys are exact, every answer is the rows the row graph computes, and a cache that
 does not pay is skipped."""
 
+import multiprocessing
+import os
 import time
 
 import numpy as np
 import pytest
 
-from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, CachedEncoder, CacheWorth, KeyIndex, RowCache, RowKey,
-                                        RowRate, RowSpec, distinct, from_codes, key_codes)
+from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, SHARED_SLACK_BYTES, CachedEncoder, CacheWorth, KeyIndex,
+                                        RowCache, RowKey, RowRate, RowSpec, SharedRegion, distinct, from_codes, key_codes,
+                                        region_files)
 
 SPEC = {"rows": RowSpec("float32", (3,))}
 
@@ -222,3 +225,70 @@ def test_the_key_index_answers_as_a_dict_would_through_inserts_removals_and_rebu
         np.testing.assert_array_equal(index.find(asked), [reference.get(tuple(k), -1) for k in asked])
         assert len(index) == len(reference)
     assert rebuilt > 0
+
+
+def shared_cache(entries: int, name: str, server: int, key_width: int = 2) -> RowCache:
+    budget = entries * (SPEC["rows"].nbytes + 8 * key_width + ENTRY_OVERHEAD_BYTES)
+    return RowCache(budget, SPEC, key_width, shared=SharedRegion(name, budget + SHARED_SLACK_BYTES, server))
+
+
+def hammer(name: str, seed: int, failures) -> None:
+    """In a child process: random requests over keys another process asks for too, each answer checked."""
+    cache = shared_cache(150, name, server=os.getppid())
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        request = rng.integers(0, 400, (rng.integers(1, 60), 2))
+        if not np.array_equal(cache.lookup(request, rows_of)["rows"], rows_of(request)["rows"]):
+            failures.put(f"process {seed}: a wrong row")
+    failures.put(("counters", cache.hits, cache.misses, cache.admitted, cache.evictions))
+
+
+@pytest.fixture
+def region_name():
+    yield f"test-{time.monotonic_ns()}"
+    for stale in region_files(os.getpid()):
+        os.unlink(stale)
+
+
+def test_processes_sharing_a_cache_find_each_others_rows_and_every_answer_is_exact(region_name):
+    """Two processes (as two instances of a served model: children of one parent) on one cache smaller than their keys:
+    each finds rows the other computed, every answer is the row graph's, and afterwards every held row is its key's."""
+    context = multiprocessing.get_context("fork")
+    name, failures = region_name, context.Queue()
+    first = shared_cache(150, name, server=os.getpid())  # made here, as the first instance would; the children open it
+    first.lookup(codes([1, 1], [2, 2]), rows_of)
+    children = [context.Process(target=hammer, args=(name, seed, failures)) for seed in (1, 2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    results = [failures.get(timeout=5) for _ in children]
+    assert all(isinstance(r, tuple) for r in results), results
+    assert all(r[0] == "counters" for r in results)
+    assert first.shared.fresh and not shared_cache(150, name, os.getpid()).shared.fresh  # a later one opens the same region
+    assert len(first.index) <= first.capacity
+    live = np.flatnonzero(first.index.live)
+    np.testing.assert_array_equal(first.tables["rows"][live], rows_of(first.index.codes[live])["rows"])
+    # what each child computed and kept, less what was evicted, is what the one cache holds
+    assert len(first.index) == 2 + sum(r[3] - r[4] for r in results)
+
+
+def die_changing(name: str) -> None:
+    cache = shared_cache(10, name, server=os.getppid())
+    with cache._locked():
+        cache.index.insert(codes([9, 9]), np.array([0]))  # half a change: indexed, its row never written
+        os._exit(1)
+
+
+def test_a_process_that_dies_changing_the_cache_leaves_it_emptied_not_half_changed(region_name):
+    context = multiprocessing.get_context("fork")
+    name = region_name
+    cache = shared_cache(10, name, server=os.getpid())
+    cache.lookup(codes([1, 1], [2, 2]), rows_of)
+    child = context.Process(target=die_changing, args=(name,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 1 and cache.changing == 1
+    out = cache.lookup(codes([9, 9], [1, 1]), rows_of)  # the next to take the lock empties the cache first
+    np.testing.assert_array_equal(out["rows"], rows_of(codes([9, 9], [1, 1]))["rows"])
+    assert cache.changing == 0 and held(cache) == {(9, 9), (1, 1)} and cache.evictions == 3

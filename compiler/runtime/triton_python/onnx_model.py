@@ -73,7 +73,7 @@ class TritonPythonModel(StcaModel):
         return outputs
 
     def _cached_encoder(self, args):
-        from stca_row_cache import CachedEncoder, RowCache, RowKey, RowSpec
+        from stca_row_cache import SHARED_SLACK_BYTES, CachedEncoder, RowCache, RowKey, RowSpec, SharedRegion
 
         spec = json.loads(self.params["history_cache"])
         with open(os.path.join(HERE, "row_graph.onnx"), "rb") as f:
@@ -90,9 +90,14 @@ class TritonPythonModel(StcaModel):
         rows = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
         keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
         instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
-        # each instance is a process with its own cache; none with a budget of 0 (every distinct row computed)
+        # the instances (each a process) share one cache of the whole budget; none with a budget of 0 (every distinct
+        # row computed)
         admission = self.params.get("history_cache_admission", "frequency")
-        cache = RowCache(self.cache_bytes // instances, rows, len(keys), admission) if self.cache_bytes > 0 else None
+        shared = SharedRegion(f"{self.name}-{digest[:12]}-{self.cache_bytes}", self.cache_bytes + SHARED_SLACK_BYTES) \
+            if instances > 1 and self.cache_bytes > 0 else None
+        cache = RowCache(self.cache_bytes, rows, len(keys), admission, shared) if self.cache_bytes > 0 else None
+        # the cache's size once, from the process that made it, where processes share it (the metrics add up instances)
+        self.reports_size = shared is None or shared.fresh
         labels = {"model": self.name, "instance": args["model_instance_name"], "weights": digest[:12]}
         # A Metric must not outlive its MetricFamily, so the families are kept as long as the model.
         self.metric_families = {
@@ -123,7 +128,7 @@ class TritonPythonModel(StcaModel):
             if name not in self.metrics or value == self.reported[name]:
                 continue
             if name in ("entries", "bytes"):
-                self.metrics[name].set(value)
+                self.metrics[name].set(value if self.reports_size else 0)
             else:
                 self.metrics[name].increment(value - self.reported[name])
             self.reported[name] = value
