@@ -49,6 +49,8 @@ DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
 # index's buckets (int32, 2 to 4 per slot: 16) and the frequency sketch's counters (4 rows of 4 to 8 one-byte cells
 # per slot: 32). All numpy arrays of the capacity, allocated up front.
 ENTRY_OVERHEAD_BYTES = 64
+# Slots a full cache looks at for each row it must evict (RowCache._least_recent).
+VICTIM_SAMPLES = 8
 # What a SharedRegion holds beyond the budget: the arrays' alignment and the smallest tables' minimum sizes.
 SHARED_SLACK_BYTES = 1 << 20
 
@@ -362,6 +364,7 @@ class RowCache:
         # rows, or the row kept meanwhile by another process)
         self.hits = self.misses = self.evictions = self.admitted = self.rejected = 0
         self.lock = threading.Lock()
+        self._rng = np.random.default_rng(0)  # which slots _least_recent looks at
 
     used, clock, changing = Cell(0), Cell(1), Cell(2)  # slots ever filled (the rest are free); requests; a change under way
 
@@ -449,8 +452,15 @@ class RowCache:
         return np.sort(np.concatenate([by_count[:room], contenders[wins]])), lru[order][wins]
 
     def _least_recent(self, n: int) -> np.ndarray:
-        """Up to n slots, those least recently used before this tick."""
-        older = np.flatnonzero(self.stamp[: self.used] < self.clock)
+        """Up to n slots used least recently before this tick: exactly where the cache holds at most VICTIM_SAMPLES x n
+        rows, else the n oldest of VICTIM_SAMPLES x n slots drawn at random (sampled LRU, as Redis evicts), so that
+        choosing costs what the victims number, not what the cache holds: a scan of a full 1 GiB cache of the demo
+        model's rows (500,000) took 5.5 of a 12 ms lookup, in process, a request of 2,000 rows with 300 new."""
+        if self.used <= VICTIM_SAMPLES * n:
+            candidates = np.arange(self.used)
+        else:
+            candidates = np.unique(self._rng.integers(0, self.used, VICTIM_SAMPLES * n))
+        older = candidates[self.stamp[candidates] < self.clock]
         n = min(n, len(older))
         return older[np.argpartition(self.stamp[older], n - 1)[:n]] if n else older[:0]
 
