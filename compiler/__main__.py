@@ -393,7 +393,7 @@ def cmd_score(args) -> int:
     inputs = score_request(args, client.contract)
     if args.save_request is not None:
         save_request(args.save_request, inputs)
-    print(client.rank(inputs).table(args.top))  # the ranking is this command's output, not a log line
+    print(client.rank(inputs, args.user_id).table(args.top))  # the ranking is this command's output, not a log line
     return 0
 
 
@@ -421,6 +421,8 @@ def _score_parser(sub) -> None:
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--save-request", type=Path, help="also write the request sent as JSON")
     sc.add_argument("--top", type=int, default=10)
+    sc.add_argument("--user-id", help="the routing key sent with the request (a proxy keeps each user on one replica; "
+                                      "default: a hash of the request's user inputs)")
     sc.set_defaults(handler=cmd_score)
 
 # -------------------------------------------------------------------------------------------------------------- bench
