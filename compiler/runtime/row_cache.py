@@ -407,12 +407,15 @@ class RowCache:
             counts = self.sketch.count(unique) if self.sketch is not None else None
             if not len(missing):
                 return self._gather(slots[inverse])
-            in_table = found[inverse]  # each request row: its key found (copied now, while no one can evict it)
-            rows = {name: _rows_from_table(table, slots[inverse], in_table) for name, table in self.tables.items()}
+            # every request row copied now, while no one can evict it: the found ones from their slots, the others from
+            # slot 0 as a placeholder, overwritten once computed (one take of all the rows: copying the found rows alone
+            # into place, through a mask, made a lookup 8.4 ms against 6.1, in process, L=7,000, 94% found)
+            rows = self._gather(np.where(found, slots, 0)[inverse])
         computed = compute(unique[missing])
-        from_computed = np.searchsorted(missing, inverse[~in_table])  # its key's place among the computed
+        not_found = np.flatnonzero(~found[inverse])
+        from_computed = np.searchsorted(missing, inverse[not_found])  # its key's place among the computed
         for name, out in rows.items():
-            out[~in_table] = computed[name][from_computed]
+            out[not_found] = computed[name][from_computed]
         if len(unique) <= self.capacity:  # a request larger than the cache keeps nothing: it would evict its own rows
             with self._locked():
                 self._keep(unique, missing, counts, computed)
@@ -499,15 +502,6 @@ def _table(capacity: int, spec: RowSpec) -> np.ndarray:
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(memory, spec.dtype).reshape(capacity, *spec.row_shape)
-
-
-def _rows_from_table(table: np.ndarray, row_slots: np.ndarray, in_table: np.ndarray) -> np.ndarray:
-    """An answer in request order with the rows found in the table copied in (each row copied once, straight into place:
-    a copy of the distinct keys' rows first, then the request's order, cost the demo model 1.7 of 4.4 ms a request at
-    L=2,000); the others are filled from the computed rows."""
-    rows = np.empty((len(row_slots), *table.shape[1:]), table.dtype)
-    rows[in_table] = np.take(table, row_slots[in_table], axis=0)
-    return rows
 
 
 @dataclass(frozen=True)
