@@ -51,6 +51,8 @@ DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
 ENTRY_OVERHEAD_BYTES = 64
 # Slots a full cache looks at for each row it must evict (RowCache._least_recent).
 VICTIM_SAMPLES = 8
+# How long a process opening a SharedRegion waits for the one that made it to fill its arrays.
+MADE_TIMEOUT_S = 60.0
 # What a SharedRegion holds beyond the budget: the arrays' alignment and the smallest tables' minimum sizes.
 SHARED_SLACK_BYTES = 1 << 20
 
@@ -354,7 +356,7 @@ class RowCache:
         self.key_width, self.shared = key_width, shared
         self.entry_bytes = sum(s.nbytes for s in rows.values()) + 8 * key_width + ENTRY_OVERHEAD_BYTES
         self.capacity = max(0, budget_bytes) // self.entry_bytes
-        self._state = arena.array((3,), np.int64)
+        self._state = arena.array((4,), np.int64)
         self.sketch = FrequencySketch(self.capacity, arena) if admission == "frequency" else None
         self.stamp = arena.array((self.capacity,), np.int64)  # the request that last used each slot
         self.index = KeyIndex(self.capacity, key_width, arena)
@@ -365,8 +367,17 @@ class RowCache:
         self.hits = self.misses = self.evictions = self.admitted = self.rejected = 0
         self.lock = threading.Lock()
         self._rng = np.random.default_rng(0)  # which slots _least_recent looks at
+        if shared is None or shared.fresh:
+            self.made = 1
+        else:  # the process that made the region may still be filling its arrays
+            deadline = time.monotonic() + MADE_TIMEOUT_S
+            while not self.made:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"row cache: {shared.name} was not made within {MADE_TIMEOUT_S:.0f}s")
+                time.sleep(0.01)
 
-    used, clock, changing = Cell(0), Cell(1), Cell(2)  # slots ever filled (the rest are free); requests; a change under way
+    # slots ever filled (the rest are free); requests; a change under way; the arrays filled by the process that made them
+    used, clock, changing, made = Cell(0), Cell(1), Cell(2), Cell(3)
 
     @property
     def nbytes(self) -> int:
