@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import sys
@@ -41,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from cache_sim import key_graph, request_keys, simulate, working_set  # benchmarks/cache_sim.py, beside this file
 
+from compiler.core.artifacts import MANIFEST
 from compiler.core.machine import machine, versions
 from compiler.core.names import ENSEMBLE, SPLIT
 from compiler.measure.bench_repeated import drive
@@ -77,6 +79,7 @@ def with_budget(repo: Path, copy: Path, budget_bytes: int, placement: Placement 
         config.parameters["history_cache_skip"].string_value = "0"
 
     linked_copy(repo, copy)
+    shutil.copy2(repo / MANIFEST, copy / MANIFEST)  # the build record, which Replicas reads (a copy, not a link)
     update_config(copy, cache_holder(repo), change)
     if placement is not None:
         budget.write_placements(copy, {SPLIT: placement})

@@ -9,7 +9,6 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from compiler.core.artifacts import MANIFEST
 from compiler.core.names import COMPOSING, ENCODER, ENSEMBLE, SCORER, SPLIT
 
 SPLIT_ENCODER_FILE = "encoder.onnx"  # beside stca_split's model.onnx (the scorer): the graph that runs first
@@ -43,14 +42,10 @@ def cache_holder(repo: Path) -> str | None:
 
 def linked_copy(repo: Path, copy: Path, models: tuple[str, ...] | None = None) -> Path:
     """A copy of a repository's model directories (every one, or those of `models` it has), hard-linked: the graphs
-    are large. Change its configs with update_config, which replaces a file instead of writing through the link. The
-    build record (manifest.json) is copied, not linked, where the repository has one: it describes the build, and
-    a copy whose configs change does not serve the files it lists."""
+    are large. Change its configs with update_config, which replaces a file instead of writing through the link."""
     for model in sorted(p.parent.name for p in Path(repo).glob("*/config.pbtxt")):
         if models is None or model in models:
             shutil.copytree(Path(repo) / model, Path(copy) / model, copy_function=os.link)
-    if (Path(repo) / MANIFEST).is_file():
-        shutil.copy2(Path(repo) / MANIFEST, Path(copy) / MANIFEST)
     return Path(copy)
 
 

@@ -59,9 +59,9 @@ def core_shares(cores: tuple[int, ...], replicas: int) -> list[tuple[int, ...]]:
 
 
 def replica_repository(repo: Path, copy: Path, cores: int, replicas: int) -> Path:
-    """A hard-linked copy of `repo` configured as one of `replicas` replicas on `cores` cores (module docstring)."""
-    record = manifest.read(repo)
-    if record.thread_budget is None:
+    """A hard-linked copy of `repo`'s models configured as one of `replicas` replicas on `cores` cores (module
+    docstring)."""
+    if manifest.read(repo).thread_budget is None:
         raise CompilerError(f"replicas: {repo} was built for a GPU target; on a GPU, run one server per GPU behind the "
                             "ingress (docs/deploy/)")
     linked_copy(repo, copy)

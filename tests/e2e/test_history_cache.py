@@ -37,7 +37,11 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
     after = cache_counters(triton)
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     assert hits > 0 and misses > 0
-    assert after["rejected"] == 0 and after["admitted"] == after["misses"]  # a cache with room keeps every computed row
+    # a cache with room keeps every row computed for these requests (sent one at a time)
+    assert after["admitted"] - before["admitted"] == misses and after["rejected"] == before["rejected"]
+    # since the server started: every computed row kept, or not kept because the other instance kept it meanwhile
+    # (both instances run their warmup request when they load, perhaps at once); nothing evicted
+    assert after["admitted"] + after["rejected"] == after["misses"] and after["evictions"] == 0
     assert after["entries"] == after["admitted"] - after["evictions"]
     assert 0 < after["bytes"] <= EmitConfig().history_cache_bytes
 
@@ -64,8 +68,9 @@ def test_a_small_budget_evicts_or_refuses_and_a_fresh_server_starts_empty(tmp_pa
             np.testing.assert_allclose(client.score(request), model.score(request), rtol=0, atol=1e-4)
         client.close()
         counters = cache_counters(server)
-    if admission == "all":  # plain LRU: every computed row is kept, the least recently used go
-        assert counters["evictions"] > 0 and counters["rejected"] == 0
+    if admission == "all":  # plain LRU: every computed row is kept, the least recently used go (a row is not kept only
+        # where the other instance kept it first: their warmups may run at once, before `first`)
+        assert counters["evictions"] > 0 and counters["rejected"] == first["rejected"]
     else:  # a full cache keeps a new row only over a less asked-for one: the rest are refused
         assert counters["rejected"] > 0 and counters["admitted"] + counters["rejected"] == counters["misses"]
     assert counters["bytes"] <= budget
