@@ -107,7 +107,7 @@ def build_config(args):
         precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration,
                                   int8_high_precision=args.int8_high_precision, cut=args.cut_dtype, int8_form=args.int8_form),
         emit=EmitConfig(target=args.target, instances=args.instances, device=args.device, cpu_threads=args.cpu_threads,
-                        baselines=args.baselines, ort_trt_accelerator=args.ort_trt_accelerator,
+                        baselines=args.baselines, ort_trt_accelerator=args.ort_trt_accelerator, fused_attention=args.fused_attention,
                         response_cache=args.response_cache, history_cache_bytes=args.history_cache_bytes,
                         history_cache_admission=args.history_cache_admission, history_cache_skip=args.history_cache_skip,
                         history_cache_at=args.history_cache_at, split_processes=args.split_processes,
@@ -164,6 +164,9 @@ def _build_target_arguments(b: argparse.ArgumentParser) -> None:
                         "machine's); python -m compiler tune then measures the best split of them")
     b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
+    b.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a CPU: run attention as ONNX Runtime's fused MultiHeadAttention, which never holds the N x L "
+                        "scores (the default); --no-fused-attention keeps the exported MatMul/Softmax form")
 
 
 def _build_serving_arguments(b: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
-"""build(): the pipeline, stage after stage: load -> export -> partition -> precision -> verify -> lint -> history
-cache -> engines -> emit.
+"""build(): the pipeline, stage after stage: load -> export -> partition -> precision -> attention -> verify -> lint ->
+history cache -> engines -> emit.
 
 Every stage is a function from plain artifacts to plain artifacts (the stage folders of compiler/); this module
 only calls them in order, gates on verification, and writes the repository, manifest.json and report.md
@@ -26,6 +26,7 @@ from compiler.load.subject import Subject
 from compiler.load.user_model import UserModelSpec, load_user_model, opset_of
 from compiler.passes import lint, row_locality
 from compiler.passes.cut_dtype import narrow_cut
+from compiler.passes.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_attention
 from compiler.passes.row_locality import RowGraphs, RowLocality
 from compiler.passes.layer_norm_rows import layer_norms_on_rows
 from compiler.passes.partition import Split, split
@@ -111,11 +112,14 @@ def build(cfg: BuildConfig) -> BuildResult:
     subject, whole, parts = load_and_split(cfg, deployment.target, cut_precision)
     precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cut_precision)
     with _calibration_set(cfg, subject) as calibration:
-        attempt, kept = _convert_within_gates(cfg, subject, parts, whole, calibration, int8_form, cut_precision, precision)
+        attempt, kept = _convert_within_gates(cfg, subject, parts, whole, calibration, int8_form, cut_precision, precision,
+                                              deployment.fuses_attention)
     halves, verification = attempt.made, attempt.verification
     with stage("lint") as s:
-        lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt")
-        s.summary = f"TensorRT-compatible: {lint.summary(lint_reports)}"
+        lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt",
+                                  onnxruntime_ops=frozenset({(FUSED_DOMAIN, FUSED_OP)}) if deployment.fuses_attention else frozenset())
+        ours = " but for ONNX Runtime's fused attention" if any(r.onnxruntime_nodes for r in lint_reports) else ""
+        s.summary = f"TensorRT-compatible{ours}: {lint.summary(lint_reports)}"
     if not verification.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
                             "nothing was written (--accept-accuracy-loss writes it anyway)")
@@ -163,9 +167,10 @@ def _deployment(cfg: BuildConfig) -> tuple[Deployment, str]:
 
 
 def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whole, calibration, int8_form: str,
-                          cut_precision: str, precision: str) -> tuple[Attempt, tuple]:
-    """Convert, narrow the cut, verify; an int8 build keeps the layers that cost the ranking most in float until its
-    gates pass (compiler.precision.int8_fallback). Returns the attempt kept (its `made`: the Halves) and those layers."""
+                          cut_precision: str, precision: str, fuses_attention: bool) -> tuple[Attempt, tuple]:
+    """Convert, narrow the cut, fuse the attention where the deployment runs it fused, verify; an int8 build keeps the
+    layers that cost the ranking most in float until its gates pass (compiler.precision.int8_fallback). Returns the
+    attempt kept (its `made`: the Halves) and those layers."""
 
     def attempt(kept) -> Attempt:
         with stage("precision") as s:
@@ -175,12 +180,26 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
                 f"; {len(kept)} layer(s) kept in float" if kept else "")
         if cut_precision == "fp16":
             halves = _narrow_cut(halves, subject)
+        if fuses_attention:
+            halves = _fuse_attention(halves)
         served = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
         return Attempt(halves, verify(subject, served.score, precision, cfg.verify))
 
     if "int8" not in (cfg.precision.encoder_precision, cfg.precision.scorer_precision):
         return attempt([]), ()
     return keep_float_until_the_gates_pass(attempt, lambda: rank_layers(parts, cfg.precision, calibration, int8_form, subject))
+
+
+def _fuse_attention(halves: Halves) -> Halves:
+    """Every graph's attention as ONNX Runtime's fused kernel where it matches (compiler.passes.fused_attention): a
+    float attention; an fp16 one keeps its form."""
+    with stage("attention") as s:
+        fused = {name: fuse_attention(graph) if graph is not None else (None, 0) for name, graph in
+                 (("encoder", halves.split.encoder), ("scorer", halves.split.scorer), ("fused", halves.whole))}
+        s.summary = "attention layers run fused: " + ", ".join(
+            f"{name} {count}" for name, (graph, count) in fused.items() if graph is not None)
+    split = replace(halves.split, encoder=fused["encoder"][0], scorer=fused["scorer"][0])
+    return replace(halves, split=split, whole=fused["fused"][0])
 
 
 def _warmup(cfg: BuildConfig, subject: Subject, halves: Halves) -> dict:

@@ -40,6 +40,18 @@ def test_build_writes_the_two_graphs_manifest_and_report(built):
 
 
 @pytest.mark.slow
+def test_a_cpu_build_serves_every_scorer_attention_fused_and_says_so(built):
+    encoder, scorer = (onnx.load(str(path)) for path in half_files(built))
+    layers = json.loads((built / "manifest.json").read_text())["model_config"]["n_layers"]
+    assert sum(n.op_type == "MultiHeadAttention" for n in scorer.graph.node) == layers
+    assert not any(n.op_type == "Softmax" for n in scorer.graph.node)
+    assert not any(n.domain for n in encoder.graph.node)  # the encoder attends to no candidate: as exported
+    lint = {r["graph"]: r for r in json.loads((built / "manifest.json").read_text())["lint"]}
+    assert lint["scorer"]["ok"] and lint["scorer"]["onnxruntime_nodes"] == layers
+    assert f"scorer {layers} layers" in (built / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_manifest_verification_covers_the_required_cases_within_1e_4(built):
     v = json.loads((built / "manifest.json").read_text())["verification"]
     cases = {(c["L"], c["N"]) for c in v["cases"]}

@@ -77,7 +77,7 @@ def test_build_config_carries_every_stage_option():
                              "--calibration", "cal", "--int8-high-precision", "fp16", "--int8-form", "cpu", "--cut-dtype", "fp16",
                              "--attention", "auto", "--expected-candidates", "64", "--expected-history", "700", "--max-history",
                              "900", "--max-candidates", "300", "--opset", "17", "--cpu-threads", "4", "--instances", "2",
-                             "--baselines", "--split-processes", "2", "--history-cache-bytes", "512M", "--history-cache-at",
+                             "--baselines", "--no-fused-attention", "--split-processes", "2", "--history-cache-bytes", "512M", "--history-cache-at",
                              "scorer", "--no-history-cache-skip", "--profile", "L=1:2:3,N=1:4:8", "--profile", "L=1:1:1,N=2:2:2", "--accept-accuracy-loss"))
     assert (cfg.out, cfg.preset, cfg.checkpoint, cfg.user_model) == (Path("r"), "tiny", None, None)
     assert (cfg.attention, cfg.expected_candidates, cfg.expected_history, cfg.max_history, cfg.max_candidates, cfg.opset) == (
@@ -87,7 +87,7 @@ def test_build_config_carries_every_stage_option():
         "int8", None, "fp16", Path("cal"), "fp16", "cpu", "fp16")
     e = cfg.emit
     assert (e.target, e.cpu_threads, e.instances, e.baselines, e.split_processes, e.history_cache_bytes, e.history_cache_at,
-            e.history_cache_skip) == ("python", 4, 2, True, 2, 512 << 20, "scorer", False)
+            e.history_cache_skip, e.fused_attention) == ("python", 4, 2, True, 2, 512 << 20, "scorer", False, False)
     assert [prof.dims for prof in cfg.engines.profiles] == [{"L": (1, 2, 3), "N": (1, 4, 8)}, {"L": (1, 1, 1), "N": (2, 2, 2)}]
     assert cfg.accept_accuracy_loss is True
 

@@ -1,7 +1,9 @@
 """TensorRT-compatibility lint: checks, on the CPU, what TensorRT's ONNX parser would refuse on the GPU host.
 
 Runs in every build, on every graph the repository will hold, and fails the build with the node and the
-rule it breaks. The operator list follows the onnx-tensorrt support matrix (docs/operators.md) for
+rule it breaks. A graph served by ONNX Runtime on the CPU may hold the contrib kernels a build chose for it
+(`onnxruntime_ops`: compiler.passes.fused_attention's MultiHeadAttention): they are counted, not refused, and a
+tensorrt build never makes them. The operator list follows the onnx-tensorrt support matrix (docs/operators.md) for
 TensorRT 10.15; the rules are the restrictions that matrix and TensorRT's quantization guide state.
 """
 
@@ -42,31 +44,37 @@ class LintReport:
     nodes: int
     qdq_pairs: int
     problems: tuple[str, ...]
+    onnxruntime_nodes: int = 0  # contrib-op nodes allowed because ONNX Runtime serves the graph
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"graph": self.graph, "nodes": self.nodes, "qdq_pairs": self.qdq_pairs, "ok": self.ok, "problems": list(self.problems)}
+        return {"graph": self.graph, "nodes": self.nodes, "qdq_pairs": self.qdq_pairs, "ok": self.ok, "problems": list(self.problems),
+                "onnxruntime_nodes": self.onnxruntime_nodes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LintReport":
-        return cls(d["graph"], d["nodes"], d["qdq_pairs"], tuple(d["problems"]))
+        return cls(d["graph"], d["nodes"], d["qdq_pairs"], tuple(d["problems"]), d.get("onnxruntime_nodes", 0))
 
 
-def lint(model: onnx.ModelProto, name: str, tensorrt_qdq: bool = True) -> LintReport:
+def lint(model: onnx.ModelProto, name: str, tensorrt_qdq: bool = True, onnxruntime_ops: frozenset = frozenset()) -> LintReport:
     """tensorrt_qdq: check Q/DQ nodes against TensorRT's int8 rules (off for the cpu int8 form, whose uint8
-    activations and zero points are what ONNX Runtime's kernels want and which no TensorRT engine reads)."""
+    activations and zero points are what ONNX Runtime's kernels want and which no TensorRT engine reads).
+    onnxruntime_ops: (domain, op type) pairs the graph may hold because ONNX Runtime serves it."""
     graph = model.graph
     problems = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset not in OPSETS:
         problems.append(f"opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1}")
     index = GraphIndex(graph)
+    onnxruntime_nodes = 0
     for node in graph.node:
         where = f"{node.op_type} {node.name or node.output[0]}"
-        if node.domain not in ("", "ai.onnx"):
+        if (node.domain, node.op_type) in onnxruntime_ops:
+            onnxruntime_nodes += 1
+        elif node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
         elif node.op_type not in TENSORRT_OPS:
             problems.append(f"{where}: TensorRT's ONNX parser does not support {node.op_type}")
@@ -75,12 +83,12 @@ def lint(model: onnx.ModelProto, name: str, tensorrt_qdq: bool = True) -> LintRe
         if tensorrt_qdq and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems += _qdq_problems(node, where, index)
     qdq = sum(1 for n in graph.node if n.op_type == "QuantizeLinear")
-    return LintReport(name, len(graph.node), qdq, tuple(problems))
+    return LintReport(name, len(graph.node), qdq, tuple(problems), onnxruntime_nodes)
 
 
-def check(models: dict[str, onnx.ModelProto], tensorrt_qdq: bool = True) -> list[LintReport]:
+def check(models: dict[str, onnx.ModelProto], tensorrt_qdq: bool = True, onnxruntime_ops: frozenset = frozenset()) -> list[LintReport]:
     """Lint every graph; raise a CompilerError listing the first problems if any graph has one."""
-    reports = [lint(model, name, tensorrt_qdq) for name, model in models.items()]
+    reports = [lint(model, name, tensorrt_qdq, onnxruntime_ops) for name, model in models.items()]
     bad = [f"{r.graph}: {p}" for r in reports for p in r.problems]
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
@@ -108,5 +116,6 @@ def _qdq_problems(node, where, index: GraphIndex) -> list[str]:
 
 
 def summary(reports: list[LintReport]) -> str:
-    return ", ".join(f"{r.graph} {r.nodes} nodes" + (f" ({r.qdq_pairs} Q/DQ)" if r.qdq_pairs else "") for r in reports)
+    return ", ".join(f"{r.graph} {r.nodes} nodes" + (f" ({r.qdq_pairs} Q/DQ)" if r.qdq_pairs else "")
+                     + (f" ({r.onnxruntime_nodes} ONNX Runtime only)" if r.onnxruntime_nodes else "") for r in reports)
 

@@ -29,6 +29,7 @@ class EmitConfig:
     cpu_threads: int = 0  # the cores the served repository may use (compiler.repository.budget); 0: this machine's
     baselines: bool = False
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
+    fused_attention: bool = True  # on a CPU: attention runs as ONNX Runtime's MultiHeadAttention (compiler.passes.fused_attention)
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
     history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES  # the history encoder's row cache (python target); 0: none
     history_cache_admission: str = "frequency"  # which computed rows a full cache keeps (compiler.runtime.row_cache.ADMISSIONS)
@@ -99,6 +100,12 @@ class Deployment:
         """Whether the cut's bytes cost serving time: copied out of one stub process into another (the python target's
         two processes) or read from GPU memory; not where one CPU process hands the scorer the encoder's buffer."""
         return self.device == "gpu" or (self.target == "python" and self.split_processes == 2)
+
+    @property
+    def fuses_attention(self) -> bool:
+        """Whether the graphs run attention fused: ONNX Runtime's contrib kernel, on the CPU only (TensorRT's parser does
+        not take it; the GPU keeps the exported form its engines and ONNX Runtime's CUDA fusions were measured on)."""
+        return self.options.fused_attention and self.device == "cpu"
 
     def placements(self, cache_holder: str | None = None) -> dict[str, budget.Placement]:
         """Instances and threads per model on a CPU (compiler.repository.budget.default_placements for the resolved cores); `cache_holder`: the

@@ -70,6 +70,7 @@ def _lines(r: BuildRecord, subject: Subject) -> list[str]:
         f"- model: {_model_line(r)}",
         f"- served limits: {limits}; opset {r.opset}; target `{r.target}`",
         f"- precision: encoder {r.half_precisions[0]}, scorer {r.half_precisions[1]}",
+        f"- attention: {_attention_line(r)}",
         "- versions: " + ", ".join(f"{k} {value}" for k, value in r.versions.items()),
         "",
         f"## Verification: {'PASSED' if v.passed else 'FAILED'} ({v.precision} thresholds)",
@@ -120,6 +121,14 @@ def _lines(r: BuildRecord, subject: Subject) -> list[str]:
     lines += history_cache_lines(r.history_cache)
     lines += ["", "manifest.json lists the sha256 of every file of the build."]
     return lines
+
+
+def _attention_line(r: BuildRecord) -> str:
+    fused = {report.graph: report.onnxruntime_nodes for report in r.lint if report.onnxruntime_nodes}
+    if not fused:
+        return "as exported (MatMul, Add, Softmax, MatMul: the N x L scores held per layer)"
+    return ("ONNX Runtime's fused MultiHeadAttention, which never holds the N x L scores (compiler/passes/fused_attention.py): "
+            + ", ".join(f"{graph} {n} layers" for graph, n in fused.items()))
 
 
 _REFERENCE = {"onnx": "the ONNX file on ONNX Runtime", "exported": "the ExportedProgram in PyTorch"}
