@@ -15,6 +15,7 @@ from pathlib import Path
 
 from compiler.core.errors import CompilerError
 from compiler.core.log import configure, log
+from compiler.core.names import BASELINES, ENSEMBLE, PYTORCH
 from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.serving.proxy import ROUTES
 
@@ -162,7 +163,8 @@ def _build_target_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--cpu-threads", type=int, default=0,
                    help="on a CPU: the cores the served repository may use, shared between its models (default: this "
                         "machine's); python -m compiler tune then measures the best split of them")
-    b.add_argument("--baselines", action="store_true", help="also emit stca_fused and stca_naive for benchmarks")
+    b.add_argument("--baselines", action="store_true",
+                   help=f"also emit the baselines for benchmarks: {', '.join(BASELINES)} ({' and '.join(PYTORCH)} on the python target only)")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
     b.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=True,
                    help="on a CPU: run attention as ONNX Runtime's fused MultiHeadAttention, which never holds the N x L "
@@ -461,7 +463,7 @@ def _bench_parser(sub) -> None:
     be.add_argument("--preset", help="benchmark an untrained seeded model of a named size instead (e.g. medium)")
     be.add_argument("--no-tune", action="store_true", help="keep the build's thread budget instead of measuring the best one")
     be.add_argument("--precisions", type=names, default="fp32,int8")
-    be.add_argument("--models", type=names, default="stca,stca_fused,stca_naive,stca_torch")
+    be.add_argument("--models", type=names, default=",".join((ENSEMBLE, *BASELINES)))
     be.add_argument("--histories", type=int_list, default="512,2000,10000", help="L values of the sweep")
     be.add_argument("--candidates", type=int_list, default="32,128,512", help="N values of the sweep")
     be.add_argument("--concurrency", type=int_list, default="1,2,4")

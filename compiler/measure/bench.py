@@ -7,9 +7,10 @@ response cache on the history encoder), serves each on the embedded tritonserver
 perf_analyzer (the binary tritonclient[all] installs) with input files made from synthetic requests:
 a fixed (L, N) sweep and a mixed load whose L follows KuaiRand-1K. Every model of a repository is measured
 on the same server with the same input files: the split ensemble `stca`, the unsplit `stca_fused`, the
-point-wise `stca_naive` and PyTorch eager `stca_torch`. A cell that would take longer than the budget on
-this machine is dropped with its estimate, never silently. FLOPs per request come from compiler.stca.costmodel;
-the machine's peak is a large matmul measured in this process.
+point-wise `stca_naive`, PyTorch eager `stca_torch` and torch.compile's `stca_inductor`, which compiles while its
+server starts (those seconds are recorded apart, results.json's "compile", never in a cell). A cell that would take
+longer than the budget on this machine is dropped with its estimate, never silently. FLOPs per request come from
+compiler.stca.costmodel; the machine's peak is a large matmul measured in this process.
 """
 
 import json
@@ -25,7 +26,7 @@ from compiler.core.contract import REQUEST_INPUTS
 from compiler.core.errors import CompilerError
 from compiler.core.log import Progress, log, stage
 from compiler.core.machine import machine, versions
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SPLIT, TORCH
+from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, INDUCTOR, NAIVE, PYTORCH, SPLIT
 from compiler.load.subject import Source, StcaSubject, Subject
 from compiler.load.user_model import UserModelSpec
 from compiler.measure import bench_report
@@ -35,6 +36,7 @@ from compiler.measure.tune import TuneConfig, tune
 from compiler.precision.convert import PrecisionConfig
 from compiler.repository.deployment import EmitConfig
 from compiler.repository.reader import composing
+from compiler.runtime.inductor import COMPILE_SECONDS_METRIC, COMPILED_GRAPHS_METRIC
 from compiler.runtime.ort import OrtGraph, SplitRunner
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
@@ -44,7 +46,6 @@ from compiler.stca.data import kuairand_lengths, sample_requests
 from compiler.stca.model import STCAConfig, with_attention
 from compiler.verify.gates import VerifyConfig
 
-BASELINES = (FUSED, NAIVE, TORCH)
 # grid: every model x (L, N) x the mixed load, per precision; response_cache: Triton's cache on repeated histories;
 # attention: the cost model's form against both measured; repeated_users: the history row cache (compiler.measure.bench_repeated)
 SUITES = ("grid", "response_cache", "attention", "repeated_users")
@@ -239,7 +240,8 @@ def run(cfg: BenchConfig) -> Path:
         stca_only = [s for s in cfg.suites if s != "grid"]
         if stca_only:
             log.info("bench: %s measure STCA only; your model gets the grid suite", ", ".join(stca_only))
-        cfg = replace(cfg, suites=("grid",) if "grid" in cfg.suites else (), models=tuple(m for m in cfg.models if m != TORCH))
+        # no PyTorch baseline either, eager or compiled: the user's model is an ONNX file or an exported program, not STCA
+        cfg = replace(cfg, suites=("grid",) if "grid" in cfg.suites else (), models=tuple(m for m in cfg.models if m not in PYTORCH))
     with tempfile.TemporaryDirectory(prefix="stca-bench-") as scratch:
         work = Path(cfg.work) if cfg.work else Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -263,7 +265,7 @@ def run(cfg: BenchConfig) -> Path:
         def server(path: Path) -> TritonServer:
             return TritonServer(ServerConfig.on_free_ports(path))
 
-        cells, built, budgets = [], {}, {}
+        cells, built, budgets, compiled = [], {}, {}, {}
         for precision in cfg.precisions:
             # no row cache: perf_analyzer cycles through a few requests, so the cache would serve their rows, not compute them
             built[precision], budgets[precision] = repo(precision, precision, baselines=True, history_cache_bytes=0)
@@ -275,6 +277,8 @@ def run(cfg: BenchConfig) -> Path:
                     cells += bench_server(url, triton.cfg.metrics_url, built[precision].subject, precision, cfg, work, peak,
                                           composing(built[precision].out))
                     s.summary = f"{sum(1 for c in cells if c.rows)} cells measured, {sum(1 for c in cells if c.dropped)} dropped"
+                if INDUCTOR in cfg.models:
+                    compiled[precision] = torch_compile(triton.cfg.metrics_url)
         first = built[cfg.precisions[0]]
         cache, attention, repeated = None, [], None
         if "response_cache" in cfg.suites:
@@ -303,13 +307,22 @@ def run(cfg: BenchConfig) -> Path:
         **({"model_config": first.config.to_dict()} if first.model is not None else {"model": first.source.to_dict()}),
         "contract": first.contract.to_dict(),
         "cells": [asdict(c) for c in cells], "response_cache": cache, "attention_check": attention, "repeated_users": repeated,
-        "thread_budgets": budgets,
+        "thread_budgets": budgets, "compile": compiled,
         "gates": {p: {"passed": built[p].verification.passed, "failures": list(built[p].verification.failures)} for p in cfg.precisions},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     bench_report.write(out, results)
     return out
+
+
+def torch_compile(metrics_url: str) -> dict:
+    """What compiling cost each torch.compile'd model of a server (compiler.runtime.inductor), apart from its throughput:
+    {model: {"warmup_s": the warm-up's seconds at load, compiling included, "graphs": graphs compiled by now}}, read after
+    the grid, so graphs above the warm-up's (2) say that some load's shape compiled a graph while it was measured."""
+    seconds = server_stats.model_gauge(metrics_url, COMPILE_SECONDS_METRIC)
+    graphs = server_stats.model_gauge(metrics_url, COMPILED_GRAPHS_METRIC)
+    return {model: {"warmup_s": s, "graphs": int(graphs.get(model, 0))} for model, s in sorted(seconds.items())}
 
 
 def _jsonable(value):

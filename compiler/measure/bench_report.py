@@ -4,14 +4,17 @@ tables and the command line that compiler.measure.docs_tables also puts in the d
 import shlex
 from pathlib import Path
 
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SHORT_NAMES, TORCH
+from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SHORT_NAMES, TORCH
 from compiler.measure.bench_repeated import hit_rate
 from compiler.measure.perf import load_label
 from compiler.repository.budget import Placement
 from compiler.stca.costmodel import peaks_text
 
-NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)"}
-BASELINES = (FUSED, NAIVE, TORCH)
+NAMES = {ENSEMBLE: "stca (split ensemble)", FUSED: "stca_fused (unsplit)", NAIVE: "stca_naive (point-wise)", TORCH: "stca_torch (PyTorch eager)",
+         INDUCTOR: "stca_inductor (torch.compile, inductor)"}
+# The speedup table's columns from before stca_inductor: every run's table has them ("-" where the run did not measure
+# one), so the recorded runs' results.md stay as they were written; a baseline added since has a column where measured.
+SPEEDUP_COLUMNS = (FUSED, NAIVE, TORCH)
 SUITE_RESULTS = (("grid", "cells"), ("response_cache", "response_cache"), ("attention", "attention_check"),
                  ("repeated_users", "repeated_users"))  # each suite of compiler.measure.bench and the results key it fills
 
@@ -65,13 +68,13 @@ def measured_baselines(results: dict) -> list[str]:
 
 def precision_ratios(results: dict, base: str = "fp32", other: str = "int8") -> list[dict]:
     """Per load, each model's best throughput in `other` against `base` precision, where the model was measured in
-    both: [{"load": load, "models": {model: (base req/s, other req/s)}}], in the order of the cells. stca_torch is left
-    out: it is the PyTorch model in fp32 in every precision's repository."""
+    both: [{"load": load, "models": {model: (base req/s, other req/s)}}], in the order of the cells. stca_torch and
+    stca_inductor are left out: they are the PyTorch model in fp32 in every precision's repository."""
     by_key = {(c["precision"], c["load"], c["model"]): c for c in results["cells"]}
     rows: dict[str, dict] = {}
     for (precision, load, model), cell in by_key.items():
         mine = by_key.get((other, load, model))
-        if precision != base or model == TORCH or not cell["rows"] or not mine or not mine["rows"]:
+        if precision != base or model in PYTORCH or not cell["rows"] or not mine or not mine["rows"]:
             continue
         rows.setdefault(load, {"load": load, "models": {}})["models"][model] = (best(cell)["throughput"], best(mine)["throughput"])
     return list(rows.values())
@@ -174,6 +177,7 @@ def _markdown(r: dict, stamp: str) -> list[str]:
     lines += [] if not table else ["## Speedup of `stca` (split) over each baseline", "",
                                    "Ratio of best throughputs on the same server and inputs (- : a baseline this run did not measure).",
                                    "", *table]
+    lines += compile_markdown(r)
     ratios = precision_table(r)
     lines += [] if not ratios else ["", "## int8 against fp32", "",
                                     "Best throughput over concurrency of each model built in both precisions, on the same loads.", "",
@@ -226,13 +230,29 @@ def throughput_table(r: dict, precision: str) -> list[str]:
 
 
 def speedup_table(r: dict) -> list[str]:
-    """stca over each baseline per precision and load (speedups()); empty where the run measured no baseline."""
+    """stca over each baseline per precision and load (speedups()): a column per SPEEDUP_COLUMNS and per other baseline
+    the run measured; empty where the run measured no baseline."""
     measured = measured_baselines(r)
     if not measured or not r["cells"]:
         return []
+    columns = [b for b in BASELINES if b in SPEEDUP_COLUMNS or b in measured]
     fmt = lambda s, b: "-" if b not in measured else "dropped" if s[b] is None else f"{s[b]:.2f}x"  # noqa: E731
-    return ["| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|",
-            *(f"| {s['precision']} | {s['load']} | {fmt(s, FUSED)} | {fmt(s, NAIVE)} | {fmt(s, TORCH)} |" for s in speedups(r))]
+    return ["| precision | load | " + " | ".join(f"over {b}" for b in columns) + " |", "|---|---|" + "---:|" * len(columns),
+            *(f"| {s['precision']} | {s['load']} | " + " | ".join(fmt(s, b) for b in columns) + " |" for s in speedups(r))]
+
+
+def compile_markdown(r: dict) -> list[str]:
+    """What torch.compile cost at load (results.json's "compile", compiler.measure.bench.torch_compile), apart from the
+    throughput above; nothing for a run without it."""
+    compiled = r.get("compile") or {}
+    rows = [f"| {precision} | {model} | {c['warmup_s']:.1f} | {c['graphs']} |"
+            for precision, models in compiled.items() for model, c in models.items()]
+    return [] if not rows else [
+        "", "## torch.compile at load", "",
+        "Seconds the warm-up took while the server started (compiling included; in no request's time), and the graphs "
+        "compiled by the end of the grid (2 at warm-up, one each side of L = 4,096; more: a load's shape compiled one). "
+        "The inductor cache may have held the graphs from an earlier start (compiler/runtime/inductor.py).", "",
+        "| precision | model | warm-up s | graphs |", "|---|---|---:|---:|", *rows]
 
 
 def grid_table(r: dict) -> list[str]:

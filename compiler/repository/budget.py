@@ -23,7 +23,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
+from compiler.core.names import ENCODER, FUSED, NAIVE, PYTORCH, SCORER, SPLIT, VALIDATOR
 from compiler.repository.reader import update_config
 
 
@@ -92,7 +92,8 @@ def default_placements(cpu_threads: int, instances: int | None = None, cache_hol
     whole = Placement(instances or 1, max(1, cpu_threads // (instances or 1)))
     held = {ENCODER: Placement(instances or 1, composing.threads), SCORER: whole}.get(cache_holder)
     placements = {ENCODER: composing, SCORER: composing, SPLIT: composing, **({cache_holder: held} if held else {})}
-    return {**placements, FUSED: whole, TORCH: Placement(1, cpu_threads, spinning=True), NAIVE: Placement()}
+    pytorch = {name: Placement(1, cpu_threads, spinning=True) for name in PYTORCH}  # eager and compiled alike
+    return {**placements, FUSED: whole, **pytorch, NAIVE: Placement()}
 
 
 def candidates(cpu_threads: int, cache_holder: str | None = None,
@@ -127,8 +128,8 @@ def candidates(cpu_threads: int, cache_holder: str | None = None,
 
 def config_kind(model: str, backend: str) -> str:
     """How `model` reads its placement (configure's `kind`) in a repository whose composing models run on `backend`
-    ("python" or "onnxruntime"): the point-wise baseline only calls another model, the PyTorch one is Python."""
-    return {NAIVE: "none", TORCH: "python"}.get(model, backend)
+    ("python" or "onnxruntime"): the point-wise baseline only calls another model, the PyTorch ones are Python."""
+    return {NAIVE: "none", **dict.fromkeys(PYTORCH, "python")}.get(model, backend)
 
 
 def configure(config: mc.ModelConfig, placement: Placement, kind: str) -> None:

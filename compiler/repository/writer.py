@@ -10,6 +10,7 @@
                             check a request, so this Python-backend model does, and passes the inputs on
     stca_fused/, stca_naive/   (--baselines) the unsplit graph, and the point-wise baseline
     stca_torch/                (--baselines, python target) the PyTorch model, eager
+    stca_inductor/             (--baselines, python target) the PyTorch model under torch.compile (inductor), compiled at load
 
 Configs are built as Triton ModelConfig protobufs (tritonclient's model_config_pb2) and written in text
 format, so every field name and enum is checked by construction. L and N are -1 dims with
@@ -32,12 +33,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 from compiler.core.artifacts import sha256_file
 from compiler.core.contract import CONTRACT_PARAMETER, Contract
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH, VALIDATOR
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SPLIT, VALIDATOR
 from compiler.passes.row_locality import RowGraphs
 from compiler.passes.partition import Split
 from compiler.repository import budget
 from compiler.repository.deployment import Deployment, EmitConfig
 from compiler.repository.reader import SPLIT_ENCODER_FILE, read_config, update_config, write_config
+from compiler.runtime.inductor import COMPILE_PARAMETER, INDUCTOR_MODE
 from compiler.runtime.ort import OrtGraph
 
 VALIDATED_PREFIX = "checked_"  # the validator's outputs: a request input that passed the contract
@@ -58,7 +60,7 @@ class Graphs:
     whole: onnx.ModelProto  # the unsplit graph: ensemble I/O and the stca_fused baseline
     plans: dict | None = None  # {ENCODER: bytes, SCORER: bytes, FUSED: bytes}
     row_cache: RowGraphs | None = None  # the encoder's key and row graphs (compiler.passes.row_locality), where row-local
-    checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch baseline
+    checkpoint: Path | None = None  # the PyTorch checkpoint, for the stca_torch and stca_inductor baselines
 
 
 def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...], warmup: dict, cfg: Deployment) -> list[Path]:
@@ -102,7 +104,8 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
         written += _composing_model(repo, FUSED, graphs.whole, contract, request, cfg, placements, graphs.plans)
         written += _naive_model(repo, graphs.whole, contract, cfg, placements[NAIVE])
         if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
-            written += _torch_model(repo, graphs.whole, graphs.checkpoint, contract, placements[TORCH])
+            for name in PYTORCH:
+                written += _torch_model(repo, name, graphs.whole, graphs.checkpoint, contract, placements[name])
     if cfg.options.queue_limit:  # the ensemble's steps, which its requests queue for; not the baselines
         for model in [VALIDATOR] * validated + [model for model, _, _ in steps]:
             update_config(repo, model, lambda config: bound_queue(config, cfg.options.queue_limit))  # the same file
@@ -199,11 +202,16 @@ def _naive_model(repo: Path, whole: onnx.ModelProto, contract: Contract, cfg: De
     return _python_files(version, "naive_model.py") + write_config(repo, config)
 
 
-def _torch_model(repo: Path, whole: onnx.ModelProto, checkpoint: Path, contract: Contract, placement: budget.Placement) -> list[Path]:
-    version = repo / TORCH / "1"
+def _torch_model(repo: Path, name: str, whole: onnx.ModelProto, checkpoint: Path, contract: Contract,
+                 placement: budget.Placement) -> list[Path]:
+    """One of the PyTorch baselines (names.PYTORCH): the checkpoint and torch_model.py, eager, or compiled at load for
+    stca_inductor."""
+    version = repo / name / "1"
     shutil.copytree(checkpoint, version / "checkpoint")
-    config = _model_config(TORCH, whole, contract, backend="python")
-    budget.configure(config, placement, "python")
+    config = _model_config(name, whole, contract, backend="python")
+    budget.configure(config, placement, budget.config_kind(name, "python"))
+    if name == INDUCTOR:
+        config.parameters[COMPILE_PARAMETER].string_value = INDUCTOR_MODE
     return _python_files(version, "torch_model.py") + sorted((version / "checkpoint").iterdir()) + write_config(repo, config)
 
 

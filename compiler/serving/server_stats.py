@@ -1,5 +1,6 @@
 """Where a request's time goes inside Triton: per-model statistics, as deltas between two snapshots; and, from the
-metrics endpoint, the history row cache's counters and the time stca_split spent in each of its halves.
+metrics endpoint, the history row cache's counters, the time stca_split spent in each of its halves, and a model's
+gauges (stca_inductor's compile seconds at load).
 
 Triton's statistics extension (GET /v2/models/stats) keeps, per model, cumulative counts and nanoseconds
 for each stage of a request: waiting in the scheduler queue, copying inputs in (compute_input), running
@@ -105,6 +106,17 @@ def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]
             half = line.split('half="', 1)[1].split('"', 1)[0]
             totals[half] = totals.get(half, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def model_gauge(metrics_url: str, metric: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """A gauge's value per model (its `model` label), the largest over the model's instances; empty where no model sets it.
+    E.g. the seconds a torch.compile'd model's warm-up took at load (compiler.runtime.inductor.COMPILE_SECONDS_METRIC)."""
+    values: dict[str, float] = {}
+    for line in _metrics(metrics_url, timeout_s):
+        if line.startswith(metric + "{") and 'model="' in line:
+            model = line.split('model="', 1)[1].split('"', 1)[0]
+            values[model] = max(values.get(model, float("-inf")), float(line.rsplit(" ", 1)[1]))
+    return values
 
 
 def _metrics(metrics_url: str, timeout_s: float) -> list[str]:

@@ -3,10 +3,12 @@ on small hand-made results dicts shaped like benchmarks/results/*/results.json (
 
 import pytest
 
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
 from compiler.measure.bench_report import (
+    NAMES,
     bar_segments,
     best,
+    compile_markdown,
     latency_table,
     markdown,
     precision_ratios,
@@ -151,6 +153,24 @@ def test_a_baseline_the_run_did_not_measure_is_a_dash_not_dropped():
     assert table(speedup_table(r), "| precision | load | over stca_fused |") == [["fp32", LOAD, "1.50x", "-", "-"]]
 
 
+def test_a_run_that_measured_stca_inductor_gains_a_column_over_it_and_its_compile_seconds():
+    r = results([cell(ENSEMBLE, STCA_ROWS), cell(FUSED, FUSED_ROWS), cell(INDUCTOR, [row(1, 36.0), row(2, 45.0)])],
+                models=(ENSEMBLE, FUSED, INDUCTOR), compile={"fp32": {INDUCTOR: {"warmup_s": 41.25, "graphs": 1}}})
+    lines = speedup_table(r)
+    assert lines[0] == "| precision | load | over stca_fused | over stca_naive | over stca_torch | over stca_inductor |"
+    assert table(lines, "| precision | load |") == [["fp32", LOAD, "1.50x", "-", "-", "4.00x"]]  # 180/120; 180/45
+    assert table(lines_of(r), "| precision | load | over stca_fused |") == table(lines, "| precision | load |")
+    assert table(compile_markdown(r), "| precision | model |") == [["fp32", INDUCTOR, "41.2", "1"]]
+    assert "## torch.compile at load" in lines_of(r)
+    assert NAMES[INDUCTOR] == "stca_inductor (torch.compile, inductor)"
+
+
+def test_a_run_recorded_before_stca_inductor_keeps_its_speedup_table_and_has_no_compile_section():
+    r = grid()  # no stca_inductor in its models, no "compile" in its results (benchmarks/results/* as recorded)
+    assert speedup_table(r)[:2] == ["| precision | load | over stca_fused | over stca_naive | over stca_torch |", "|---|---|---:|---:|---:|"]
+    assert compile_markdown(r) == [] and not any("torch.compile" in line for line in lines_of(r))
+
+
 def test_a_run_that_measured_no_baseline_has_no_speedup_table():
     r = results([cell(ENSEMBLE, STCA_ROWS)], models=(ENSEMBLE,))
     assert speedup_table(r) == []
@@ -161,9 +181,10 @@ def test_precision_ratios_pair_each_models_best_in_both_precisions_and_leave_out
     r = results([cell(ENSEMBLE, STCA_ROWS), cell(FUSED, FUSED_ROWS), cell(TORCH, [row(1, 8.0)]),
                  cell(ENSEMBLE, [row(1, 270.0), row(2, 360.0)], precision="int8"), cell(FUSED, [row(4, 180.0)], precision="int8"),
                  cell(TORCH, [row(1, 8.5)], precision="int8"),
+                 cell(INDUCTOR, [row(1, 9.0)]), cell(INDUCTOR, [row(1, 9.5)], precision="int8"),
                  cell(ENSEMBLE, [row(1, 50.0)], load=OTHER_LOAD), cell(ENSEMBLE, [], load=OTHER_LOAD, precision="int8", dropped="slow")],
                 precisions=("fp32", "int8"))
-    # stca: fp32 best 180 (conc. 2), int8 best 360; stca_fused: 120 and 180; stca_torch is fp32 in both repositories
+    # stca: fp32 best 180 (conc. 2), int8 best 360; stca_fused: 120 and 180; stca_torch and stca_inductor are fp32 in both
     assert precision_ratios(r) == [{"load": LOAD, "models": {ENSEMBLE: (180.0, 360.0), FUSED: (120.0, 180.0)}}]
     assert table(precision_table(r), "| load |") == [[LOAD, "180.0", "360.0", "2.00x", "1.50x"]]
 

@@ -12,7 +12,7 @@ import pytest
 
 from compiler.build import BuildConfig, build
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, TORCH
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
 from compiler.measure import tune as tune_module
 from compiler.measure.tune import TuneConfig, tune
 from compiler.repository.deployment import EmitConfig
@@ -102,7 +102,7 @@ def test_tune_refuses_a_directory_that_is_not_a_built_repository(tmp_path):
 @pytest.fixture(scope="module")
 def python_build(tmp_path_factory, tiny_checkpoint) -> Path:
     """The tiny model for the python target with the baselines, budgeted for 2 cores: stca_split (which holds the history
-    row cache) serves the ensemble; stca_fused, stca_naive and stca_torch beside it."""
+    row cache) serves the ensemble; stca_fused, stca_naive, stca_torch and stca_inductor beside it."""
     out = tmp_path_factory.mktemp("tune") / "python"
     build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(baselines=True, cpu_threads=CORES), verify=QUICK))
     return out
@@ -138,7 +138,7 @@ def test_tune_measures_each_distinct_placement_of_the_served_models_once(repo, f
 def test_each_copy_serves_only_the_tuned_models_with_graphs_hard_linked_and_never_touches_the_repositorys_configs(repo, fake):
     f = fake(repo, THROUGHPUT)
     tune(TuneConfig(repo=repo, cpu_threads=CORES))
-    assert all(s["models"] == sorted([ENSEMBLE, SPLIT, FUSED]) for s in f.started)  # not stca_naive nor stca_torch
+    assert all(s["models"] == sorted([ENSEMBLE, SPLIT, FUSED]) for s in f.started)  # no stca_naive, stca_torch, stca_inductor
     assert f.linked == [True] * 3  # the graphs are hard links, not copies...
     assert all(then == f.originals for then in f.originals_then)  # ...yet writing each copy's configs left the repository's alone
 
@@ -195,9 +195,9 @@ def test_after_tune_the_manifest_records_the_budget_every_served_config_holds(re
     fake(repo, {ENSEMBLE: [1.0] * 4, FUSED: [1.0] * 4})
     tune(TuneConfig(repo=repo, cpu_threads=4))  # a bigger serving machine than the build's
     placements = json.loads((repo / "manifest.json").read_text())["thread_budget"]["placements"]
-    held = {m: read_config(repo / m / "config.pbtxt") for m in (SPLIT, FUSED, TORCH, NAIVE)}
+    held = {m: read_config(repo / m / "config.pbtxt") for m in (SPLIT, FUSED, TORCH, INDUCTOR, NAIVE)}
     assert sum(g.count for g in held[NAIVE].instance_group) == placements[NAIVE]["instances"]
-    for model in (SPLIT, FUSED, TORCH):
+    for model in (SPLIT, FUSED, TORCH, INDUCTOR):
         assert placement_of(held[model]) == placements[model], model
 
 

@@ -4,7 +4,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, FUSED, NAIVE, SCORER, SPLIT, TORCH
+from compiler.core.names import ENCODER, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
 from compiler.repository import budget
 
 
@@ -13,6 +13,7 @@ def test_the_plan_interleaves_instances_of_each_half_and_gives_a_baseline_every_
     plan = budget.default_placements(16)  # at most four instances (each holds the weights); their threads share the cores
     assert plan[ENCODER] == budget.Placement(4, 4) and plan[FUSED] == budget.Placement(1, 16)
     assert plan[TORCH].threads == 16 and plan[NAIVE].instances == 1
+    assert plan[INDUCTOR] == plan[TORCH] == budget.Placement(1, 16, spinning=True)  # compiled or eager, the same budget
     assert budget.default_placements(1)[ENCODER] == budget.Placement(1, 1)  # never zero threads, on any machine
 
 
@@ -34,7 +35,7 @@ def test_candidates_differ_and_each_keeps_the_baselines_plan():
     found = budget.candidates(2)
     assert len({(c[ENCODER], c[FUSED]) for c in found}) == len(found) == 4
     assert found[0][ENCODER] == budget.default_placements(2)[ENCODER]  # the plan is measured too
-    assert all(c[TORCH] == budget.default_placements(2)[TORCH] for c in found)
+    assert all(c[m] == budget.default_placements(2)[m] for c in found for m in (TORCH, INDUCTOR))
     assert any(c[ENCODER].spinning for c in found) and any(not c[ENCODER].spinning for c in found)
 
 
@@ -82,3 +83,8 @@ def test_impossible_budgets_are_refused(make):
 @pytest.mark.parametrize("holder", [ENCODER, SCORER, SPLIT])
 def test_the_model_holding_the_row_cache_never_spins(holder):
     assert not any(c[holder].spinning for c in budget.candidates(2, cache_holder=holder))
+
+
+def test_the_pytorch_baselines_read_their_threads_as_python_models_in_any_repository():
+    for backend in ("python", "onnxruntime"):
+        assert budget.config_kind(TORCH, backend) == budget.config_kind(INDUCTOR, backend) == "python"

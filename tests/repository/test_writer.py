@@ -7,11 +7,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.core.contract import REQUEST_INPUTS, stca_contract
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, NAIVE, SCORER, SPLIT, VALIDATOR
+from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SPLIT, TORCH, VALIDATOR
 from compiler.passes.partition import split
 from compiler.repository.deployment import EmitConfig, resolve_deployment
 from compiler.repository.reader import SPLIT_ENCODER_FILE, half_files, read_config
 from compiler.repository.writer import Graphs, emit
+from compiler.runtime.inductor import COMPILE_PARAMETER, INDUCTOR_MODE
 from compiler.runtime.ort import OrtGraph, with_cut
 from compiler.stca.data import sample_requests
 from tests.models import stca
@@ -27,8 +28,9 @@ def graphs():
     return Graphs(parts, whole), limits, warmup, parts.cut
 
 
-def emitted(tmp_path, graphs, **cfg):
+def emitted(tmp_path, graphs, checkpoint=None, **cfg):
     g, limits, warmup, _ = graphs
+    g = Graphs(g.split, g.whole, checkpoint=checkpoint)
     if cfg.get("target") == "tensorrt":  # the configs are under test here, not the engines (tests/test_engines.py)
         g = Graphs(g.split, g.whole, plans={ENCODER: b"plan", SCORER: b"plan", FUSED: b"plan"})
     options = EmitConfig(**cfg)
@@ -64,6 +66,24 @@ def test_every_target_writes_complete_configs(tmp_path, graphs, target):
     assert configs[NAIVE].backend == "python" and configs[NAIVE].parameters["fused_model"].string_value == FUSED
     model_file = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}[target]
     assert (tmp_path / ENCODER / "1" / model_file).is_file()
+
+
+def test_the_python_target_emits_the_pytorch_model_eager_and_compiled_alike_but_for_the_compile_parameter(tmp_path, graphs,
+                                                                                                          tiny_checkpoint):
+    configs = emitted(tmp_path / "python", graphs, checkpoint=tiny_checkpoint, baselines=True, cpu_threads=2)
+    eager, compiled = configs[TORCH], configs[INDUCTOR]
+    assert compiled.parameters[COMPILE_PARAMETER].string_value == INDUCTOR_MODE and COMPILE_PARAMETER not in eager.parameters
+    assert {k: v for k, v in compiled.parameters.items() if k != COMPILE_PARAMETER} == dict(eager.parameters)
+    assert compiled.parameters["intra_op_threads"].string_value == "2"  # every core in one instance, as stca_torch
+    assert list(compiled.instance_group) == list(eager.instance_group) and compiled.instance_group[0].count == 1
+    assert (compiled.backend, dims(compiled, "input"), dims(compiled, "output")) == (eager.backend, dims(eager, "input"), dims(eager, "output"))
+    assert not compiled.model_warmup  # it compiles and warms up in initialize (compiler/runtime/inductor.py)
+    for name in PYTORCH:  # one model.py for both, and each its own copy of the checkpoint
+        version = tmp_path / "python" / name / "1"
+        assert (version / "model.py").read_text() == (tmp_path / "python" / TORCH / "1" / "model.py").read_text()
+        assert sorted(p.name for p in (version / "checkpoint").iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+    other = emitted(tmp_path / "onnxruntime", graphs, checkpoint=tiny_checkpoint, target="onnxruntime", device="cpu", baselines=True)
+    assert not set(PYTORCH) & set(other)  # the python target only
 
 
 def test_the_ensemble_wires_every_cut_tensor_from_encoder_to_scorer(tmp_path, graphs):

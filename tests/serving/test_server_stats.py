@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from compiler.core.names import ENSEMBLE, FUSED, SCORER, SPLIT
+from compiler.core.names import ENSEMBLE, FUSED, INDUCTOR, SCORER, SPLIT
+from compiler.runtime.inductor import COMPILE_SECONDS_METRIC, COMPILED_GRAPHS_METRIC
 from compiler.serving import server_stats
 from compiler.serving.server_stats import StageTimes
 from tests.serving.local_http import local_http
@@ -155,6 +156,14 @@ stca_split_half_ms{half="encoder",instance="stca_split_0_0",model="stca_split"} 
 stca_split_half_ms{half="scorer",instance="stca_split_0_0",model="stca_split"} 100.25
 stca_split_half_ms{half="encoder",instance="stca_split_0_1",model="stca_split"} 49.5
 stca_split_half_ms{half="scorer",instance="stca_split_0_1",model="stca_split"} 0.75
+# HELP stca_torch_compile_seconds Seconds the torch.compile warm-up took at load, compiling included
+# TYPE stca_torch_compile_seconds gauge
+stca_torch_compile_seconds{instance="stca_inductor_0_0",model="stca_inductor"} 31.5
+stca_torch_compile_seconds{instance="stca_inductor_0_1",model="stca_inductor"} 6.25
+# HELP stca_torch_compiled_graphs Graphs torch.compile has compiled, at warm-up and since
+# TYPE stca_torch_compiled_graphs gauge
+stca_torch_compiled_graphs{instance="stca_inductor_0_0",model="stca_inductor"} 2
+stca_torch_compiled_graphs{instance="stca_inductor_0_1",model="stca_inductor"} 3
 """
 
 NO_STCA_METRICS = """\
@@ -189,3 +198,10 @@ def test_split_half_ms_sums_each_half_over_the_instances(metrics_url):
 def test_a_server_without_row_caches_or_stca_split_reports_empty_counters(metrics_url):
     assert server_stats.history_cache_counters(f"{metrics_url}/plain", SPLIT) == {}
     assert server_stats.split_half_ms(f"{metrics_url}/plain") == {}
+    assert server_stats.model_gauge(f"{metrics_url}/plain", COMPILE_SECONDS_METRIC) == {}
+
+
+def test_a_models_gauge_is_the_largest_over_its_instances(metrics_url):
+    assert server_stats.model_gauge(f"{metrics_url}/metrics", COMPILE_SECONDS_METRIC) == {INDUCTOR: 31.5}
+    assert server_stats.model_gauge(f"{metrics_url}/metrics", COMPILED_GRAPHS_METRIC) == {INDUCTOR: 3.0}
+    assert server_stats.model_gauge(f"{metrics_url}/metrics", "stca_torch_compile") == {}  # the whole name, not a prefix
