@@ -11,9 +11,13 @@ import onnxruntime as ort
 class OrtGraph:
     """One ONNX graph in an ONNX Runtime CPU session; run() takes and returns dicts keyed by name."""
 
-    def __init__(self, model: onnx.ModelProto | Path | str, threads: int = 0):
+    def __init__(self, model: onnx.ModelProto | Path | str, threads: int = 0, spinning: bool = True):
+        """spinning: whether idle intra-op threads spin for more work (ONNX Runtime's default); off where runs of
+        several sessions take turns on the same cores, as a served repository's models and a benchmark's A/B do."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = one per core
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
