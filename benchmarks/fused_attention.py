@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from precision_latency import interleaved_ms, op_times_ms  # this script's directory is on sys.path
+from precision_latency import interleaved_ms, op_times_ms, top_ops  # this script's directory is on sys.path
 
 from compiler.build import cut_model
 from compiler.core.machine import machine, versions
@@ -129,9 +129,7 @@ def main() -> None:
     print("| L | N | threads | scorer | profiled ms | by operator type |")
     print("|---:|---:|---:|---|---:|---|")
     for L, N, threads, form, total, by_op in ops:
-        top = by_op.most_common(6)
-        other = sum(by_op.values()) - sum(t for _, t in top)
-        print(f"| {L} | {N} | {threads} | {form} | {total:.1f} | " + ", ".join(f"{op} {t:.1f}" for op, t in top) + f", other {other:.1f} |")
+        print(f"| {L} | {N} | {threads} | {form} | {total:.1f} | {top_ops(by_op)} |")
 
 
 if __name__ == "__main__":

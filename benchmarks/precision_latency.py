@@ -60,6 +60,13 @@ def op_times_ms(path: Path, feeds: dict, threads: int, runs: int = 5) -> tuple[f
     return sum(e["dur"] for e in graph_runs) / 1e3 / runs, by_op
 
 
+def top_ops(by_op: Counter, top: int = 6) -> str:
+    """op_times_ms' operator types as a table cell: the `top` slowest, then the rest as "other"."""
+    slowest = by_op.most_common(top)
+    rest = sum(by_op.values()) - sum(ms for _, ms in slowest)
+    return ", ".join(f"{op} {ms:.1f}" for op, ms in slowest) + f", other {rest:.1f}"
+
+
 def interleaved_ms(runs: dict, rounds: int) -> dict[str, float]:
     """Median ms of each callable, after one warm-up run each; within every round each runs once, in turn, so a
     drifting machine slows them alike."""
@@ -133,9 +140,7 @@ def main() -> None:
         print("| build | L | N | half | profiled ms | by operator type |")
         print("|---|---:|---:|---|---:|---|")
         for label, L, N, half, total, by_op in ops:
-            top = by_op.most_common(6)
-            rest = sum(by_op.values()) - sum(ms for _, ms in top)
-            print(f"| {label} | {L} | {N} | {half} | {total:.1f} | " + ", ".join(f"{op} {ms:.1f}" for op, ms in top) + f", other {rest:.1f} |")
+            print(f"| {label} | {L} | {N} | {half} | {total:.1f} | {top_ops(by_op)} |")
 
 
 if __name__ == "__main__":
