@@ -103,7 +103,8 @@ def build_config(args):
 
     return BuildConfig(
         out=args.out, checkpoint=args.checkpoint, preset=args.preset, user_model=user_model_spec(args), attention=args.attention,
-        expected_candidates=args.expected_candidates, expected_history=args.expected_history, max_history=args.max_history,
+        expected_candidates=args.expected_candidates, expected_history=args.expected_history,
+        expected_hit_rate=args.expected_hit_rate, max_history=args.max_history,
         max_candidates=args.max_candidates, opset=args.opset,
         precision=PrecisionConfig(args.precision, args.encoder_precision, args.scorer_precision, args.calibration,
                                   int8_high_precision=args.int8_high_precision, cut=args.cut_dtype, int8_form=args.int8_form),
@@ -128,6 +129,9 @@ def _build_parser(sub) -> None:
                    help="attention form (default: the checkpoint's); auto: the cheaper one by the cost model")
     b.add_argument("--expected-candidates", type=int, default=256, help="attention auto: candidates per request (default 256)")
     b.add_argument("--expected-history", type=int, help="attention auto: typical history length (default: --max-history)")
+    b.add_argument("--expected-hit-rate", type=float, default=0.0,
+                   help="attention auto: the share of history rows the history row cache serves, e.g. 0.9 for returning "
+                        "users (default 0: unique traffic); the encoder's work is priced for the rest")
     b.add_argument("--max-history", type=int, help="longest history served (default: the model config's, 10000)")
     b.add_argument("--max-candidates", type=int, help="most candidates per request (default 1024)")
     b.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..20 (default 18)")

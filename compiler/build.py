@@ -57,6 +57,7 @@ class BuildConfig:
     attention: str | None = None  # "kv" | "reordered" | "auto" (the cost model's pick); None keeps the checkpoint's
     expected_candidates: int = 256  # for attention "auto": candidates per request in production
     expected_history: int | None = None  # for attention "auto": typical L; None: the served maximum
+    expected_hit_rate: float = 0.0  # for attention "auto": the history row cache's share of rows (0: unique traffic)
     max_history: int | None = None  # the served maximum L; None keeps the model config's
     max_candidates: int | None = None
     opset: int = 18
@@ -77,7 +78,7 @@ class BuildConfig:
     def stca(self) -> StcaSpec:
         """What the load stage needs of this config to load STCA."""
         return StcaSpec(self.checkpoint, self.preset, self.attention, self.max_history, self.max_candidates,
-                        self.expected_history, self.expected_candidates)
+                        self.expected_history, self.expected_candidates, self.expected_hit_rate)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,13 +75,13 @@ def test_every_command_has_a_parser_and_its_handler():
 def test_build_config_carries_every_stage_option():
     cfg = build_config(parse("build", "--preset", "tiny", "--out", "r", "--precision", "int8", "--scorer-precision", "fp16",
                              "--calibration", "cal", "--int8-high-precision", "fp16", "--int8-form", "cpu", "--cut-dtype", "fp16",
-                             "--attention", "auto", "--expected-candidates", "64", "--expected-history", "700", "--max-history",
+                             "--attention", "auto", "--expected-candidates", "64", "--expected-history", "700", "--expected-hit-rate", "0.8", "--max-history",
                              "900", "--max-candidates", "300", "--opset", "17", "--cpu-threads", "4", "--instances", "2",
                              "--baselines", "--no-fused-attention", "--split-processes", "2", "--history-cache-bytes", "512M", "--history-cache-at",
                              "scorer", "--no-history-cache-skip", "--profile", "L=1:2:3,N=1:4:8", "--profile", "L=1:1:1,N=2:2:2", "--accept-accuracy-loss"))
     assert (cfg.out, cfg.preset, cfg.checkpoint, cfg.user_model) == (Path("r"), "tiny", None, None)
-    assert (cfg.attention, cfg.expected_candidates, cfg.expected_history, cfg.max_history, cfg.max_candidates, cfg.opset) == (
-        "auto", 64, 700, 900, 300, 17)
+    assert (cfg.attention, cfg.expected_candidates, cfg.expected_history, cfg.expected_hit_rate, cfg.max_history, cfg.max_candidates,
+            cfg.opset) == ("auto", 64, 700, 0.8, 900, 300, 17)
     p = cfg.precision
     assert (p.precision, p.encoder, p.scorer, p.calibration, p.int8_high_precision, p.int8_form, p.cut) == (
         "int8", None, "fp16", Path("cal"), "fp16", "cpu", "fp16")

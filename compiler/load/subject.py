@@ -30,6 +30,7 @@ class AttentionChoice:
     cut_precision: str
     flops: dict[str, float]  # form -> FLOPs per request
     flops_with_cut_priced: dict[str, float]  # form -> FLOPs plus the cut's bytes priced as FLOPs on the target
+    hit_rate: float = 0.0  # the history row cache's share of the rows it was priced at (the encoder computes the rest)
 
     def to_dict(self) -> dict:
         return asdict(self)

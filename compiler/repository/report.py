@@ -7,6 +7,9 @@ from compiler.load.subject import Subject
 from compiler.passes.row_locality import RowLocality
 from compiler.passes.partition import Cut
 from compiler.repository.manifest import BuildRecord
+from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
+from compiler.stca.costmodel import crossover_candidates, row_bytes, split_cost
+from compiler.stca.model import ATTENTION_FORMS, STCAConfig
 from compiler.verify.gates import TAU_MIN_CANDIDATES, Verification
 
 
@@ -119,6 +122,8 @@ def _lines(r: BuildRecord, subject: Subject) -> list[str]:
               + ", ".join(f"{n} {kind}" for kind, n in placed.most_common()) + ".",
               ""]
     lines += history_cache_lines(r.history_cache)
+    if r.model_config is not None and r.history_cache.row_local:
+        lines += ["", *cached_attention_lines(r.model_config, r.history_cache, L)]
     lines += ["", "manifest.json lists the sha256 of every file of the build."]
     return lines
 
@@ -162,3 +167,28 @@ def history_cache_lines(record: RowLocality) -> list[str]:
     else:
         lines += ["", "Not served by this repository (the python target serves it; --history-cache-bytes 0 turns it off)."]
     return lines
+
+
+def cached_attention_lines(c: STCAConfig, record: RowLocality, L: int) -> list[str]:
+    """What each attention form costs with the history row cache (compiler.stca.costmodel): bytes a cached row, and
+    so users in the budget, the encoder's work per row it misses and the scorer's per candidate; which form to serve."""
+    cached = record.row_graphs["cached"]
+    width = next(("fp16" if t["dtype"] == "float16" else "fp32") for name, t in cached.items() if t["row_shape"])
+    overhead = 8 * len(record.row_graphs["keys"]) + ENTRY_OVERHEAD_BYTES
+    budget = record.budget_bytes if record.served else 1 << 30
+    lines = [f"### Attention form with the cache (cost model, L={L:,})", "",
+             f"| form | bytes a cached row | rows in {'the budget' if record.served else '1 GiB'} (histories of L={L:,}) "
+             "| encoder MFLOP per missed row | scorer MFLOP per candidate |", "|---|---:|---:|---:|---:|"]
+    for form in ATTENTION_FORMS:
+        one = split_cost(c, L, 1, form)
+        size = row_bytes(c, form, width)
+        rows = budget // (size + overhead)
+        lines.append(f"| `{form}`{' (served)' if form == c.attention else ''} | {size:,} | {rows:,} ({rows // L:,}) | "
+                     f"{one.encoder_flops / L / 1e6:.3g} | {one.scorer_flops / 1e6:.3g} |")
+    unique, warm = crossover_candidates(c, L), crossover_candidates(c, L, new_rows=0.1)
+    return lines + ["", f"A request pays the encoder's work for the rows the cache misses and the scorer's for every candidate. "
+                        f"`kv` costs less above N = {unique:.0f} candidates when no row is cached, above N = {warm:.0f} at a "
+                        "90% hit rate, at any N once every row is; `reordered` keeps half the bytes a row, so twice the rows fit (a row is an item's: "
+                        "users who share items share rows). "
+                        "`--attention auto --expected-candidates N --expected-hit-rate H` picks by this."]
+

@@ -22,6 +22,14 @@ D = h*d_h, hidden H = swiglu_mult*D, M layers, T = 1 + K + F RankMixer tokens:
 
 Bytes per request: the cut (what crosses from encoder to scorer, in the cut's dtype).
 
+With the history row cache (compiler.runtime.row_cache) every encoder output row is a function of its own history
+item, so the encoder's FLOPs above are paid only for the rows the cache misses: `new_rows`, the fraction of the L rows
+computed, scales them (1: unique traffic; 0: a returning user whose every row is cached). The scorer's stay. A cached
+row holds the cut's per-item tensors: K_i and V_i of every layer (kv) or Xt_i (reordered), D values each in the cut's
+dtype, and the key bias (fp32): row_bytes. So the kv form's extra encoder work, what makes reordered cheaper at small
+N, vanishes as the hit rate rises (kv is cheaper at every N once every row is cached), while its rows stay twice the
+bytes: half the users fit a budget.
+
 Picking the attention form for a target also prices the cut: where it crosses process boundaries (the
 python target: out of the encoder's Python-backend stub, through the server, into the scorer's), each
 byte costs about as much time as CUT_BYTE_FLOPS[target] FLOPs of GEMM. The kv form ships twice the
@@ -54,9 +62,11 @@ class Cost:
         return self.encoder_flops + self.scorer_flops
 
 
-def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, cut_precision: str = "fp32") -> Cost:
+def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, cut_precision: str = "fp32",
+               new_rows: float = 1.0) -> Cost:
     """One request through the split ensemble (the fused graph does the same work without the cut). The
-    cut's float tensors cross in `cut_precision`, but for the key bias (padding's -1e9 stays fp32)."""
+    cut's float tensors cross in `cut_precision`, but for the key bias (padding's -1e9 stays fp32). new_rows: the
+    fraction of the L history rows the encoder computes, the rest served by the history row cache."""
     form = attention or c.attention
     D, H, M, h = c.d_model, c.swiglu_mult * c.d_model, c.n_layers, c.n_heads
     swiglu = lambda d_in: 2 * (2 * d_in * H + H * D)  # noqa: E731  (per token: W_1 and W_3 from d_in, W_2 back to D)
@@ -78,7 +88,14 @@ def split_cost(c: STCAConfig, L: int, N: int, attention: str | None = None, cut_
     cut_width = BYTES[cut_precision]
     per_layer_cut = (2 if form == "kv" else 1) * L * D * cut_width
     cut = M * per_layer_cut + L * 4 + c.n_user_fields * D * cut_width
-    return Cost(float(encoder), float(scorer), float(cut))
+    return Cost(float(new_rows * encoder), float(scorer), float(cut))
+
+
+def row_bytes(c: STCAConfig, attention: str | None = None, cut_precision: str = "fp32") -> int:
+    """Bytes the history row cache keeps per history item: each layer's K_i and V_i rows (kv) or Xt_i row (reordered)
+    in the cut's dtype, and the key bias in fp32."""
+    per_layer = (2 if (attention or c.attention) == "kv" else 1) * c.d_model * BYTES[cut_precision]
+    return c.n_layers * per_layer + 4
 
 
 def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None) -> Cost:
@@ -87,22 +104,27 @@ def naive_cost(c: STCAConfig, L: int, N: int, attention: str | None = None) -> C
     return Cost(N * one.encoder_flops, N * one.scorer_flops, N * one.cut_bytes)
 
 
-def served_cost(c: STCAConfig, L: int, N: int, attention: str, target: str = "in-process", cut_precision: str = "fp32") -> float:
+def served_cost(c: STCAConfig, L: int, N: int, attention: str, target: str = "in-process", cut_precision: str = "fp32",
+                new_rows: float = 1.0) -> float:
     """FLOPs plus the cut's bytes priced for the target (CUT_BYTE_FLOPS): what the attention pick minimises."""
-    cost = split_cost(c, L, N, attention, cut_precision=cut_precision)
+    cost = split_cost(c, L, N, attention, cut_precision=cut_precision, new_rows=new_rows)
     return cost.flops + CUT_BYTE_FLOPS[target] * cost.cut_bytes
 
 
-def best_attention(c: STCAConfig, L: int, N: int, target: str = "in-process", cut_precision: str = "fp32") -> str:
-    """The attention form that costs less for requests of L history items and N candidates on `target`."""
-    return min(("kv", "reordered"), key=lambda form: served_cost(c, L, N, form, target, cut_precision))
+def best_attention(c: STCAConfig, L: int, N: int, target: str = "in-process", cut_precision: str = "fp32",
+                   new_rows: float = 1.0) -> str:
+    """The attention form that costs less for requests of L history items and N candidates on `target`, the encoder
+    computing `new_rows` of the rows (1 - the history row cache's hit rate)."""
+    return min(("kv", "reordered"), key=lambda form: served_cost(c, L, N, form, target, cut_precision, new_rows))
 
 
-def crossover_candidates(c: STCAConfig, L: int, target: str = "in-process", cut_precision: str = "fp32") -> float:
-    """N above which the kv form is cheaper: (D + b) / (h - 1 + D/L), where b = CUT_BYTE_FLOPS * width / 4 prices
-    the extra L*D values per layer the kv form ships (b = 0 in one process: D / (h - 1 + D/L))."""
+def crossover_candidates(c: STCAConfig, L: int, target: str = "in-process", cut_precision: str = "fp32",
+                         new_rows: float = 1.0) -> float:
+    """N above which the kv form is cheaper: (new_rows * D + b) / (h - 1 + D/L), where b = CUT_BYTE_FLOPS * width / 4
+    prices the extra L*D values per layer the kv form ships (b = 0 in one process: D / (h - 1 + D/L) on unique
+    traffic, 0 once every row is cached)."""
     b = CUT_BYTE_FLOPS[target] * BYTES[cut_precision] / 4
-    return (c.d_model + b) / (c.n_heads - 1 + c.d_model / L)
+    return (new_rows * c.d_model + b) / (c.n_heads - 1 + c.d_model / L)
 
 
 def gemm_peaks(size: int = 2_048, seconds: float = 1.0) -> dict[str, float]:

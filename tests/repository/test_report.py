@@ -11,7 +11,7 @@ from compiler.core.contract import CANDIDATE, REQUEST, Contract, Input, stca_con
 from compiler.passes.row_locality import RowLocality
 from compiler.passes.partition import Cut, CutTensor, SharedWeight
 from compiler.repository import report
-from compiler.repository.report import cut_table, history_cache_lines
+from compiler.repository.report import cached_attention_lines, cut_table, history_cache_lines
 from compiler.stca.model import preset
 from compiler.verify.gates import CaseResult, Thresholds, Verification, VerifyConfig
 
@@ -96,6 +96,19 @@ def test_a_row_local_encoder_whose_cache_is_not_served_says_so():
     assert not any(line.startswith("Served:") for line in lines)
 
 
+def test_the_cached_attention_table_prices_both_forms_rows_and_says_where_kv_wins():
+    c = preset("tiny", max_history=100, max_candidates=10)  # D=16, h=2, M=2, kv
+    lines = cached_attention_lines(c, row_local(served=True, budget_bytes=64 << 20), 100)
+    # a kv row: K and V of 2 layers, 16 fp32 each, and the key bias: 260 bytes; reordered: Xt of 2 layers, 132 bytes.
+    # An entry adds 8 bytes per key (2 keys) and 64 of overhead: 64 MiB // 340 and // 212 rows, per 100-item history.
+    table = rows(lines[2:])
+    assert [r[:3] for r in table] == [["`kv` (served)", "260", "197,379 (1,973)"], ["`reordered`", "132", "316,551 (3,165)"]]
+    assert float(table[0][4]) < float(table[1][4])  # kv's scorer is cheaper per candidate...
+    assert float(table[0][3]) > float(table[1][3])  # ...for the K and V its encoder computes per row
+    # kv wins above N = D / (h - 1 + D/L) = 16 / 1.16 with no row cached, a tenth of that at a 90% hit rate
+    assert "above N = 14 candidates when no row is cached, above N = 1 at a 90% hit rate" in lines[-1]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_checkpoint):
     """One real tiny build (python target, the row cache served in stca_split), with a quick verification."""
@@ -132,6 +145,8 @@ def test_report_md_of_a_real_build_shows_its_cut_verification_cases_and_row_cach
     assert cache[:5] == history_cache_lines(record)  # the record's own section, whole
     assert all(f"`{name}`" in cache[2] for name in record.row_graphs["cached"])
     assert cache[4].startswith(f"Served: the history encoder keeps up to {record.budget_bytes // 2**20} MiB of rows")
+    priced = cached_attention_lines(built.config, record, L)  # STCA's forms priced with the cache
+    assert cache[6:6 + len(priced)] == priced
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
 from compiler.stca.checkpoint import seeded_model
-from compiler.stca.costmodel import best_attention, crossover_candidates, naive_cost, split_cost
+from compiler.stca.costmodel import best_attention, crossover_candidates, naive_cost, row_bytes, split_cost
 from compiler.stca.data import sample_requests
 from compiler.stca.model import preset
 
@@ -30,11 +30,35 @@ def test_kv_moves_work_into_the_encoder():
 
 @pytest.mark.parametrize("name", ["small", "paper"])
 @pytest.mark.parametrize("target,cut", [("in-process", "fp32"), ("python", "fp32"), ("python", "fp16")])
-def test_the_pick_switches_to_kv_at_the_crossover(name, target, cut):
+@pytest.mark.parametrize("new_rows", [1.0, 0.3])
+def test_the_pick_switches_to_kv_at_the_crossover(name, target, cut, new_rows):
     c, L = preset(name), 2_000
-    n_star = crossover_candidates(c, L, target, cut)
-    assert best_attention(c, L, int(n_star), target, cut) == "reordered"
-    assert best_attention(c, L, int(n_star) + 1, target, cut) == "kv"
+    n_star = crossover_candidates(c, L, target, cut, new_rows)
+    assert best_attention(c, L, int(n_star), target, cut, new_rows) == "reordered"
+    assert best_attention(c, L, int(n_star) + 1, target, cut, new_rows) == "kv"
+
+
+def test_with_the_history_cache_the_encoder_pays_only_for_new_rows_and_kv_wins_at_any_n_once_all_are_cached():
+    c, L, N = preset("paper"), 10_000, 16
+    unique, returning = split_cost(c, L, N, "kv"), split_cost(c, L, N, "kv", new_rows=0.1)
+    assert returning.encoder_flops == pytest.approx(0.1 * unique.encoder_flops)
+    assert (returning.scorer_flops, returning.cut_bytes) == (unique.scorer_flops, unique.cut_bytes)  # per candidate, all rows
+    assert crossover_candidates(c, L, new_rows=0.1) < crossover_candidates(c, L) / 5
+    assert best_attention(c, L, N) == "reordered" and best_attention(c, L, 1, new_rows=0.0) == "kv"
+
+
+@pytest.mark.parametrize("form", ["kv", "reordered"])
+def test_row_bytes_are_what_the_row_cache_finds_in_the_exported_encoder(form):
+    from compiler.build import cut_model
+    from compiler.load.subject import Source, StcaSubject
+    from compiler.passes.row_locality import row_graphs
+
+    model = seeded_model(preset("tiny", attention=form))
+    _, parts = cut_model(StcaSubject(model, Source("seeded")))
+    assert row_bytes(model.config) == row_graphs(parts.encoder, "L").bytes_per_row
+    c = model.config
+    assert row_bytes(c, "kv") - 4 == 2 * (row_bytes(c, "reordered") - 4)  # K and V against Xt; the key bias alike
+    assert row_bytes(c, form, "fp16") - 4 == (row_bytes(c, form) - 4) // 2
 
 
 def test_pricing_the_cut_moves_the_crossover_where_the_cut_is_copied_between_processes():
