@@ -15,7 +15,7 @@ from pathlib import Path
 
 from compiler.core.errors import CompilerError
 from compiler.core.log import configure, log
-from compiler.core.names import BASELINES, ENSEMBLE, PYTORCH
+from compiler.core.names import BASELINES, ENSEMBLE, INDUCTOR, PYTORCH
 from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.serving.proxy import ROUTES
 
@@ -167,8 +167,9 @@ def _build_target_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--cpu-threads", type=int, default=0,
                    help="on a CPU: the cores the served repository may use, shared between its models (default: this "
                         "machine's); python -m compiler tune then measures the best split of them")
-    b.add_argument("--baselines", action="store_true",
-                   help=f"also emit the baselines for benchmarks: {', '.join(BASELINES)} ({' and '.join(PYTORCH)} on the python target only)")
+    b.add_argument("--baselines", type=names, nargs="?", const=BASELINES, default=(), metavar="NAMES",
+                   help=f"also emit baselines for benchmarks: all of {', '.join(BASELINES)} ({' and '.join(PYTORCH)} on the "
+                        f"python target only), or those named, comma-separated ({INDUCTOR} compiles for about 40 s at load)")
     b.add_argument("--ort-trt-accelerator", action="store_true", help="onnxruntime target: enable ORT's TensorRT accelerator")
     b.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=True,
                    help="on a CPU: run attention as ONNX Runtime's fused MultiHeadAttention, which never holds the N x L "

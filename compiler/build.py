@@ -19,7 +19,7 @@ from compiler.core.artifacts import atomic_directory, check_replaceable
 from compiler.core.errors import CompilerError
 from compiler.core.log import log, stage
 from compiler.core.machine import machine, versions
-from compiler.core.names import ENCODER, FUSED, SCORER
+from compiler.core.names import ENCODER, FUSED, PYTORCH, SCORER
 from compiler.core.precisions import least_precise
 from compiler.load.stca import StcaSpec, load_stca
 from compiler.load.subject import Subject
@@ -130,7 +130,8 @@ def build(cfg: BuildConfig) -> BuildResult:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
     with atomic_directory(cfg.out, is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
         with stage("emit") as s:
-            eager = cfg.emit.baselines and subject.model is not None  # the PyTorch-eager baseline serves STCA checkpoints
+            # the PyTorch baselines serve STCA checkpoints
+            eager = subject.model is not None and any(name in PYTORCH for name in cfg.emit.baselines)
             graphs = Graphs(halves.split, halves.whole or whole, plans=plans.plans if plans else None, row_cache=row_cache,
                             checkpoint=save_checkpoint(subject.model, Path(scratch) / "checkpoint") if eager else None)
             emit(tmp, graphs, subject.contract, subject.tasks, _warmup(cfg, subject, halves), deployment)
@@ -175,7 +176,7 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
 
     def attempt(kept) -> Attempt:
         with stage("precision") as s:
-            halves = convert(parts, cfg.precision, calibration, whole if cfg.emit.baselines else None, int8_form,
+            halves = convert(parts, cfg.precision, calibration, whole if FUSED in cfg.emit.baselines else None, int8_form,
                              keep_float=keep_float(kept))
             s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}" + (
                 f"; {len(kept)} layer(s) kept in float" if kept else "")

@@ -122,6 +122,8 @@ def run_cli_here(capsys, *args) -> subprocess.CompletedProcess:
         (["--precision", "fp8"], ["precision: 'fp8' is not one of"]),
         (["--target", "tpu"], ["target: 'tpu' is not one of"]),
         (["--opset", "23"], ["opset 23 is outside 17..20"]),
+        (["--baselines", "stca_slow"], ["baselines: stca_slow not among stca_fused"]),
+        (["--baselines", "stca_naive"], ["stca_naive scores each candidate through stca_fused; emit both"]),
     ],
 )
 def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, args, fragments):

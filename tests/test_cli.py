@@ -31,6 +31,7 @@ from compiler.__main__ import (
 )
 from compiler.core.errors import CompilerError
 from compiler.core.log import log
+from compiler.core.names import BASELINES, FUSED, TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "compiler" / "__main__.py"
@@ -87,7 +88,8 @@ def test_build_config_carries_every_stage_option():
         "int8", None, "fp16", Path("cal"), "fp16", "cpu", "fp16")
     e = cfg.emit
     assert (e.target, e.cpu_threads, e.instances, e.baselines, e.split_processes, e.history_cache_bytes, e.history_cache_at,
-            e.history_cache_skip, e.fused_attention) == ("python", 4, 2, True, 2, 512 << 20, "scorer", False, False)
+            e.history_cache_skip, e.fused_attention) == ("python", 4, 2, BASELINES, 2, 512 << 20, "scorer", False, False)
+    assert build_config(parse("build", "--baselines", "stca_fused,stca_torch")).emit.baselines == (FUSED, TORCH)
     assert [prof.dims for prof in cfg.engines.profiles] == [{"L": (1, 2, 3), "N": (1, 4, 8)}, {"L": (1, 1, 1), "N": (2, 2, 2)}]
     assert cfg.accept_accuracy_loss is True
 

@@ -26,7 +26,7 @@ from compiler.core.contract import REQUEST_INPUTS
 from compiler.core.errors import CompilerError
 from compiler.core.log import Progress, log, stage
 from compiler.core.machine import machine, versions
-from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, INDUCTOR, NAIVE, PYTORCH, SPLIT
+from compiler.core.names import BASELINES, COMPOSING, ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SPLIT
 from compiler.load.subject import Source, StcaSubject, Subject
 from compiler.load.user_model import UserModelSpec
 from compiler.measure import bench_report
@@ -268,7 +268,7 @@ def run(cfg: BenchConfig) -> Path:
         cells, built, budgets, compiled = [], {}, {}, {}
         for precision in cfg.precisions:
             # no row cache: perf_analyzer cycles through a few requests, so the cache would serve their rows, not compute them
-            built[precision], budgets[precision] = repo(precision, precision, baselines=True, history_cache_bytes=0)
+            built[precision], budgets[precision] = repo(precision, precision, baselines=baselines_of(cfg.models), history_cache_bytes=0)
             if "grid" not in cfg.suites:
                 continue
             with server(built[precision].out) as triton:
@@ -294,7 +294,7 @@ def run(cfg: BenchConfig) -> Path:
         if "repeated_users" in cfg.suites:
             base = cfg.precisions[0]
             one, budgets[f"{base} with the row cache, one process"] = repo("row-cache-one-process", base)
-            at_encoder, budgets[f"{base} with the row cache in the encoder"] = repo("row-cache", base, baselines=True, split_processes=2)
+            at_encoder, budgets[f"{base} with the row cache in the encoder"] = repo("row-cache", base, baselines=(FUSED,), split_processes=2)
             uncached = uncached_copy(at_encoder.out, work / "repo-no-row-cache")
             if cfg.tune:  # without its cache the encoder does more work: its own best budget, as every model gets
                 budgets[f"{base} without the row cache"] = tune(TuneConfig(
@@ -314,6 +314,11 @@ def run(cfg: BenchConfig) -> Path:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     bench_report.write(out, results)
     return out
+
+
+def baselines_of(models: tuple[str, ...]) -> tuple[str, ...]:
+    """The baselines a repository needs to serve `models`: each one's composing models (stca_naive calls stca_fused)."""
+    return tuple(b for b in BASELINES if any(b in COMPOSING[m] for m in models))
 
 
 def torch_compile(metrics_url: str) -> dict:

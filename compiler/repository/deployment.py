@@ -12,7 +12,7 @@ halves stay two models.
 from dataclasses import dataclass
 
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, SCORER, SPLIT
+from compiler.core.names import BASELINES, ENCODER, FUSED, NAIVE, SCORER, SPLIT
 from compiler.repository import budget
 from compiler.runtime.row_cache import ADMISSIONS, DEFAULT_HISTORY_CACHE_BYTES
 
@@ -27,7 +27,7 @@ class EmitConfig:
     instances: int | None = None  # per composing model; None: 1 on a GPU, the thread budget's on a CPU
     device: str | None = None  # "cpu" or "gpu"; None: cpu for the python target, gpu for onnxruntime and tensorrt
     cpu_threads: int = 0  # the cores the served repository may use (compiler.repository.budget); 0: this machine's
-    baselines: bool = False
+    baselines: tuple[str, ...] = ()  # the names.BASELINES to emit beside the ensemble (the PyTorch ones on the python target)
     ort_trt_accelerator: bool = False  # onnxruntime target: let ORT hand subgraphs to TensorRT
     fused_attention: bool = True  # on a CPU: attention runs as ONNX Runtime's MultiHeadAttention (compiler.passes.fused_attention)
     response_cache: bool = False  # on the history encoder: a repeated history is encoded once
@@ -61,6 +61,11 @@ class EmitConfig:
         if self.split_processes == 1 and self.response_cache:
             raise CompilerError("response cache: it caches the history encoder's answers, which needs the encoder as its own "
                                 "model (--split-processes 2)")
+        unknown = [name for name in self.baselines if name not in BASELINES]
+        if unknown:
+            raise CompilerError(f"baselines: {', '.join(unknown)} not among {', '.join(BASELINES)}")
+        if NAIVE in self.baselines and FUSED not in self.baselines:
+            raise CompilerError(f"baselines: {NAIVE} scores each candidate through {FUSED}; emit both")
         if self.history_cache_admission not in ADMISSIONS:
             raise CompilerError(f"history cache admission: {self.history_cache_admission!r} is not one of {ADMISSIONS}")
         if self.history_cache_bytes < 0:

@@ -100,12 +100,14 @@ def emit(repo: Path, graphs: Graphs, contract: Contract, tasks: tuple[str, ...],
     ensemble.parameters["tasks"].string_value = ",".join(tasks)  # the columns of scores
     written += write_config(repo, ensemble)
     (repo / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version directory, even empty
-    if cfg.options.baselines:
+    baselines = cfg.options.baselines
+    if FUSED in baselines:
         written += _composing_model(repo, FUSED, graphs.whole, contract, request, cfg, placements, graphs.plans)
+    if NAIVE in baselines:
         written += _naive_model(repo, graphs.whole, contract, cfg, placements[NAIVE])
-        if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
-            for name in PYTORCH:
-                written += _torch_model(repo, name, graphs.whole, graphs.checkpoint, contract, placements[name])
+    if cfg.target == "python" and graphs.checkpoint is not None:  # the GPU containers have no torch
+        for name in (name for name in PYTORCH if name in baselines):
+            written += _torch_model(repo, name, graphs.whole, graphs.checkpoint, contract, placements[name])
     if cfg.options.queue_limit:  # the ensemble's steps, which its requests queue for; not the baselines
         for model in [VALIDATOR] * validated + [model for model, _, _ in steps]:
             update_config(repo, model, lambda config: bound_queue(config, cfg.options.queue_limit))  # the same file

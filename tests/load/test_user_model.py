@@ -12,7 +12,7 @@ import torch.nn as nn
 from compiler.build import BuildConfig, build
 from compiler.core.contract import Contract
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, SCORER
+from compiler.core.names import BASELINES, ENCODER, SCORER
 from compiler.load.user_model import UserModelSpec, load_user_model
 from compiler.precision.convert import PrecisionConfig
 from compiler.repository.deployment import EmitConfig
@@ -46,7 +46,7 @@ def spec(files, name, form, **fields) -> UserModelSpec:
 
 def user_build(tmp_path, files, name, form, precision="fp32", **fields):
     return build(BuildConfig(out=tmp_path / f"{name}-{form}-{precision}", user_model=spec(files, name, form, **fields),
-                             precision=PrecisionConfig(precision), verify=QUICK, emit=EmitConfig(baselines=True)))
+                             precision=PrecisionConfig(precision), verify=QUICK, emit=EmitConfig(baselines=BASELINES)))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

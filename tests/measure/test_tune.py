@@ -12,7 +12,7 @@ import pytest
 
 from compiler.build import BuildConfig, build
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
+from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
 from compiler.measure import tune as tune_module
 from compiler.measure.tune import TuneConfig, tune
 from compiler.repository.deployment import EmitConfig
@@ -104,7 +104,7 @@ def python_build(tmp_path_factory, tiny_checkpoint) -> Path:
     """The tiny model for the python target with the baselines, budgeted for 2 cores: stca_split (which holds the history
     row cache) serves the ensemble; stca_fused, stca_naive, stca_torch and stca_inductor beside it."""
     out = tmp_path_factory.mktemp("tune") / "python"
-    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(baselines=True, cpu_threads=CORES), verify=QUICK))
+    build(BuildConfig(out=out, checkpoint=tiny_checkpoint, emit=EmitConfig(baselines=BASELINES, cpu_threads=CORES), verify=QUICK))
     return out
 
 

@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from compiler.core.contract import REQUEST_INPUTS, stca_contract
 from compiler.core.errors import CompilerError
-from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SPLIT, TORCH, VALIDATOR
+from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SPLIT, TORCH, VALIDATOR
 from compiler.passes.partition import split
 from compiler.repository.deployment import EmitConfig, resolve_deployment
 from compiler.repository.reader import SPLIT_ENCODER_FILE, half_files, read_config
@@ -45,7 +45,7 @@ def dims(config, kind):
 @pytest.mark.parametrize("target", ["python", "onnxruntime", "tensorrt"])
 def test_every_target_writes_complete_configs(tmp_path, graphs, target):
     two_models = {"split_processes": 2} if target == "python" else {}  # the other targets always serve two
-    configs = emitted(tmp_path, graphs, target=target, baselines=True, **two_models)
+    configs = emitted(tmp_path, graphs, target=target, baselines=BASELINES, **two_models)
     validator = {VALIDATOR} if target != "python" else set()  # the Python-backend models validate requests themselves
     assert set(configs) == {ENSEMBLE, ENCODER, SCORER, FUSED, NAIVE} | validator  # stca_torch needs a checkpoint (tests/e2e)
     for name, config in configs.items():
@@ -70,7 +70,7 @@ def test_every_target_writes_complete_configs(tmp_path, graphs, target):
 
 def test_the_python_target_emits_the_pytorch_model_eager_and_compiled_alike_but_for_the_compile_parameter(tmp_path, graphs,
                                                                                                           tiny_checkpoint):
-    configs = emitted(tmp_path / "python", graphs, checkpoint=tiny_checkpoint, baselines=True, cpu_threads=2)
+    configs = emitted(tmp_path / "python", graphs, checkpoint=tiny_checkpoint, baselines=BASELINES, cpu_threads=2)
     eager, compiled = configs[TORCH], configs[INDUCTOR]
     assert compiled.parameters[COMPILE_PARAMETER].string_value == INDUCTOR_MODE and COMPILE_PARAMETER not in eager.parameters
     assert {k: v for k, v in compiled.parameters.items() if k != COMPILE_PARAMETER} == dict(eager.parameters)
@@ -82,7 +82,7 @@ def test_the_python_target_emits_the_pytorch_model_eager_and_compiled_alike_but_
         version = tmp_path / "python" / name / "1"
         assert (version / "model.py").read_text() == (tmp_path / "python" / TORCH / "1" / "model.py").read_text()
         assert sorted(p.name for p in (version / "checkpoint").iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
-    other = emitted(tmp_path / "onnxruntime", graphs, checkpoint=tiny_checkpoint, target="onnxruntime", device="cpu", baselines=True)
+    other = emitted(tmp_path / "onnxruntime", graphs, checkpoint=tiny_checkpoint, target="onnxruntime", device="cpu", baselines=BASELINES)
     assert not set(PYTORCH) & set(other)  # the python target only
 
 
@@ -100,7 +100,7 @@ def test_the_ensemble_wires_every_cut_tensor_from_encoder_to_scorer(tmp_path, gr
 
 def test_the_python_target_serves_both_halves_in_one_process_by_default(tmp_path, graphs):
     g, _, _, cut = graphs
-    configs = emitted(tmp_path, graphs, baselines=True)
+    configs = emitted(tmp_path, graphs, baselines=BASELINES)
     assert set(configs) == {ENSEMBLE, SPLIT, FUSED, NAIVE}
     (step,) = configs[ENSEMBLE].ensemble_scheduling.step  # one step: no cut tensor crosses between models
     request = set(REQUEST_INPUTS) | {"candidate_item_ids", "candidate_features"}
@@ -147,7 +147,7 @@ def test_a_misspelled_field_does_not_parse(tmp_path):
 
 @pytest.mark.parametrize("split_processes", [1, 2])
 def test_a_cpu_thread_budget_interleaves_single_thread_halves_without_spinning(tmp_path, graphs, split_processes):
-    configs = emitted(tmp_path, graphs, baselines=True, cpu_threads=4, split_processes=split_processes)
+    configs = emitted(tmp_path, graphs, baselines=BASELINES, cpu_threads=4, split_processes=split_processes)
     halves = [(SPLIT, 4, "1")] if split_processes == 1 else [(ENCODER, 4, "1"), (SCORER, 4, "1")]
     for name, count, threads in (*halves, (FUSED, 1, "4")):
         config = configs[name]
@@ -157,7 +157,7 @@ def test_a_cpu_thread_budget_interleaves_single_thread_halves_without_spinning(t
 
 
 def test_onnxruntime_on_a_cpu_host_uses_the_backends_own_thread_parameters_and_a_validator(tmp_path, graphs):
-    configs = emitted(tmp_path, graphs, target="onnxruntime", device="cpu", cpu_threads=2, baselines=True)
+    configs = emitted(tmp_path, graphs, target="onnxruntime", device="cpu", cpu_threads=2, baselines=BASELINES)
     for name in (ENCODER, SCORER, FUSED):
         config = configs[name]
         assert config.platform == "onnxruntime_onnx" and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
@@ -203,7 +203,7 @@ def test_warmup_values_without_the_cut_are_refused(tmp_path, graphs):
 
 @pytest.mark.parametrize("target", ["python", "onnxruntime"])
 def test_the_ensembles_steps_bound_their_queues_and_the_ensemble_and_baselines_do_not(tmp_path, graphs, target):
-    configs = emitted(tmp_path / "bounded", graphs, target=target, baselines=True, queue_limit=5)
+    configs = emitted(tmp_path / "bounded", graphs, target=target, baselines=BASELINES, queue_limit=5)
     for name, config in configs.items():
         policy = config.dynamic_batching.default_queue_policy
         if name in (ENSEMBLE, FUSED, NAIVE):  # the ensemble has no queue of its own; the baselines are references
