@@ -50,7 +50,7 @@ from compiler.measure.docs_tables import own_markdown
 from compiler.repository import budget, manifest
 from compiler.repository.budget import Placement
 from compiler.repository.reader import cache_holder, linked_copy, read_config, update_config
-from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES, RowSpec
+from compiler.runtime.row_cache import RowSpec, entry_bytes
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
 from compiler.serving.replicas import Replicas, ReplicasConfig
@@ -64,11 +64,11 @@ WAYS = ("one server", "one server, one process", "2 replicas, affinity", "2 repl
 COUNTERS = ("hits", "misses", "evictions")
 
 
-def entry_bytes(repo: Path) -> int:
+def served_entry_bytes(repo: Path) -> int:
     """The bytes one cached row costs in the served cache: its outputs' rows, its key, the cache's overhead."""
     spec = json.loads(read_config(repo / cache_holder(repo) / "config.pbtxt").parameters["history_cache"].string_value)
     rows = sum(RowSpec(dtype, tuple(shape)).nbytes for dtype, shape in spec["rows"].values())
-    return rows + 8 * len(spec["keys"]) + ENTRY_OVERHEAD_BYTES
+    return entry_bytes(rows, len(spec["keys"]))
 
 
 def with_budget(repo: Path, copy: Path, budget_bytes: int, placement: Placement | None = None) -> Path:
@@ -181,7 +181,7 @@ def main() -> None:
     requests = [visit_major[v * args.users + u] for v in range(args.visits) for u in rng.permutation(args.users)]
     keys = [user_key(r, manifest.read(repo).contract) for r in requests]
     session, key_names, _ = key_graph(repo)
-    codes, entry = request_keys(session, key_names, requests), entry_bytes(repo)
+    codes, entry = request_keys(session, key_names, requests), served_entry_bytes(repo)
     working = working_set(codes)
     budget_bytes = int(args.budget_fraction * working) * entry
     results = {"suite": "replicas", "machine": machine().describe(), "versions": versions(), "traffic": asdict(traffic), "candidates": args.candidates,

@@ -29,7 +29,7 @@ from onnx import helper
 
 from compiler.core.errors import CompilerError
 from compiler.passes.graph_index import GraphIndex, extract_model, node_inputs
-from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES, CachedEncoder, RowCache, RowKey, RowSpec
+from compiler.runtime.row_cache import CachedEncoder, RowCache, RowKey, RowSpec, entry_bytes
 
 ROW_DIM = "L"  # the symbolic history axis of STCA's exported graphs (compiler.passes.export); a user model names its own
 KEY_PREFIX = "row_key_"
@@ -337,7 +337,7 @@ def confirm(row_graphs: RowGraphs, encoder: onnx.ModelProto, requests: list[dict
     inside the whole history. `runner(graph)` -> an object with run(feeds) -> outputs (compiler.runtime.ort.OrtGraph).
     Returns the largest differences; raises NotRowLocal where a row differs beyond its dtype's tolerance."""
     whole, keys, rows = runner(encoder), runner(row_graphs.key_graph), runner(row_graphs.row_graph)
-    budget = 64 * (row_graphs.bytes_per_row + 8 * len(row_graphs.keys) + ENTRY_OVERHEAD_BYTES)  # 64 rows: most requests evict
+    budget = 64 * entry_bytes(row_graphs.bytes_per_row, len(row_graphs.keys))  # 64 rows: most requests evict
     cached = row_graphs.encoder(keys.run, rows.run, budget)
     worst: dict[str, float] = {}
     for number, request in enumerate(requests, 1):

@@ -10,7 +10,7 @@ from compiler.core.contract import Contract
 from compiler.passes import row_locality
 from compiler.passes.partition import Split
 from compiler.repository.report import cut_table
-from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
+from compiler.runtime.row_cache import entry_bytes
 
 
 def describe_cut(parts: Split, contract: Contract) -> list[str]:
@@ -26,7 +26,7 @@ def history_cache_line(encoder: onnx.ModelProto, contract: Contract) -> str:
         cache = row_locality.row_graphs(encoder, contract.history_dim)
     except row_locality.NotRowLocal as e:
         return f"History row cache: none ({e})"
-    entry = cache.bytes_per_row + 8 * len(cache.keys) + ENTRY_OVERHEAD_BYTES
+    entry = entry_bytes(cache.bytes_per_row, len(cache.keys))
     return (f"History row cache: {len(cache.cached)} tensors cached per history item, keyed on "
             f"{', '.join(k.source for k in cache.keys)}; {cache.bytes_per_row:,} bytes a row, "
             f"{(1 << 30) // entry:,} rows per GiB of --history-cache-bytes")

@@ -7,7 +7,7 @@ from compiler.load.subject import Subject
 from compiler.passes.row_locality import RowLocality
 from compiler.passes.partition import Cut
 from compiler.repository.manifest import BuildRecord
-from compiler.runtime.row_cache import ENTRY_OVERHEAD_BYTES
+from compiler.runtime.row_cache import entry_bytes
 from compiler.stca.costmodel import crossover_candidates, row_bytes, split_cost
 from compiler.stca.model import ATTENTION_FORMS, STCAConfig
 from compiler.verify.gates import TAU_MIN_CANDIDATES, Verification
@@ -174,7 +174,6 @@ def cached_attention_lines(c: STCAConfig, record: RowLocality, L: int) -> list[s
     so users in the budget, the encoder's work per row it misses and the scorer's per candidate; which form to serve."""
     cached = record.row_graphs["cached"]
     width = next(("fp16" if t["dtype"] == "float16" else "fp32") for name, t in cached.items() if t["row_shape"])
-    overhead = 8 * len(record.row_graphs["keys"]) + ENTRY_OVERHEAD_BYTES
     budget = record.budget_bytes if record.served else 1 << 30
     lines = [f"### Attention form with the cache (cost model, L={L:,})", "",
              f"| form | bytes a cached row | rows in {'the budget' if record.served else '1 GiB'} (histories of L={L:,}) "
@@ -182,7 +181,7 @@ def cached_attention_lines(c: STCAConfig, record: RowLocality, L: int) -> list[s
     for form in ATTENTION_FORMS:
         one = split_cost(c, L, 1, form)
         size = row_bytes(c, form, width)
-        rows = budget // (size + overhead)
+        rows = budget // entry_bytes(size, len(record.row_graphs["keys"]))
         lines.append(f"| `{form}`{' (served)' if form == c.attention else ''} | {size:,} | {rows:,} ({rows // L:,}) | "
                      f"{one.encoder_flops / L / 1e6:.3g} | {one.scorer_flops / 1e6:.3g} |")
     unique, warm = crossover_candidates(c, L), crossover_candidates(c, L, new_rows=0.1)

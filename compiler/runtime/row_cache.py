@@ -49,6 +49,13 @@ DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
 # index's buckets (int32, 2 to 4 per slot: 16) and the frequency sketch's counters (4 rows of 4 to 8 one-byte cells
 # per slot: 32). All numpy arrays of the capacity, allocated up front.
 ENTRY_OVERHEAD_BYTES = 64
+
+
+def entry_bytes(row_bytes: int, key_width: int) -> int:
+    """What one cached history row costs a budget: its rows' bytes, 8 per key column and ENTRY_OVERHEAD_BYTES."""
+    return row_bytes + 8 * key_width + ENTRY_OVERHEAD_BYTES
+
+
 # Slots a full cache looks at for each row it must evict (RowCache._least_recent).
 VICTIM_SAMPLES = 8
 # How long a process opening a SharedRegion waits for the one that made it to fill its arrays.
@@ -354,7 +361,7 @@ class RowCache:
             raise ValueError(f"row cache admission {admission!r} is not one of {ADMISSIONS}")
         arena = Arena(shared)
         self.key_width, self.shared = key_width, shared
-        self.entry_bytes = sum(s.nbytes for s in rows.values()) + 8 * key_width + ENTRY_OVERHEAD_BYTES
+        self.entry_bytes = entry_bytes(sum(s.nbytes for s in rows.values()), key_width)
         self.capacity = max(0, budget_bytes) // self.entry_bytes
         self._state = arena.array((4,), np.int64)
         self.sketch = FrequencySketch(self.capacity, arena) if admission == "frequency" else None
