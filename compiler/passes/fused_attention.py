@@ -94,7 +94,7 @@ def _match(node: onnx.NodeProto, index: GraphIndex) -> _Match | None:
     if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    if axis not in (-1, 2) or index.shape(node.input[0]) is None or len(index.shape(node.input[0])) != 3:
+    if axis not in (-1, 2) or len(index.shape(node.input[0]) or ()) != 3:
         return None
     bias_add, bias = None, None
     source = index.producer.get(node.input[0])

@@ -103,7 +103,7 @@ def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]
     totals: dict[str, float] = {}
     for line in _metrics(metrics_url, timeout_s):
         if line.startswith(HALF_TIME_METRIC + "{"):
-            half = line.split('half="', 1)[1].split('"', 1)[0]
+            half = _label(line, "half")
             totals[half] = totals.get(half, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
@@ -114,9 +114,14 @@ def model_gauge(metrics_url: str, metric: str, timeout_s: float = 10.0) -> dict[
     values: dict[str, float] = {}
     for line in _metrics(metrics_url, timeout_s):
         if line.startswith(metric + "{") and 'model="' in line:
-            model = line.split('model="', 1)[1].split('"', 1)[0]
+            model = _label(line, "model")
             values[model] = max(values.get(model, float("-inf")), float(line.rsplit(" ", 1)[1]))
     return values
+
+
+def _label(line: str, name: str) -> str:
+    """The value of label `name` in one Prometheus sample line."""
+    return line.split(f'{name}="', 1)[1].split('"', 1)[0]
 
 
 def _metrics(metrics_url: str, timeout_s: float) -> list[str]:
