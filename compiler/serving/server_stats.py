@@ -88,12 +88,18 @@ def since(http_url: str, before: dict, models: list[str]) -> list[StageTimes]:
 
 def history_cache_counters(metrics_url: str, model: str, timeout_s: float = 10.0) -> dict[str, float]:
     """A model's stca_history_cache_* metrics (compiler/runtime/row_cache.py: hits, misses, evictions, entries, bytes) from
-    Triton's Prometheus endpoint, summed over its instances; empty where the model keeps no row cache."""
+    Triton's Prometheus endpoint; empty where the model keeps no row cache. Counters add up over the model's instances;
+    a gauge (entries, bytes) is the largest any instance reports: the instances of a model share one cache, and each
+    reports its size as of the last request it served, so the latest report is the largest (the cache only shrinks
+    when it is emptied after a process died changing it, and then until the other instances serve again)."""
     totals: dict[str, float] = {}
+    gauges = set()
     for line in _metrics(metrics_url, timeout_s):
-        if line.startswith("stca_history_cache_") and f'model="{model}"' in line:
-            name = line.split("{", 1)[0].removeprefix("stca_history_cache_")
-            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        if line.startswith("# TYPE stca_history_cache_") and line.endswith(" gauge"):
+            gauges.add(line.split()[2].removeprefix("stca_history_cache_"))
+        elif line.startswith("stca_history_cache_") and f'model="{model}"' in line:
+            name, value = line.split("{", 1)[0].removeprefix("stca_history_cache_"), float(line.rsplit(" ", 1)[1])
+            totals[name] = max(totals.get(name, value), value) if name in gauges else totals.get(name, 0.0) + value
     return totals
 
 

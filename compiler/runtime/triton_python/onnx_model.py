@@ -96,8 +96,6 @@ class TritonPythonModel(StcaModel):
         shared = SharedRegion(f"{self.name}-{digest[:12]}-{self.cache_bytes}", self.cache_bytes + SHARED_SLACK_BYTES) \
             if instances > 1 and self.cache_bytes > 0 else None
         cache = RowCache(self.cache_bytes, rows, len(keys), admission, shared) if self.cache_bytes > 0 else None
-        # the cache's size once, from the process that made it, where processes share it (the metrics add up instances)
-        self.reports_size = shared is None or shared.fresh
         labels = {"model": self.name, "instance": args["model_instance_name"], "weights": digest[:12]}
         # A Metric must not outlive its MetricFamily, so the families are kept as long as the model.
         self.metric_families = {
@@ -127,8 +125,8 @@ class TritonPythonModel(StcaModel):
         for name, value in self.cached_encoder.counters().items():
             if name not in self.metrics or value == self.reported[name]:
                 continue
-            if name in ("entries", "bytes"):
-                self.metrics[name].set(value if self.reports_size else 0)
+            if name in ("entries", "bytes"):  # the shared cache's size as this request left it: readers take the largest
+                self.metrics[name].set(value)
             else:
                 self.metrics[name].increment(value - self.reported[name])
             self.reported[name] = value
