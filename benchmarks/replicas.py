@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import sys
@@ -42,7 +41,6 @@ from pathlib import Path
 import numpy as np
 from cache_sim import key_graph, request_keys, simulate, working_set  # benchmarks/cache_sim.py, beside this file
 
-from compiler.core.artifacts import MANIFEST
 from compiler.core.machine import machine, versions
 from compiler.core.names import ENSEMBLE, SPLIT
 from compiler.measure.bench_repeated import drive
@@ -78,8 +76,7 @@ def with_budget(repo: Path, copy: Path, budget_bytes: int, placement: Placement 
         config.parameters["history_cache_bytes"].string_value = str(budget_bytes)
         config.parameters["history_cache_skip"].string_value = "0"
 
-    linked_copy(repo, copy)
-    shutil.copy2(repo / MANIFEST, copy / MANIFEST)  # the build record, which Replicas reads (a copy, not a link)
+    linked_copy(repo, copy, with_manifest=True)  # Replicas reads the build record
     update_config(copy, cache_holder(repo), change)
     if placement is not None:
         budget.write_placements(copy, {SPLIT: placement})
@@ -132,10 +129,10 @@ def placement(servers: list[TritonServer], url: str, requests: list[dict], keys:
     client = ScoringClient(url, "http", timeout_s=600.0)
     try:
         for key, request in first.items():
-            before = [server_stats.snapshot(s.cfg.http_url).get(ENSEMBLE, {}).get("success", 0) for s in servers]
+            before = [server_stats.answered(s.cfg.http_url, ENSEMBLE) for s in servers]
             client.score(request)
             time.sleep(0.05)
-            after = [server_stats.snapshot(s.cfg.http_url).get(ENSEMBLE, {}).get("success", 0) for s in servers]
+            after = [server_stats.answered(s.cfg.http_url, ENSEMBLE) for s in servers]
             home[key] = int(np.argmax(np.subtract(after, before)))
     finally:
         client.close()

@@ -20,7 +20,6 @@ each request's encoder time against the rows it had to compute (the row cache's 
 resident memory of the processes holding the cache (the encoder's without one) before and after.
 """
 
-import os
 import shutil
 import statistics
 import threading
@@ -29,10 +28,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compiler.core.artifacts import MANIFEST
 from compiler.core.log import stage
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER
-from compiler.repository.reader import cache_holder, composing, update_config
+from compiler.repository.reader import cache_holder, composing, linked_copy, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
 from compiler.serving.server import ServerConfig, TritonServer, stub_processes
@@ -179,12 +177,10 @@ def _response_cache_on(config) -> None:
 
 
 def _copy_with_encoder(repo: Path, copy: Path, change) -> Path:
-    """A copy of `repo` with `change` applied to the encoder's config. The graphs are hard-linked (they are large), so
-    the files a later step rewrites (the encoder's config here, manifest.json in compiler.measure.tune) are real copies."""
+    """A copy of `repo` (compiler.repository.reader.linked_copy, with its build record: tune rewrites that) with
+    `change` applied to the encoder's config."""
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(repo, copy, copy_function=os.link)
-    (copy / MANIFEST).unlink()
-    shutil.copy2(repo / MANIFEST, copy / MANIFEST)
+    linked_copy(repo, copy, with_manifest=True)
     update_config(copy, ENCODER, change)
     return copy
 

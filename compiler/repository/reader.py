@@ -9,6 +9,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from compiler.core.artifacts import MANIFEST
 from compiler.core.names import COMPOSING, ENCODER, ENSEMBLE, SCORER, SPLIT
 
 SPLIT_ENCODER_FILE = "encoder.onnx"  # beside stca_split's model.onnx (the scorer): the graph that runs first
@@ -40,12 +41,15 @@ def cache_holder(repo: Path) -> str | None:
     return None
 
 
-def linked_copy(repo: Path, copy: Path, models: tuple[str, ...] | None = None) -> Path:
+def linked_copy(repo: Path, copy: Path, models: tuple[str, ...] | None = None, with_manifest: bool = False) -> Path:
     """A copy of a repository's model directories (every one, or those of `models` it has), hard-linked: the graphs
-    are large. Change its configs with update_config, which replaces a file instead of writing through the link."""
+    are large. Change its configs with update_config, which replaces a file instead of writing through the link.
+    `with_manifest`: the build record too, copied (a later step may rewrite it: compiler.measure.tune)."""
     for model in sorted(p.parent.name for p in Path(repo).glob("*/config.pbtxt")):
         if models is None or model in models:
             shutil.copytree(Path(repo) / model, Path(copy) / model, copy_function=os.link)
+    if with_manifest:
+        shutil.copy2(Path(repo) / MANIFEST, Path(copy) / MANIFEST)
     return Path(copy)
 
 

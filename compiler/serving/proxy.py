@@ -33,7 +33,7 @@ from pathlib import Path
 from compiler.core.errors import CompilerError
 from compiler.core.log import log
 from compiler.serving.routing import nginx_variable
-from compiler.serving.server import ServerConfig, Started, die_with_parent, port_in_use
+from compiler.serving.server import Address, ServerConfig, Started, die_with_parent, port_in_use
 
 ROUTES = ("affinity", "round-robin")
 FAIL_TIMEOUT_S = 10  # how long a replica that failed a request is left out before nginx tries it again
@@ -41,13 +41,10 @@ NEXT_UPSTREAM_TRIES = 3  # the first replica and up to two others
 TIMEOUT_S = 600  # reading an answer: a long history on a busy server takes seconds, never minutes
 
 
-@dataclass(frozen=True)
-class ProxyConfig:
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig(Address):
     replicas: tuple[ServerConfig, ...]
     route: str = "affinity"
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
     nginx: Path | None = None  # default: nginx on PATH or in /usr/sbin
 
     def __post_init__(self):
@@ -55,14 +52,6 @@ class ProxyConfig:
             raise CompilerError(f"proxy: route {self.route!r} is not one of {', '.join(ROUTES)}")
         if not self.replicas:
             raise CompilerError("proxy: no replicas to route to")
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
 
 
 def nginx_conf(cfg: ProxyConfig, workdir: Path) -> str:

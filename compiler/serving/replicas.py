@@ -103,8 +103,9 @@ class Replicas(Started):
             server.wait_ready(stop=stop)
         if stop is None or not stop.is_set():
             cfg = self.cfg
-            self.proxy = Proxy(ProxyConfig(tuple(s.cfg for s in self.servers), cfg.route, cfg.host, cfg.http_port or free_port(),
-                                           cfg.grpc_port or free_port(), cfg.nginx))
+            self.proxy = Proxy(ProxyConfig(replicas=tuple(s.cfg for s in self.servers), route=cfg.route, host=cfg.host,
+                                           http_port=cfg.http_port or free_port(), grpc_port=cfg.grpc_port or free_port(),
+                                           nginx=cfg.nginx))
             self.proxy.start()
             self.proxy.wait_ready()
 

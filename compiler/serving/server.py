@@ -47,11 +47,25 @@ SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_":
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    repo: Path = Path("triton_repo")
+class Address:
+    """Where clients reach a server, or the proxy in front of several: one host, an HTTP and a gRPC port."""
+
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig(Address):
+    repo: Path = Path("triton_repo")
     metrics_port: int = 8002
     tritonserver: Path | None = None  # default: the binary in the nvidia-pytriton wheel
     response_cache_bytes: int = 256 << 20  # used only by models that enable response_cache
@@ -63,14 +77,6 @@ class ServerConfig:
     def on_free_ports(cls, repo: Path, **fields) -> "ServerConfig":
         """A config with three ports that are free now: for a server the program starts and stops itself."""
         return cls(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **fields)
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:

@@ -49,6 +49,11 @@ def snapshot(http_url: str, timeout_s: float = 10.0) -> dict[str, dict[str, int]
     return counts
 
 
+def answered(http_url: str, model: str) -> int:
+    """How many requests a model has answered successfully since the server started (0: none, or no such model)."""
+    return snapshot(http_url).get(model, {}).get("success", 0)
+
+
 def settled_snapshot(http_url: str, before: dict, models: list[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
     """A snapshot taken once the named models have each answered as many requests since `before` as the busiest of them.
 
@@ -59,8 +64,8 @@ def settled_snapshot(http_url: str, before: dict, models: list[str], timeout_s: 
     deadline = time.monotonic() + timeout_s
     while True:
         after = snapshot(http_url)
-        answered = [after.get(m, {}).get("success", 0) - before.get(m, {}).get("success", 0) for m in models]
-        if min(answered) == max(answered) or time.monotonic() > deadline:
+        counts = [after.get(m, {}).get("success", 0) - before.get(m, {}).get("success", 0) for m in models]
+        if min(counts) == max(counts) or time.monotonic() > deadline:
             return after
         time.sleep(0.01)
 

@@ -59,7 +59,7 @@ def ensemble_counts(group, at_least: int = 0, timeout_s: float = 5.0) -> list[in
     after its answer left)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        counts = [server_stats.snapshot(s.cfg.http_url).get(ENSEMBLE, {}).get("success", 0) for s in group.servers]
+        counts = [server_stats.answered(s.cfg.http_url, ENSEMBLE) for s in group.servers]
         if sum(counts) >= at_least or time.monotonic() > deadline:
             return counts
         time.sleep(0.05)
@@ -75,7 +75,7 @@ def test_core_shares_split_the_cores_and_refuse_more_replicas_than_cores():
 def test_nginx_accepts_the_configuration(tmp_path, route):
     replicas = tuple(ServerConfig.on_free_ports(tmp_path) for _ in range(3))
     conf = tmp_path / "nginx.conf"
-    conf.write_text(nginx_conf(ProxyConfig(replicas, route, http_port=free_port(), grpc_port=free_port()), tmp_path))
+    conf.write_text(nginx_conf(ProxyConfig(replicas=replicas, route=route, http_port=free_port(), grpc_port=free_port()), tmp_path))
     checked = subprocess.run([str(find_nginx()), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert ("hash $route_key consistent" in conf.read_text()) == (route == "affinity")
@@ -178,7 +178,7 @@ def test_serve_replicas_from_the_command_line_and_stop_on_sigterm(served_repo, v
                 assert np.isfinite(client.score(request)).all()
         finally:
             client.close()
-        served = [server_stats.snapshot(f"127.0.0.1:{port}").get(ENSEMBLE, {}).get("success", 0) for port in replica_ports]
+        served = [server_stats.answered(f"127.0.0.1:{port}", ENSEMBLE) for port in replica_ports]
         assert all(served), f"round-robin: requests per replica {served}"
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == 0

@@ -111,6 +111,12 @@ def test_snapshot_reads_successes_and_stage_nanoseconds_and_adds_up_versions_of_
     assert snap == {SPLIT: counts(10, 11, 22, 330, 44), FUSED: counts(3, 5, 6, 7, 8)}
 
 
+def test_answered_is_a_models_successes_over_its_versions_and_zero_for_a_model_the_server_lacks():
+    page = stats_page([(SPLIT, "1", 6, [10, 20, 300, 40]), (SPLIT, "2", 4, [1, 2, 30, 4]), (FUSED, "1", 3, [5, 6, 7, 8])])
+    with stand_in({"/v2/models/stats": page}) as (url, _):
+        assert (server_stats.answered(url, SPLIT), server_stats.answered(url, FUSED), server_stats.answered(url, ENSEMBLE)) == (10, 3, 0)
+
+
 def test_settled_snapshot_waits_until_every_named_model_has_answered_as_many_requests():
     before = {ENSEMBLE: counts(0, 0, 0, 0, 0), SPLIT: counts(0, 0, 0, 0, 0)}
     unsettled = stats_page([(ENSEMBLE, "1", 4, [0, 0, 4_000_000, 0]), (SPLIT, "1", 3, [0, 0, 3_000_000, 0])])
