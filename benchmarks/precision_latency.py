@@ -105,8 +105,10 @@ def main() -> None:
         label, repo = spec.split("=", 1)
         repo = Path(repo)
         config = STCAConfig.from_dict(json.loads((repo / "manifest.json").read_text())["model_config"])
-        encoder, scorer = (OrtGraph(path, args.threads) for path in half_files(repo))
-        fused = OrtGraph(repo / FUSED / "1" / "model.onnx", args.threads) if (repo / FUSED).is_dir() else None
+        # spinning off: the sessions take turns on the same cores (with --ab, round by round), and a spinning session's
+        # idle threads slow the next one (the same 2-thread scorer, L=2,000 N=128: 57 ms in one run, 24 with it off)
+        encoder, scorer = (OrtGraph(path, args.threads, spinning=False) for path in half_files(repo))
+        fused = OrtGraph(repo / FUSED / "1" / "model.onnx", args.threads, spinning=False) if (repo / FUSED).is_dir() else None
         splits[label] = (config, encoder, scorer)
         for L in args.history:
             for N in args.candidates:
