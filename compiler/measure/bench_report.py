@@ -335,7 +335,8 @@ def _repeated_markdown(rep: dict, precision: str, drawn: list[str] = ()) -> list
              *repeated_table(rep), "",
              "Hit rate: distinct row keys found in the cache over distinct keys looked up, per level (Triton's "
              "`stca_history_cache_*` metrics). Infer ms: Triton's compute_infer per request at concurrency 1 (for stca_fused, "
-             "the whole graph in the scorer column).", ""]
+             "the whole graph in the scorer column; for stca_split, the time in each half within its compute, "
+             "`stca_split_half_ms`).", ""]
     lines += ["![the variants side by side](repeated_users.png)", ""] if "repeated_users.png" in drawn else []
     cached = variants["row cache"]
     fit = _encoder_fit(cached["per_request"])
@@ -367,8 +368,9 @@ def repeated_table(rep: dict) -> list[str]:
         top = max(r["throughput"] for r in rows)
         stages = {s["model"]: s for s in rows[0]["stages"]}
         hits = " / ".join(f"{hit_rate(row['cache']):.2f}" for row in rows if row.get("cache") and v["model"] == ENSEMBLE) or "-"
-        enc = stages.get(ENCODER, {}).get("compute_infer_ms")
-        sco = stages.get(SCORER, stages.get(FUSED, {})).get("compute_infer_ms")
+        halves = rows[0].get("split_halves_ms", {})  # stca_split: the halves inside its one compute
+        enc = stages.get(ENCODER, {}).get("compute_infer_ms", halves.get("encoder"))
+        sco = stages.get(SCORER, stages.get(FUSED, {})).get("compute_infer_ms", halves.get("scorer"))
         per_level = " / ".join(f"{row['throughput']:.1f}" for row in rows)
         lines.append(f"| {name} (`{v['model']}`) | {per_level} | {top:.1f} | "
                      f"{top / fused_best:.2f}x | {rows[0]['p50_ms']:.0f} | {hits} | "

@@ -119,6 +119,11 @@ def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]
     return totals
 
 
+def halves_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """stca_split's mean milliseconds a request in each half, between two split_half_ms readings `requests` apart."""
+    return {half: (ms - before.get(half, 0.0)) / requests for half, ms in after.items()}
+
+
 def model_gauge(metrics_url: str, metric: str, timeout_s: float = 10.0) -> dict[str, float]:
     """A gauge's value per model (its `model` label), the largest over the model's instances; empty where no model sets it.
     E.g. the seconds a torch.compile'd model's warm-up took at load (compiler.runtime.inductor.COMPILE_SECONDS_METRIC)."""

@@ -13,6 +13,7 @@ from compiler.measure.bench_report import (
     markdown,
     precision_ratios,
     precision_table,
+    repeated_table,
     speedup_table,
     speedups,
     stage_rows,
@@ -292,3 +293,32 @@ def test_the_tuning_sweep_is_a_table_of_each_candidates_placements_and_throughpu
     assert "## CPU thread budget, fp32 repository (2 cores, chosen by tune)" in lines
     assert not any("int8 repository" in line for line in lines)  # no budget recorded for it
     assert table(lines, "| split | fused |") == [["1x2", "2x1", "38.9", "43.6"], ["1x1", "1x2 spin", "54.9", "22.6"]]
+
+
+def repeated_level(concurrency: int, throughput: float, stages: list, cache: dict | None = None, halves=None) -> dict:
+    """One concurrency level of the repeated-users suite, as bench_repeated.repeated_users records it."""
+    r = {"concurrency": concurrency, "requests": 96, "throughput": throughput, "p50_ms": 1e3 / throughput, "p99_ms": 2e3 / throughput,
+         "stages": stages, "cache": cache or {}}
+    if halves is not None:
+        r["split_halves_ms"] = halves
+    return r
+
+
+def test_the_repeated_users_table_reads_each_half_from_its_own_model_or_from_inside_stca_split():
+    cache = {"hits": 90.0, "misses": 10.0}
+    rep = {"variants": {
+        "row cache, one process": {"model": ENSEMBLE, "rows": [
+            repeated_level(1, 10.0, [stage(ENSEMBLE, 0.1, 0.0, 0.0, 0.0), stage(SPLIT, 0.2, 0.1, 95.0, 0.1)], cache,
+                           halves={"encoder": 30.0, "scorer": 60.0}),
+            repeated_level(2, 15.0, [stage(SPLIT, 0.2, 0.1, 120.0, 0.1)], cache, halves={"encoder": 40.0, "scorer": 75.0})]},
+        "row cache": {"model": ENSEMBLE, "rows": [
+            repeated_level(1, 8.0, [stage(ENCODER, 0.1, 0.1, 31.3, 0.1), stage(SCORER, 0.1, 0.1, 75.8, 0.1)], cache),
+            repeated_level(2, 12.0, [stage(ENCODER, 0.1, 0.1, 40.0, 0.1), stage(SCORER, 0.1, 0.1, 90.0, 0.1)], cache)]},
+        "fused": {"model": FUSED, "rows": [repeated_level(1, 5.0, [stage(FUSED, 0.1, 0.1, 156.3, 0.1)]),
+                                           repeated_level(2, 4.0, [stage(FUSED, 0.1, 0.1, 250.0, 0.1)])]},
+    }}
+    header, rule, one_process, two_processes, fused = repeated_table(rep)
+    # best over stca_fused's best (5.0), hit rate per level, and concurrency one's infer ms per half
+    assert one_process == "| row cache, one process (`stca`) | 10.0 / 15.0 | 15.0 | 3.00x | 100 | 0.90 / 0.90 | 30.0 | 60.0 |"
+    assert two_processes == "| row cache (`stca`) | 8.0 / 12.0 | 12.0 | 2.40x | 125 | 0.90 / 0.90 | 31.3 | 75.8 |"
+    assert fused == "| fused (`stca_fused`) | 5.0 / 4.0 | 5.0 | 1.00x | 200 | - | - | 156.3 |"
