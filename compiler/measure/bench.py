@@ -141,8 +141,7 @@ def bench_server(url: str, metrics_url: str, subject: Subject, precision: str, c
                         stages = server_stats.since(url, before, served[model])
                         row["stages"] = [asdict(t) for t in stages]
                         if halves is not None and stages:
-                            after = server_stats.split_half_ms(metrics_url)
-                            row["split_halves_ms"] = server_stats.halves_per_request(halves, after, stages[0].requests)
+                            row["split_halves_ms"] = server_stats.halves_since(metrics_url, halves, stages[0].requests)
                     cell.rows.append(row)
                 for row in cell.rows:
                     row["fraction_of_peak"] = row["throughput"] * flops / peak if flops is not None else None

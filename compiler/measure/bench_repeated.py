@@ -83,13 +83,13 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
                 seconds, latencies = drive(url, model, requests, concurrency)
                 after = server_stats.history_cache_counters(metrics, holder)
                 stages = server_stats.since(url, before, parts)
-                rows.append({"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
-                             "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
-                             "stages": [asdict(t) for t in stages],
-                             "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}})
+                row = {"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
+                       "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+                       "stages": [asdict(t) for t in stages],
+                       "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}}
                 if halves is not None and stages:
-                    rows[-1]["split_halves_ms"] = server_stats.halves_per_request(halves, server_stats.split_half_ms(metrics),
-                                                                                  stages[0].requests)
+                    row["split_halves_ms"] = server_stats.halves_since(metrics, halves, stages[0].requests)
+                rows.append(row)
             per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
             results["variants"][variant] = {
                 "model": model, "cache_holder": holder, "rows": rows, "per_request": per_request,

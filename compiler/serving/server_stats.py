@@ -119,9 +119,10 @@ def split_half_ms(metrics_url: str, timeout_s: float = 10.0) -> dict[str, float]
     return totals
 
 
-def halves_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
-    """stca_split's mean milliseconds a request in each half, between two split_half_ms readings `requests` apart."""
-    return {half: (ms - before.get(half, 0.0)) / requests for half, ms in after.items()}
+def halves_since(metrics_url: str, before: dict[str, float], requests: int) -> dict[str, float]:
+    """stca_split's mean milliseconds a request in each half over the `requests` it answered since the split_half_ms
+    reading `before`."""
+    return {half: (ms - before.get(half, 0.0)) / requests for half, ms in split_half_ms(metrics_url).items()}
 
 
 def model_gauge(metrics_url: str, metric: str, timeout_s: float = 10.0) -> dict[str, float]:

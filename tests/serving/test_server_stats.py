@@ -201,10 +201,11 @@ def test_split_half_ms_sums_each_half_over_the_instances(metrics_url):
     assert server_stats.split_half_ms(f"{metrics_url}/metrics") == {"encoder": 300.0, "scorer": 101.0}
 
 
-def test_halves_per_request_is_each_halfs_milliseconds_between_two_readings_over_the_requests():
-    before, after = {"encoder": 300.0, "scorer": 101.0}, {"encoder": 500.0, "scorer": 401.0}
-    assert server_stats.halves_per_request(before, after, 4) == {"encoder": 50.0, "scorer": 75.0}
-    assert server_stats.halves_per_request({}, after, 2) == {"encoder": 250.0, "scorer": 200.5}  # the first request of a server
+def test_halves_since_is_each_halfs_milliseconds_since_an_earlier_reading_over_the_requests(metrics_url):
+    # now: encoder 250.5 + 49.5 = 300, scorer 100.25 + 0.75 = 101
+    url = f"{metrics_url}/metrics"
+    assert server_stats.halves_since(url, {"encoder": 100.0, "scorer": 1.0}, 4) == {"encoder": 50.0, "scorer": 25.0}
+    assert server_stats.halves_since(url, {}, 2) == {"encoder": 150.0, "scorer": 50.5}  # the first reading of a server
 
 
 def test_a_server_without_row_caches_or_stca_split_reports_empty_counters(metrics_url):
