@@ -141,6 +141,8 @@ def stamp(r: dict) -> str:
     """The machine, its measured peak, the versions, the model and the protocol of a run: one line, under every plot."""
     v = r["versions"]
     by_library = peaks_text(r.get("gemm_peaks", {}))
+    if r.get("gemm_peaks_after"):  # measured again after the cells: the machine's speed drifts
+        by_library = f"{by_library} before the cells, {peaks_text(r['gemm_peaks_after'])} after"
     return (f"{machine_text(r)}, peak {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s fp32"
             + (f" (2048³ matmul, best of {by_library})" if by_library else "") + "; "
             f"tritonserver {v.get('tritonserver', '?').split(' ')[0]}, onnxruntime {v['onnxruntime']}, torch {v['torch']}; "

@@ -17,6 +17,7 @@ from compiler.measure.bench_report import (
     speedup_table,
     speedups,
     stage_rows,
+    stamp,
     throughput_table,
 )
 
@@ -322,3 +323,13 @@ def test_the_repeated_users_table_reads_each_half_from_its_own_model_or_from_ins
     assert one_process == "| row cache, one process (`stca`) | 10.0 / 15.0 | 15.0 | 3.00x | 100 | 0.90 / 0.90 | 30.0 | 60.0 |"
     assert two_processes == "| row cache (`stca`) | 8.0 / 12.0 | 12.0 | 2.40x | 125 | 0.90 / 0.90 | 31.3 | 75.8 |"
     assert fused == "| fused (`stca_fused`) | 5.0 / 4.0 | 5.0 | 1.00x | 200 | - | - | 156.3 |"
+
+
+def test_the_stamp_names_the_peak_measured_before_and_after_the_cells():
+    r = results([], gemm_peaks={"onnxruntime": 1.49e11, "torch": 1.45e11},
+                gemm_peaks_after={"onnxruntime": 1.9e11, "torch": 1.82e11})
+    line = stamp(r)
+    assert "peak 190 GFLOP/s fp32" in line  # gemm_peak_flops, the larger of the two
+    assert "best of onnxruntime 149, torch 145 before the cells, onnxruntime 190, torch 182 after" in line
+    del r["gemm_peaks_after"]  # a run recorded before the second measurement says only the first
+    assert "best of onnxruntime 149, torch 145)" in stamp(r)
