@@ -17,7 +17,11 @@ starts cold, on the same cores (all of this machine's) and the same total budget
   2 replicas, round-robin  the same behind nginx's round-robin
   ... replica 0 killed midway  affinity, and replica 0's server and model processes SIGKILLed when half the traffic
                         is sent (nothing heals it here): every answer must still come, through the proxy's retries
-                        (the client does not retry); its hit rate is the survivor's, whole run and after the kill
+                        (the client does not retry); its hit rate is the survivor's, whole run and after the kill;
+                        what the kill cost the clients (failover): the requests in flight at it (the kill comes
+                        while the middle request is), the longest of them, how long after the kill the last of them
+                        was answered (the recovery time), latency before and after, the requests nginx re-sent (its
+                        error log); and each request's latency against when it was sent (latency_timeline.png)
 
 Recorded per way: the hit rate over the traffic (distinct row keys found over those looked up, summed over every
 process's cache), throughput (requests over wall time) and p50/p99 latency; and how many users each replica served.
@@ -43,7 +47,7 @@ from cache_sim import key_graph, request_keys, simulate, working_set  # benchmar
 
 from compiler.core.machine import machine, versions
 from compiler.core.names import ENSEMBLE, SPLIT
-from compiler.measure.bench_repeated import drive
+from compiler.measure.bench_repeated import Driven, drive
 from compiler.measure.docs_tables import own_markdown
 from compiler.repository import budget, manifest
 from compiler.repository.budget import Placement
@@ -97,14 +101,59 @@ def hit_rate(before: dict[str, float], after: dict[str, float]) -> float:
     return hits / (hits + misses) if hits + misses else 0.0
 
 
-def measure(servers: list[TritonServer], url: str, requests: list[dict], concurrency: int, midway=None) -> dict:
+def measure(servers: list[TritonServer], url: str, requests: list[dict], concurrency: int, midway=None) -> tuple[dict, Driven]:
     """Drive the traffic through `url` (no client retries: a lost answer stops the run); the hit rate over `servers`."""
     before = cache_counters(servers)
-    seconds, latencies = drive(url, ENSEMBLE, requests, concurrency, retries=0, midway=midway)
+    driven = drive(url, ENSEMBLE, requests, concurrency, retries=0, midway=midway)
     after = cache_counters(servers)
-    return {"throughput": len(requests) / seconds, "p50_ms": float(np.percentile(latencies, 50)),
+    latencies = driven.latencies_ms
+    return {"throughput": len(requests) / driven.seconds, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)), "max_ms": max(latencies), "hit_rate": hit_rate(before, after),
-            **{name: after[name] - before[name] for name in COUNTERS}}
+            **{name: after[name] - before[name] for name in COUNTERS}}, driven
+
+
+UPSTREAM_FAILURES = {  # nginx's error.log context for a request it could not finish on a replica (and sent on)
+    "connect": "while connecting to upstream",  # the replica's port refused it
+    "send": "while sending request to upstream",  # a kept-alive connection to it was dead
+    "answer": "while reading response header from upstream",  # it died with the request in flight
+}
+
+
+def failover(driven: Driven, proxy_errors: str) -> dict:
+    """What the kill at driven.midway_s cost the clients: the requests in flight at it (on either replica) and the
+    longest of them; the recovery time, from the kill until the last of them was answered (the survivor answered every
+    request sent after it); latencies before and after; and from nginx's error log (`proxy_errors`), how many
+    requests it re-sent to the survivor, by where they failed on the dead replica (UPSTREAM_FAILURES)."""
+    kill = driven.midway_s
+    spans = [(sent, sent + ms / 1e3, ms) for sent, ms in zip(driven.sent_s, driven.latencies_ms)]
+    in_flight = [(end, ms) for sent, end, ms in spans if sent < kill < end]
+    before = [ms for _, end, ms in spans if end <= kill]
+    after = [ms for sent, _, ms in spans if sent >= kill]
+    lines = [line for line in proxy_errors.splitlines() if "[error]" in line]  # not "[warn] ... temporarily disabled"
+    return {"kill_s": kill, "in_flight_at_kill": len(in_flight), "longest_in_flight_ms": max((ms for _, ms in in_flight), default=0.0),
+            "recovery_s": max((end - kill for end, _ in in_flight), default=0.0),
+            "resent": {where: sum(context in line for line in lines) for where, context in UPSTREAM_FAILURES.items()},
+            "p50_ms_before": float(np.percentile(before, 50)), "p99_ms_before": float(np.percentile(before, 99)),
+            "p50_ms_after": float(np.percentile(after, 50)), "p99_ms_after": float(np.percentile(after, 99)),
+            "timeline": {"sent_s": driven.sent_s, "latency_ms": driven.latencies_ms}}
+
+
+def plot_timeline(path: Path, results: dict) -> None:
+    """Each request's latency against when it was sent, the kill marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lost = results["ways"][KILLED]["failover"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.scatter(lost["timeline"]["sent_s"], lost["timeline"]["latency_ms"], s=6)
+    ax.axvline(lost["kill_s"], color="red", linestyle="--", label="replica 0 SIGKILLed")
+    ax.set(xlabel="sent at (s)", ylabel="latency (ms)", title=f"{KILLED}: every request's latency")
+    ax.legend()
+    fig.text(0.01, 0.01, results["machine"], fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def kill_midway(group: Replicas) -> tuple[dict, Callable[[], None]]:
@@ -195,16 +244,17 @@ def main() -> None:
         for way in WAYS:
             if way.startswith("one server"):
                 with TritonServer(ServerConfig.on_free_ports(built if way == "one server" else one_process)) as server:
-                    row = measure([server], server.cfg.http_url, requests, args.concurrency)
+                    row, _ = measure([server], server.cfg.http_url, requests, args.concurrency)
             elif way == KILLED:
                 with Replicas(ReplicasConfig(built, 2, "affinity", http_port=0, grpc_port=0)) as group:
                     record, kill = kill_midway(group)
-                    row = measure(group.servers[1:], group.proxy.cfg.http_url, requests, args.concurrency, midway=kill)
+                    row, driven = measure(group.servers[1:], group.proxy.cfg.http_url, requests, args.concurrency, midway=kill)
                     row["survivor_hit_rate_after_kill"] = hit_rate(record["survivor_at_kill"], cache_counters(group.servers[1:]))
+                    row["failover"] = failover(driven, group.proxy.error_log())
             else:
                 route = way.split(", ")[1]
                 with Replicas(ReplicasConfig(built, 2, route, http_port=0, grpc_port=0)) as group:
-                    row = measure(group.servers, group.proxy.cfg.http_url, requests, args.concurrency)
+                    row, _ = measure(group.servers, group.proxy.cfg.http_url, requests, args.concurrency)
                     home = placement(group.servers, group.proxy.cfg.http_url, requests, keys)
                     row["users_per_replica"] = [sum(r == i for r in home.values()) for i in range(2)]
                     if route == "affinity":
@@ -219,6 +269,7 @@ def main() -> None:
         args.record.mkdir(parents=True, exist_ok=True)
         (args.record / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (args.record / "results.md").write_text(own_markdown(results))
+        plot_timeline(args.record / "latency_timeline.png", results)
 
 
 if __name__ == "__main__":

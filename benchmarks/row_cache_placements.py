@@ -57,7 +57,7 @@ def main() -> None:
             cells = []
             for concurrency, requests in levels.items():
                 before = server_stats.history_cache_counters(metrics, holder)
-                seconds, _ = drive(url, ENSEMBLE, requests, concurrency)
+                seconds = drive(url, ENSEMBLE, requests, concurrency).seconds
                 after = server_stats.history_cache_counters(metrics, holder)
                 rate = hit_rate({k: after[k] - before.get(k, 0.0) for k in ("hits", "misses")})
                 cells.append(f"concurrency {concurrency}: {len(requests) / seconds:.1f} req/s, hit rate {rate:.2f}")

@@ -80,11 +80,11 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
             for concurrency, requests in levels.items():
                 before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, holder)
                 halves = server_stats.split_half_ms(metrics) if parts == (SPLIT,) else None
-                seconds, latencies = drive(url, model, requests, concurrency)
+                driven = drive(url, model, requests, concurrency)
                 after = server_stats.history_cache_counters(metrics, holder)
                 stages = server_stats.since(url, before, parts)
-                row = {"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / seconds,
-                       "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+                row = {"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / driven.seconds,
+                       "p50_ms": _percentile(driven.latencies_ms, 50), "p99_ms": _percentile(driven.latencies_ms, 99),
                        "stages": [asdict(t) for t in stages],
                        "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}}
                 if halves is not None and stages:
@@ -107,12 +107,35 @@ def hit_rate(cache: dict) -> float:
     return cache.get("hits", 0.0) / looked_up if looked_up else 0.0
 
 
+MIDWAY_AFTER_S = 0.01  # the middle request's bytes are on their way, well before any answer (tens of ms at least)
+
+
+@dataclass(frozen=True)
+class Driven:
+    """What drive saw: the wall seconds, and per request (in the order given) when it was sent and how long its
+    answer took; when `midway` ran, if it did. Times in seconds from the first send."""
+    seconds: float
+    sent_s: list[float]
+    latencies_ms: list[float]
+    midway_s: float | None
+
+
 def drive(url: str, model: str, requests: list[dict], concurrency: int, retries: int = 5,
-          midway: Callable[[], None] | None = None) -> tuple[float, list[float]]:
-    """Send every request once, in order, from `concurrency` threads, each with its user's routing key; (wall seconds,
-    latencies in ms). A request that fails after the client's `retries` raises. `midway` is called once, by the thread
-    about to send the middle request."""
-    position, lock, latencies, errors = iter(range(len(requests))), threading.Lock(), [], []
+          midway: Callable[[], None] | None = None) -> Driven:
+    """Send every request once, in order, from `concurrency` threads, each with its user's routing key. A request
+    that fails after the client's `retries` raises. `midway` is called once, on a thread of its own, MIDWAY_AFTER_S
+    after the middle request is sent, so that it runs with requests in flight."""
+    position, lock, errors = iter(range(len(requests))), threading.Lock(), []
+    sent, latencies, midway_at = [0.0] * len(requests), [0.0] * len(requests), []
+
+    def run_midway():
+        midway_at.append(time.perf_counter() - start)
+        try:
+            midway()
+        except Exception as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            errors.append(e)
+
+    timer = threading.Timer(MIDWAY_AFTER_S, run_midway) if midway is not None else None
 
     def client_loop():
         client = ScoringClient(url, "http", model=model, timeout_s=600.0, retries=retries)
@@ -122,11 +145,11 @@ def drive(url: str, model: str, requests: list[dict], concurrency: int, retries:
                     k = next(position, None)
                 if k is None:
                     return
-                if midway is not None and k == len(requests) // 2:
-                    midway()
-                start = time.perf_counter()
+                sent[k] = time.perf_counter() - start
+                if timer is not None and k == len(requests) // 2:
+                    timer.start()
                 client.score(requests[k])
-                latencies.append(1e3 * (time.perf_counter() - start))
+                latencies[k] = 1e3 * (time.perf_counter() - start - sent[k])
         except Exception as e:  # noqa: BLE001  (re-raised in the caller's thread)
             errors.append(e)
         finally:
@@ -138,9 +161,11 @@ def drive(url: str, model: str, requests: list[dict], concurrency: int, retries:
         t.start()
     for t in threads:
         t.join()
+    if timer is not None and timer.ident is not None:  # started
+        timer.join()
     if errors:
         raise errors[0]
-    return time.perf_counter() - start, latencies
+    return Driven(time.perf_counter() - start, sent, latencies, midway_at[0] if midway_at else None)
 
 
 def encoder_profile(url: str, metrics: str, parts: tuple[str, ...], requests: list[dict]) -> list[dict]:

@@ -309,6 +309,18 @@ def replicas(r: dict, b: Block | None = None) -> list[str]:
         lines += ["", f"With replica 0 killed halfway, all {r['requests']} requests were answered without a client retry; "
                       f"the survivor's hit rate after the kill was {killed[0]['survivor_hit_rate_after_kill']:.3f} (it took "
                       "replica 0's users, whose rows it had not cached)."]
+        lost = killed[0].get("failover")
+        if lost:
+            timeline = "latency_timeline.png" if b is None else b.link(RESULTS / b.run / "latency_timeline.png")
+            resent = lost["resent"]
+            lines[-1] += (f" What the kill cost: {lost['in_flight_at_kill']} request(s) in flight at it (on either replica), the "
+                          f"longest answered in {lost['longest_in_flight_ms']:.0f} ms; the last of them was answered "
+                          f"**{lost['recovery_s']:.2f} s** after the kill (the recovery time: the survivor answered every later "
+                          f"request). nginx re-sent to the survivor {resent['answer']} request(s) the dead replica held, "
+                          f"{resent['send']} sent on a dead kept-alive connection and {resent['connect']} its closed port refused. "
+                          f"Latency p50/p99 {lost['p50_ms_before']:.1f}/{lost['p99_ms_before']:.1f} ms "
+                          f"before the kill, {lost['p50_ms_after']:.1f}/{lost['p99_ms_after']:.1f} ms after it, with one "
+                          f"replica's cores serving every user ([every request's latency]({timeline})).")
     return lines
 
 
