@@ -23,6 +23,9 @@ starts cold, on the same cores (all of this machine's) and the same total budget
                         was answered (the recovery time), latency before and after, the requests nginx re-sent (its
                         error log); and each request's latency against when it was sent (latency_timeline.png)
 
+Simulated beside them: the same traffic through a cache whose rows are keyed by user too (no row shared between
+users), on the same number of rows: what routing by user would give a cache it matched exactly.
+
 Recorded per way: the hit rate over the traffic (distinct row keys found over those looked up, summed over every
 process's cache), throughput (requests over wall time) and p50/p99 latency; and how many users each replica served.
 The cache is consulted on every request (history_cache_skip 0): where a full cache stops paying, the served default
@@ -201,6 +204,20 @@ def simulated(keys: list[str], codes: list[np.ndarray], capacity: int, home: dic
             "2 replicas, affinity": rate(2, "affinity", np.array([home[k] for k in keys])), "2 replicas, round-robin": rate(2, "random")}
 
 
+def keyed_by_user(keys: list[str], codes: list[np.ndarray]) -> list[np.ndarray]:
+    """Each request's row keys with its user's number as one more key column: the rows of a cache no two users share."""
+    number = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return [np.hstack([np.full((len(c), 1), number[k], c.dtype), c]) for k, c in zip(keys, codes)]
+
+
+def user_keyed(keys: list[str], codes: list[np.ndarray], capacity: int, home: dict[str, int]) -> dict:
+    """The counterfactual of a cache keyed by user (keyed_by_user), simulated on the same capacity in rows: its working
+    set, and the hit rates of one server and of two replicas with each user where nginx placed it."""
+    own = keyed_by_user(keys, codes)
+    return {"working_set_rows": working_set(own),
+            **{way: rate for way, rate in simulated(keys, own, capacity, home).items() if way in ("one server", "2 replicas, affinity")}}
+
+
 def duplication(keys: list[str], codes: list[np.ndarray], home: dict[str, int]) -> float:
     """The replicas' working sets added up, over the whole traffic's: how much of the rows both replicas need."""
     total = working_set(codes)
@@ -260,6 +277,7 @@ def main() -> None:
                     if route == "affinity":
                         results["working_set_over_replicas"] = duplication(keys, codes, home)
                         results["simulated"] = simulated(keys, codes, int(args.budget_fraction * working), home)
+                        results["user_keyed"] = user_keyed(keys, codes, int(args.budget_fraction * working), home)
             results["ways"][way] = row
             print(f"{way}: hit rate {row['hit_rate']:.3f}, {row['throughput']:.1f} req/s"
                   + (f", users per replica {row['users_per_replica']}" if "users_per_replica" in row else ""))

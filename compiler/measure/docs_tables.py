@@ -304,6 +304,13 @@ def replicas(r: dict, b: Block | None = None) -> list[str]:
                       f"time (one cache for one server; two caches spread at random for round-robin, and with nginx's own "
                       f"placement of the users for affinity). With affinity the two replicas' working sets add up to "
                       f"{r['working_set_over_replicas']:.2f}x the traffic's: rows of items many users share are needed on both."]
+        mine = r.get("user_keyed")
+        if mine:
+            lines[-1] += (f" Had each row been keyed by its user as well (no row shared between users; simulated, the same "
+                          f"number of rows), the working set would be {mine['working_set_rows'] / r['working_set_rows']:.2f}x "
+                          f"as large, and one server would hit {mine['one server']:.3f}, two replicas with affinity "
+                          f"{mine['2 replicas, affinity']:.3f} (with rows keyed by item, as served: "
+                          f"{r['simulated']['one server']:.3f} and {r['simulated']['2 replicas, affinity']:.3f}).")
     killed = [row for row in r["ways"].values() if "survivor_hit_rate_after_kill" in row]
     if killed:
         lines += ["", f"With replica 0 killed halfway, all {r['requests']} requests were answered without a client retry; "

@@ -64,3 +64,15 @@ def test_the_replicas_table_says_the_recovery_time(bench):
     assert "1 request(s) in flight at it (on either replica), the longest answered in 900 ms" in text
     assert "**0.80 s** after the kill" in text and "(latency_timeline.png)" in text
     assert "re-sent to the survivor 1 request(s) the dead replica held, 0 sent on a dead kept-alive connection and 2 its" in text
+
+
+def test_rows_keyed_by_user_are_never_shared_between_users(bench):
+    import numpy as np
+
+    keys = ["ann", "bob", "ann"]
+    codes = [np.array([[1, 2], [3, 4]]), np.array([[1, 2]]), np.array([[1, 2]])]  # item row (1, 2) in every request
+    own = bench.keyed_by_user(keys, codes)
+    assert [c.shape[1] for c in own] == [3, 3, 3]
+    assert own[0][0].tolist() != own[1][0].tolist()  # ann's and bob's (1, 2) are two rows now
+    assert own[0][0].tolist() == own[2][0].tolist()  # ann's on two visits is one
+    assert [c[:, 1:].tolist() for c in own] == [c.tolist() for c in codes]
