@@ -21,11 +21,11 @@ from pathlib import Path
 
 from compiler.core.machine import machine, versions
 from compiler.core.names import ENSEMBLE, FUSED, SPLIT
-from compiler.measure.bench_repeated import drive
+from compiler.measure.bench_repeated import drive, level_requests, warmup_requests
 from compiler.repository.reader import composing
 from compiler.serving import server_stats
 from compiler.serving.server import ServerConfig, TritonServer, stub_processes
-from compiler.stca.data import RepeatedUsers, repeated_user_requests
+from compiler.stca.data import RepeatedUsers
 from compiler.stca.model import STCAConfig
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     config = STCAConfig.from_dict(json.loads((args.repo / "manifest.json").read_text())["model_config"])
     traffic = RepeatedUsers(users=args.users, visits=args.visits)
-    warmup = repeated_user_requests(config, RepeatedUsers(users=4, visits=2), seed=999, n_candidates=args.candidates)
+    warmup = warmup_requests(config, traffic, 4, args.candidates)
     served = composing(args.repo)
     print(f"{machine().describe()}; {versions()['onnxruntime']} onnxruntime; {args.users} users x {args.visits} visits "
           f"per level, N={args.candidates}")
@@ -65,7 +65,7 @@ def main() -> None:
         for model in (ENSEMBLE, FUSED):
             drive(url, model, warmup, 1)
             for concurrency in args.concurrency:
-                requests = repeated_user_requests(config, traffic, seed=1_000 + concurrency, n_candidates=args.candidates)
+                requests = level_requests(config, traffic, concurrency, args.candidates)
                 stubs = [s.pid for s in stub_processes(pid)]
                 before = (client_seconds(), cpu_seconds(pid), sum(cpu_seconds(p) for p in stubs))
                 stats, halves = server_stats.snapshot(url), server_stats.split_half_ms(metrics)

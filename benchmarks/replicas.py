@@ -191,17 +191,23 @@ def placement(servers: list[TritonServer], url: str, requests: list[dict], keys:
     return home
 
 
-def simulated(keys: list[str], codes: list[np.ndarray], capacity: int, home: dict[str, int]) -> dict[str, float]:
-    """What benchmarks/cache_sim.py's simulation (the served RowCache, requests in order, one at a time) predicts for
-    each way, `capacity` rows in all: one cache (one server, however many processes share it); two caches, requests
-    spread at random (round-robin); two caches with each user where nginx placed it (`home`)."""
-    def rate(replicas: int, routing: str, placed=None) -> float:
-        hits, misses = simulate(keys, codes, replicas, routing, capacity // replicas, placed=placed)
-        return float(hits.sum() / (hits.sum() + misses.sum()))
+def simulated_rate(keys: list[str], codes: list[np.ndarray], capacity: int, replicas: int, routing: str,
+                   home: dict[str, int] | None = None) -> float:
+    """The hit rate benchmarks/cache_sim.py's simulation (the served RowCache, requests in order, one at a time)
+    predicts for `replicas` caches sharing `capacity` rows, the requests routed by `routing` or, given `home`, each
+    user to the replica nginx placed it on."""
+    placed = np.array([home[k] for k in keys]) if home is not None else None
+    hits, misses = simulate(keys, codes, replicas, routing, capacity // replicas, placed=placed)
+    return float(hits.sum() / (hits.sum() + misses.sum()))
 
-    one = rate(1, "random")
+
+def simulated(keys: list[str], codes: list[np.ndarray], capacity: int, home: dict[str, int]) -> dict[str, float]:
+    """simulated_rate for each way, `capacity` rows in all: one cache (one server, however many processes share it);
+    two caches, requests spread at random (round-robin); two caches with each user where nginx placed it (`home`)."""
+    one = simulated_rate(keys, codes, capacity, 1, "random")
     return {"one server": one, "one server, one process": one,
-            "2 replicas, affinity": rate(2, "affinity", np.array([home[k] for k in keys])), "2 replicas, round-robin": rate(2, "random")}
+            "2 replicas, affinity": simulated_rate(keys, codes, capacity, 2, "affinity", home),
+            "2 replicas, round-robin": simulated_rate(keys, codes, capacity, 2, "random")}
 
 
 def keyed_by_user(keys: list[str], codes: list[np.ndarray]) -> list[np.ndarray]:
@@ -214,8 +220,8 @@ def user_keyed(keys: list[str], codes: list[np.ndarray], capacity: int, home: di
     """The counterfactual of a cache keyed by user (keyed_by_user), simulated on the same capacity in rows: its working
     set, and the hit rates of one server and of two replicas with each user where nginx placed it."""
     own = keyed_by_user(keys, codes)
-    return {"working_set_rows": working_set(own),
-            **{way: rate for way, rate in simulated(keys, own, capacity, home).items() if way in ("one server", "2 replicas, affinity")}}
+    return {"working_set_rows": working_set(own), "one server": simulated_rate(keys, own, capacity, 1, "random"),
+            "2 replicas, affinity": simulated_rate(keys, own, capacity, 2, "affinity", home)}
 
 
 def duplication(keys: list[str], codes: list[np.ndarray], home: dict[str, int]) -> float:
@@ -246,7 +252,8 @@ def main() -> None:
     session, key_names, _ = key_graph(repo)
     codes, entry = request_keys(session, key_names, requests), served_entry_bytes(repo)
     working = working_set(codes)
-    budget_bytes = int(args.budget_fraction * working) * entry
+    capacity = int(args.budget_fraction * working)  # rows
+    budget_bytes = capacity * entry
     results = {"suite": "replicas", "machine": machine().describe(), "versions": versions(), "traffic": asdict(traffic), "candidates": args.candidates,
                "concurrency": args.concurrency, "requests": len(requests), "users": len(set(keys)),
                "mean_history": statistics.mean(len(r["history_item_ids"]) for r in requests), "working_set_rows": working,
@@ -276,8 +283,8 @@ def main() -> None:
                     row["users_per_replica"] = [sum(r == i for r in home.values()) for i in range(2)]
                     if route == "affinity":
                         results["working_set_over_replicas"] = duplication(keys, codes, home)
-                        results["simulated"] = simulated(keys, codes, int(args.budget_fraction * working), home)
-                        results["user_keyed"] = user_keyed(keys, codes, int(args.budget_fraction * working), home)
+                        results["simulated"] = simulated(keys, codes, capacity, home)
+                        results["user_keyed"] = user_keyed(keys, codes, capacity, home)
             results["ways"][way] = row
             print(f"{way}: hit rate {row['hit_rate']:.3f}, {row['throughput']:.1f} req/s"
                   + (f", users per replica {row['users_per_replica']}" if "users_per_replica" in row else ""))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from compiler.core.names import ENCODER, FUSED, SCORER
+from compiler.measure.bench_repeated import warmup_requests
 from compiler.runtime.ort import OrtGraph
 from compiler.runtime.row_cache import CachedEncoder, RowCache, RowKey, RowSpec
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
@@ -38,7 +39,7 @@ def main() -> None:
     manifest = json.loads((args.repo / "manifest.json").read_text())
     config = STCAConfig.from_dict(manifest["model_config"])
     traffic = repeated_user_requests(config, RepeatedUsers(users=args.users, visits=args.visits), seed=args.seed, n_candidates=args.candidates)
-    warmup = repeated_user_requests(config, RepeatedUsers(users=4, visits=2), seed=999, n_candidates=args.candidates)
+    warmup = warmup_requests(config, RepeatedUsers(users=args.users, visits=args.visits), 4, args.candidates)
     graph = lambda model, file="model.onnx": OrtGraph(args.repo / model / "1" / file, threads=args.threads)  # noqa: E731
     fused, encoder, scorer = graph(FUSED), graph(ENCODER), graph(SCORER)
     keys, rows = graph(ENCODER, "key_graph.onnx"), graph(ENCODER, "row_graph.onnx")

@@ -58,12 +58,22 @@ def served_repositories(one_process: Path, encoder_cached: Path, scorer_cached: 
             "response cache": (_with_response_cache(uncached, work / "repo-response-cache"), ENSEMBLE), "fused": (encoder_cached, FUSED)}
 
 
+def level_requests(config: STCAConfig, traffic: RepeatedUsers, concurrency: int, candidates: int) -> list[dict]:
+    """The suite's fresh users for one concurrency level (a seed of its own per level)."""
+    return repeated_user_requests(config, traffic, seed=1_000 + concurrency, n_candidates=candidates)
+
+
+def warmup_requests(config: STCAConfig, traffic: RepeatedUsers, users: int, candidates: int) -> list[dict]:
+    """The suite's warm-up pass: `users` other users, two visits each (a cache in service has seen other users)."""
+    return repeated_user_requests(config, RepeatedUsers(**{**asdict(traffic), "users": users, "visits": 2}), seed=999,
+                                  n_candidates=candidates)
+
+
 def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg: RepeatedConfig) -> dict:
     """Measure the variants (module docstring) in `served` (served_repositories)."""
 
-    levels = {c: repeated_user_requests(config, cfg.traffic, seed=1_000 + c, n_candidates=cfg.candidates) for c in cfg.concurrency}
-    warmup = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.warmup_users, "visits": 2}),
-                                    seed=999, n_candidates=cfg.candidates)
+    levels = {c: level_requests(config, cfg.traffic, c, cfg.candidates) for c in cfg.concurrency}
+    warmup = warmup_requests(config, cfg.traffic, cfg.warmup_users, cfg.candidates)
     profile = repeated_user_requests(config, RepeatedUsers(**{**asdict(cfg.traffic), "users": cfg.profile_users, "visits": 3}),
                                      seed=2_000, n_candidates=cfg.candidates)
     results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,

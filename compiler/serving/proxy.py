@@ -148,14 +148,16 @@ class Proxy(Started):
             time.sleep(0.1)
         raise CompilerError(f"proxy: nginx not listening after {timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def error_log(self) -> str:
-        """nginx's error log so far: among its lines, each upstream it could not reach or that dropped a request."""
-        path = self._workdir / "error.log" if self._workdir else None
+    def _log(self, name: str) -> str:
+        path = self._workdir / name if self._workdir else None
         return path.read_text(errors="replace") if path is not None and path.is_file() else ""
 
+    def error_log(self) -> str:
+        """nginx's error log so far: among its lines, each upstream it could not reach or that dropped a request."""
+        return self._log("error.log")
+
     def log_tail(self, lines: int = 40) -> str:
-        text = "".join((self._workdir / name).read_text(errors="replace") for name in ("nginx.out", "error.log")
-                       if self._workdir and (self._workdir / name).is_file())
+        text = self._log("nginx.out") + self.error_log()
         return "\n".join(text.splitlines()[-lines:]) or "(no log)"
 
     def stop(self, timeout_s: float = 10.0) -> None:
