@@ -24,7 +24,7 @@ from compiler.core.precisions import least_precise
 from compiler.load.stca import StcaSpec, load_stca
 from compiler.load.subject import Subject
 from compiler.load.user_model import UserModelSpec, load_user_model, opset_of
-from compiler.passes import lint, row_locality
+from compiler.passes import history_multiset, lint, row_locality
 from compiler.passes.cut_dtype import narrow_cut
 from compiler.passes.fused_attention import FUSED_DOMAIN, FUSED_OP, fuse_attention
 from compiler.passes.row_locality import RowGraphs, RowLocality
@@ -124,7 +124,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     if not verification.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
                             "nothing was written (--accept-accuracy-loss writes it anyway)")
-    row_cache, locality = _row_locality(halves.split.encoder, subject, deployment)
+    row_cache, locality = _row_locality(halves.split.encoder, halves.split.scorer, subject, deployment)
     plans = _engines(cfg, subject, halves, precision) if deployment.target == "tensorrt" else None
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
@@ -232,9 +232,11 @@ def _narrow_cut(halves: Halves, subject: Subject) -> Halves:
     return replace(halves, split=narrowed.split, details=details)
 
 
-def _row_locality(encoder: onnx.ModelProto, subject: Subject, deployment: Deployment) -> tuple[RowGraphs | None, RowLocality]:
+def _row_locality(encoder: onnx.ModelProto, scorer: onnx.ModelProto, subject: Subject,
+                  deployment: Deployment) -> tuple[RowGraphs | None, RowLocality]:
     """The encoder's key and row graphs where its outputs are row-local (compiler.passes.row_locality), confirmed on
-    requests of several lengths, one left-padded; and the manifest's record of it. Only the python target serves
+    requests of several lengths, one left-padded, with repeated rows sent once where the scorer reads them as a
+    multiset (compiler.passes.history_multiset); and the manifest's record of it. Only the python target serves
     the cache; the analysis is recorded for every target."""
     with stage("history cache") as s:
         try:
@@ -251,13 +253,20 @@ def _row_locality(encoder: onnx.ModelProto, subject: Subject, deployment: Deploy
         except row_locality.NotRowLocal as e:
             s.summary = f"no row cache: {e}"
             return None, RowLocality(False, str(e))
+        try:
+            multiplicity, largest = history_multiset.multiplicity_input(scorer, row_graphs.row_specs, encoder, requests, OrtGraph)
+            row_graphs, check = replace(row_graphs, multiplicity=multiplicity), f"largest difference {largest:.1e}"
+        except history_multiset.NotAMultiset as e:
+            check = str(e)
         served, budget_bytes = deployment.serves_row_cache(row_graphs), deployment.options.history_cache_bytes
         s.summary = (f"{len(row_graphs.cached)} outputs cached by {len(row_graphs.keys)} key columns "
                      f"({', '.join(k.source for k in row_graphs.keys)}), {row_graphs.bytes_per_row} bytes a row; "
                      + (f"served with a {budget_bytes / 2**20:.0f} MiB budget" if served else
-                        "not served (python target only)" if budget_bytes else "off (--history-cache-bytes 0)"))
+                        "not served (python target only)" if budget_bytes else "off (--history-cache-bytes 0)")
+                     + (f"; repeated rows sent once, counted in {row_graphs.multiplicity}" if row_graphs.multiplicity else
+                        f"; every row sent ({check})"))
         return (row_graphs if served else None), RowLocality(True, "", row_graphs.to_dict(), worst, tuple(lengths), served,
-                                                       budget_bytes if served else 0)
+                                                       budget_bytes if served else 0, check)
 
 
 def _engines(cfg: BuildConfig, subject: Subject, halves: Halves, precision: str) -> Plans:

@@ -74,11 +74,15 @@ class RowGraphs:
     passthrough: tuple[str, ...]  # encoder outputs the key graph computes (no rows along L)
     keys_of: dict  # cached output -> the encoder values its rows depend on (its own narrowest key)
     row_specs: dict  # cached output -> RowSpec (dtype, the shape of one row)
+    # the cached output raised by log(count) where a request's repeated rows reach the scorer once
+    # (compiler.passes.history_multiset); None: every row is sent
+    multiplicity: str | None = None
 
     def to_dict(self) -> dict:
         return {"keys": [{"name": k.name, "source": k.source, "dtype": k.dtype} for k in self.keys],
                 "cached": {name: {"dtype": s.dtype, "row_shape": list(s.row_shape)} for name, s in self.row_specs.items()},
-                "passthrough": list(self.passthrough), "keys_of": self.keys_of, "bytes_per_row": self.bytes_per_row}
+                "passthrough": list(self.passthrough), "keys_of": self.keys_of, "bytes_per_row": self.bytes_per_row,
+                "multiplicity": self.multiplicity}
 
     @property
     def bytes_per_row(self) -> int:
@@ -88,7 +92,7 @@ class RowGraphs:
         """The served encoder over runners of the two graphs, with a cache of `budget_bytes` (0: none); with a runner
         of the whole encoder, requests skip a cache that does not pay (compiler.runtime.row_cache.CacheWorth)."""
         cache = RowCache(budget_bytes, self.row_specs, len(self.keys)) if budget_bytes > 0 else None
-        return CachedEncoder(run_keys, run_rows, list(self.keys), cache, run_encoder)
+        return CachedEncoder(run_keys, run_rows, list(self.keys), cache, run_encoder, self.multiplicity)
 
 
 @dataclass(frozen=True)
@@ -103,19 +107,23 @@ class RowLocality:
     confirmed_at_lengths: tuple[int, ...] = ()
     served: bool = False
     budget_bytes: int = 0
+    multiplicity_check: str = ""  # row_graphs' multiplicity: the check's largest difference, or why every row is sent
 
     def to_dict(self) -> dict:
         if not self.row_local:
             return {"row_local": False, "why": self.why, "served": False}
         return {"row_local": True, **self.row_graphs, "confirmed_max_abs_difference": self.confirmed_max_abs_difference,
-                "confirmed_at_lengths": list(self.confirmed_at_lengths), "served": self.served, "budget_bytes": self.budget_bytes}
+                "confirmed_at_lengths": list(self.confirmed_at_lengths), "served": self.served, "budget_bytes": self.budget_bytes,
+                "multiplicity_check": self.multiplicity_check}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RowLocality":
         if not d["row_local"]:
             return cls(False, d["why"])
         row_graphs = {k: d[k] for k in ("keys", "cached", "passthrough", "keys_of", "bytes_per_row")}
-        return cls(True, "", row_graphs, d["confirmed_max_abs_difference"], tuple(d["confirmed_at_lengths"]), d["served"], d["budget_bytes"])
+        row_graphs["multiplicity"] = d.get("multiplicity")  # builds before history_multiset sent every row
+        return cls(True, "", row_graphs, d["confirmed_max_abs_difference"], tuple(d["confirmed_at_lengths"]), d["served"],
+                   d["budget_bytes"], d.get("multiplicity_check", ""))
 
 
 def row_graphs(encoder: onnx.ModelProto, row_dim: str = ROW_DIM) -> RowGraphs:

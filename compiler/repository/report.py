@@ -164,6 +164,11 @@ def history_cache_lines(record: RowLocality) -> list[str]:
     if record.served:
         lines += ["", f"Served: the history encoder keeps up to {record.budget_bytes / 2**20:.0f} MiB of rows (over its instances), "
                   "computes only distinct missing keys, and reports `stca_history_cache_*` on Triton's /metrics."]
+        multiplicity = record.row_graphs.get("multiplicity")
+        lines += ["", f"Repeated rows: each distinct key's rows reach the scorer once, `{multiplicity}` raised by the log of "
+                  f"the key's count (the scorer reads the history as a multiset; checked on repeated and reordered rows: "
+                  f"{record.multiplicity_check})." if multiplicity else
+                  f"Repeated rows: every row reaches the scorer ({record.multiplicity_check or 'not checked'})."]
     else:
         lines += ["", "Not served by this repository (the python target serves it; --history-cache-bytes 0 turns it off)."]
     return lines

@@ -187,6 +187,7 @@ def _row_cache(model_dir: Path, row_graphs: RowGraphs, options: EmitConfig) -> l
         "rows": {name: [s.dtype, list(s.row_shape)] for name, s in row_graphs.row_specs.items()},
         "weights_sha256": sha256_file(written[1]),
         "keys_arrive": model_dir.name == SCORER,  # the key graph ran in the step before: look the keys up directly
+        "multiplicity": row_graphs.multiplicity,  # repeated rows reach the scorer once, counted in this output
     })
     write_config(model_dir.parent, config)  # replaces the encoder's config, already in the caller's list
     return written + [version / "stca_row_cache.py"]

@@ -22,6 +22,11 @@ count is higher), so rows seen once do not push out rows seen often, and traffic
 for copies into the cache. `admission="all"` keeps every computed row (plain LRU). Admission decides only what is
 kept: the rows answered are computed or found, never estimated.
 
+Repeated rows, once: where the scorer reads the history as a multiset (compiler.passes.history_multiset proves it
+for the build), a request's rows with equal keys are sent once, and `multiplicity`, an output of one float a row
+that the scorer adds to its attention logits (STCA's key bias), is raised by the log of each key's count: a row
+repeated c times weighs c * exp(s) = exp(s + log c). The scorer's attention then runs on the distinct rows only.
+
 When it is consulted: where the whole encoder is at hand (run_encoder), a request skips the cache while going
 through it has cost more of late than the whole encoder would have (CacheWorth), so traffic whose rows do not
 repeat pays for the key graph, the lookups and the assembly on one request in CacheWorth.PROBE_EVERY only. Either
@@ -411,9 +416,10 @@ class RowCache:
                 if self.shared is not None:
                     self.shared.unlock()
 
-    def lookup(self, codes: np.ndarray, compute) -> dict[str, np.ndarray]:
-        """The rows for [L, k] key codes, in order; compute([M, k] codes of distinct missing keys) -> {name: [M, ...]}."""
-        unique, inverse = distinct(codes)
+    def lookup(self, codes: np.ndarray, compute, once: bool = False) -> dict[str, np.ndarray]:
+        """The rows for [L, k] key codes, in order; compute([M, k] codes of distinct missing keys) -> {name: [M, ...]}.
+        `once`: the codes are distinct already (distinct()'s first answer), and each has its rows once."""
+        unique, inverse = (codes, np.arange(len(codes))) if once else distinct(codes)
         with self._locked():
             self.clock += 1
             slots = self.index.find(unique)
@@ -605,11 +611,15 @@ class CachedEncoder:
 
     run_keys(request inputs) -> {key names and passthrough outputs}; run_rows({key name: [M]}) -> {cached output: [M, ...]}.
     Without a cache (None) every row is computed, each distinct key once. With run_encoder (request inputs -> the
-    encoder's outputs, the whole encoder) a request skips the cache while the cache does not pay (CacheWorth).
+    encoder's outputs, the whole encoder) a request skips the cache while the cache does not pay (CacheWorth). With
+    `multiplicity` (a cached output of one float a row), each distinct key's rows come once, that output raised by
+    the log of the key's count (module docstring): not the encoder's outputs, but what the scorer answers the same on.
     """
 
-    def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None, run_encoder=None):
+    def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None, run_encoder=None,
+                 multiplicity: str | None = None):
         self.run_keys, self.run_rows, self.keys, self.cache, self.run_encoder = run_keys, run_rows, keys, cache, run_encoder
+        self.multiplicity = multiplicity
         self.worth = CacheWorth() if run_encoder is not None and cache is not None and cache.capacity else None
         self.bypassed = 0  # requests the whole encoder answered, the cache not consulted
         self.rows = 0  # the last request's history rows
@@ -641,10 +651,16 @@ class CachedEncoder:
         keyed = dict(keyed)
         codes = key_codes([keyed.pop(k.name) for k in self.keys])
         compute = functools.partial(self._compute, computed=computed)
-        if self.cache is None or self.cache.capacity == 0:
-            unique, inverse = distinct(codes)
+        cached = self.cache is not None and self.cache.capacity > 0
+        if self.multiplicity is None and cached:
+            return {**keyed, **self.cache.lookup(codes, compute)}, len(codes)
+        unique, inverse = distinct(codes)
+        if self.multiplicity is None:
             return {**keyed, **{name: rows[inverse] for name, rows in compute(unique).items()}}, len(codes)
-        return {**keyed, **self.cache.lookup(codes, compute)}, len(codes)
+        rows = self.cache.lookup(unique, compute, once=True) if cached else compute(unique)
+        weight = rows[self.multiplicity]
+        rows[self.multiplicity] = weight + np.log(np.bincount(inverse)).astype(weight.dtype)
+        return {**keyed, **rows}, len(codes)
 
     def _compute(self, codes: np.ndarray, computed: list) -> dict:
         start = time.perf_counter()

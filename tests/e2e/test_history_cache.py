@@ -1,6 +1,7 @@
 """The history encoder's row cache on a real tritonserver: scores equal PyTorch's on repeated-user traffic, its
 counters are on /metrics, and a small budget evicts and stays exact on a freshly started (empty) server."""
 
+import json
 import threading
 import urllib.request
 
@@ -11,6 +12,8 @@ from compiler.build import BuildConfig, build
 from compiler.core.names import ENCODER, SPLIT
 from compiler.repository.deployment import EmitConfig
 from compiler.repository.reader import cache_holder, read_config
+from compiler.runtime.ort import OrtGraph
+from compiler.runtime.row_cache import distinct, key_codes
 from compiler.serving.client import ScoringClient
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.serving.server_stats import history_cache_counters
@@ -29,6 +32,12 @@ def test_cached_scores_equal_pytorch_and_the_counters_add_up(triton, tiny_checkp
     assert cache_holder(triton.cfg.repo) == SPLIT  # as built by default: one process holds both halves and the cache
     model = load_model(tiny_checkpoint)
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=3), seed=21, n_candidates=32)
+    # repeated rows reach the scorer once, counted in the key bias: these requests repeat keys, so the scores below check it
+    spec = json.loads(read_config(triton.cfg.repo / SPLIT / "config.pbtxt").parameters["history_cache"].string_value)
+    assert spec["multiplicity"] == "key_bias"
+    key_graph = OrtGraph(triton.cfg.repo / SPLIT / "1" / "key_graph.onnx")
+    distinct_keys = [len(distinct(key_codes([key_graph.run(r)[name] for name, _ in spec["keys"]]))[0]) for r in traffic]
+    assert all(d < len(r["history_item_ids"]) for d, r in zip(distinct_keys, traffic))
     client = ScoringClient(triton.cfg.http_url)
     before = cache_counters(triton)
     for k, request in enumerate(traffic):

@@ -185,8 +185,8 @@ def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
     model, request_inputs = history_model(HistorySelfAttention)
     onnx.save(model, str(tmp_path / "model.onnx"))
     subject = load_user_model(UserModelSpec(onnx=tmp_path / "model.onnx", request_inputs=tuple(request_inputs)))
-    encoder = split(model, request_inputs).encoder
-    row_graphs, record = _row_locality(encoder, subject, resolve_deployment(EmitConfig(), "python"))
+    halves = split(model, request_inputs)
+    row_graphs, record = _row_locality(halves.encoder, halves.scorer, subject, resolve_deployment(EmitConfig(), "python"))
     assert row_graphs is None and not record.row_local and not record.served
     assert "MatMul" in record.why
     assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]

@@ -292,3 +292,27 @@ def test_a_process_that_dies_changing_the_cache_leaves_it_emptied_not_half_chang
     out = cache.lookup(codes([9, 9], [1, 1]), rows_of)  # the next to take the lock empties the cache first
     np.testing.assert_array_equal(out["rows"], rows_of(codes([9, 9], [1, 1]))["rows"])
     assert cache.changing == 0 and held(cache) == {(9, 9), (1, 1)} and cache.evictions == 3
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_its_log(with_cache):
+    """What the scorer gets where it reads the history as a multiset: one row per distinct key, in key order, and the
+    multiplicity output raised by log(count), on a miss and on a hit alike."""
+    def run_rows(columns):
+        keys = columns["k0"].astype(np.float32)
+        return {"bias": keys / 10, "rows": np.stack([keys, -keys, 2 * keys], axis=1)}
+
+    def run_keys(inputs):
+        return {"user": inputs["user"], "k0": inputs["items"]}
+
+    specs = {"bias": RowSpec("float32", ()), "rows": RowSpec("float32", (3,))}
+    cache = RowCache(1 << 16, specs, 1) if with_cache else None
+    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64")], cache, multiplicity="bias")
+    request = {"user": np.arange(2), "items": np.array([7, 5, 7, 7, 9, 5], np.int64)}
+    for _ in range(2):  # computed, then found
+        out = encoder(request)
+        np.testing.assert_array_equal(out["rows"], [[5, -5, 10], [7, -7, 14], [9, -9, 18]])
+        np.testing.assert_allclose(out["bias"], [0.5 + np.log(2), 0.7 + np.log(3), 0.9], rtol=1e-6)
+        np.testing.assert_array_equal(out["user"], request["user"])
+    if with_cache:
+        assert encoder.counters()["hits"] == 3 and encoder.counters()["misses"] == 3

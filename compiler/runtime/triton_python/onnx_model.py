@@ -115,7 +115,7 @@ class TritonPythonModel(StcaModel):
         self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
         self.reported = {name: 0 for name in self.metrics}
         return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache,
-                             self.whole_session.run if self.whole_session else None)
+                             self.whole_session.run if self.whole_session else None, spec.get("multiplicity"))
 
     def _report(self):
         if self.cached_encoder.cache is None:
