@@ -78,7 +78,9 @@ def main() -> None:
         total = sum(statistics.mean(v) for v in stages.values())
         print(f"  {label:10s} {total:7.1f}  (" + ", ".join(f"{k} {statistics.mean(v):.1f}" for k, v in stages.items()) + ")")
     c = cached.cache.counters()
-    print(f"  row cache: {c['hits']} keys found, {c['misses']} computed, {c['entries']} held")
+    history_rows = sum(len(r["history_item_ids"]) for r in warmup + traffic)
+    print(f"  row cache: {c['hits']} keys found, {c['misses']} computed, {c['entries']} held; distinct keys per history row "
+          f"{(c['hits'] + c['misses']) / history_rows:.2f}, " + ("each sent to the scorer once" if cached.multiplicity else "every row sent"))
 
 
 def _parameter(config_path: Path, name: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from compiler.core.log import stage
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT
-from compiler.repository.reader import cache_holder, composing, linked_copy, update_config
+from compiler.repository.reader import cache_holder, cache_multiplicity, composing, linked_copy, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
 from compiler.serving.server import ServerConfig, TritonServer, stub_processes
@@ -95,14 +95,14 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
                 stages = server_stats.since(url, before, parts)
                 row = {"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / driven.seconds,
                        "p50_ms": _percentile(driven.latencies_ms, 50), "p99_ms": _percentile(driven.latencies_ms, 99),
-                       "stages": [asdict(t) for t in stages],
+                       "stages": [asdict(t) for t in stages], "history_rows": sum(len(r["history_item_ids"]) for r in requests),
                        "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}}
                 if halves is not None and stages:
                     row["split_halves_ms"] = server_stats.halves_since(metrics, halves, stages[0].requests)
                 rows.append(row)
             per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
             results["variants"][variant] = {
-                "model": model, "cache_holder": holder, "rows": rows, "per_request": per_request,
+                "model": model, "cache_holder": holder, "multiplicity": cache_multiplicity(path),  # the repository's cache: stca's way through it "rows": rows, "per_request": per_request,
                 "cache": server_stats.history_cache_counters(metrics, holder),
                 "memory_before": memory_before, "memory_after": holder_memory(triton.process.pid, holder)}
             best = max(r["throughput"] for r in rows)

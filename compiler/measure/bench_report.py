@@ -339,6 +339,7 @@ def _repeated_markdown(rep: dict, precision: str, drawn: list[str] = ()) -> list
              "`stca_history_cache_*` metrics). Infer ms: Triton's compute_infer per request at concurrency 1 (for stca_fused, "
              "the whole graph in the scorer column; for stca_split, the time in each half within its compute, "
              "`stca_split_half_ms`).", ""]
+    lines += repeated_distinct_lines(rep)
     lines += ["![the variants side by side](repeated_users.png)", ""] if "repeated_users.png" in drawn else []
     cached = variants["row cache"]
     fit = _encoder_fit(cached["per_request"])
@@ -354,6 +355,21 @@ def _repeated_markdown(rep: dict, precision: str, drawn: list[str] = ()) -> list
     lines += ["Resident memory of the processes holding the cache (the history encoder's without one; one per instance), MiB:", "",
               *repeated_memory_table(rep)]
     return lines + [""]
+
+
+def repeated_distinct_lines(rep: dict) -> list[str]:
+    """How many of the history rows were distinct keys, per level, and which variants sent the scorer those only (runs
+    recorded before the suite kept the history rows it sent have no such line)."""
+    served = {name: v for name, v in rep["variants"].items() if v["model"] == ENSEMBLE}  # stca_fused never reads the cache
+    cached = next((v for v in served.values() if v["rows"][0].get("cache") and "history_rows" in v["rows"][0]), None)
+    if cached is None:
+        return []
+    once = [f"`{name}`" for name, v in served.items() if v.get("multiplicity")]
+    share = " / ".join(f"{(row['cache']['hits'] + row['cache']['misses']) / row['history_rows']:.2f}" for row in cached["rows"])
+    return [f"Distinct row keys per history row, per level: {share} (a history holds an item again, with the same action "
+            "and age bucket). " + (f"Each distinct key's rows reached the scorer once, the key bias raised by log(count) "
+                                   f"(compiler.passes.history_multiset), in: {', '.join(once)}." if once else
+                                   "Every variant sent the scorer every row."), ""]
 
 
 def repeated_table(rep: dict) -> list[str]:

@@ -182,7 +182,8 @@ def summary(r: dict, b: Block) -> list[str]:
         t = rep["traffic"]
         lines += [f"Repeated users: {t['users']} fresh users x {t['visits']} visits per concurrency level, mean L = "
                   f"{rep['mean_history']:.0f}, N = {rep['candidates']}, {c['precisions'][0]}"
-                  + (f", the cut in {c['cut_dtype']}" if c.get("cut_dtype") else "") + ":", "", *bench_report.repeated_table(rep), ""]
+                  + (f", the cut in {c['cut_dtype']}" if c.get("cut_dtype") else "") + ":", "", *bench_report.repeated_table(rep), "",
+                  *bench_report.repeated_distinct_lines(rep)]
     return lines[:-1]
 
 
@@ -254,7 +255,16 @@ def headline_repeated(r: dict, b: Block) -> list[str]:
             f"fresh users x {t['visits']} visits per concurrency level (mean L = {rep['mean_history']:.0f}), N = {rep['candidates']}: "
             f"`{ENSEMBLE}` with {WAYS[lead]} served {top[lead]:.1f} req/s against {top['fused']:.1f} for `{FUSED}`: "
             f"**{top[lead] / top['fused']:.2f}x**; the other ways over `{FUSED}`: {others}. Row-key hit rate "
-            f"{min(hits):.2f}-{max(hits):.2f}. {_where(r, b)}"]
+            f"{min(hits):.2f}-{max(hits):.2f}{_distinct_share(variants[lead])}. {_where(r, b)}"]
+
+
+def _distinct_share(variant: dict) -> str:
+    """', the scorer ...' where the variant sent each distinct history row once and the run kept its history rows."""
+    rows = [row for row in variant["rows"] if row.get("cache") and "history_rows" in row]
+    if not variant.get("multiplicity") or not rows:
+        return ""
+    distinct = sum(row["cache"]["hits"] + row["cache"]["misses"] for row in rows) / sum(row["history_rows"] for row in rows)
+    return f"; the scorer took each distinct row once, {distinct:.2f} of the history rows"
 
 
 def headline_int8(r: dict, b: Block) -> list[str]:

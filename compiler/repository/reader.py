@@ -1,6 +1,7 @@
 """Reading a built repository: which models do the ensemble's work, where its graphs are, which process holds the
 row cache, and its configs, parsed with Triton's schema (and written back the same way)."""
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -39,6 +40,15 @@ def cache_holder(repo: Path) -> str | None:
         if param is not None and int(param.string_value or 0) > 0:
             return model
     return None
+
+
+def cache_multiplicity(repo: Path) -> str | None:
+    """Where a built repository's row cache sends each distinct history row once, the output that counts a repeated
+    row (compiler.passes.history_multiset); None where it sends every row, or serves no cache."""
+    holder = cache_holder(repo)
+    if holder is None:
+        return None
+    return json.loads(read_config(Path(repo) / holder / "config.pbtxt").parameters["history_cache"].string_value).get("multiplicity")
 
 
 def linked_copy(repo: Path, copy: Path, models: tuple[str, ...] | None = None, with_manifest: bool = False) -> Path:

@@ -22,7 +22,7 @@ count is higher), so rows seen once do not push out rows seen often, and traffic
 for copies into the cache. `admission="all"` keeps every computed row (plain LRU). Admission decides only what is
 kept: the rows answered are computed or found, never estimated.
 
-Repeated rows, once: where the scorer reads the history as a multiset (compiler.passes.history_multiset proves it
+Repeated rows, once: where the scorer reads the history as a multiset (compiler.passes.history_multiset checks it
 for the build), a request's rows with equal keys are sent once, and `multiplicity`, an output of one float a row
 that the scorer adds to its attention logits (STCA's key bias), is raised by the log of each key's count: a row
 repeated c times weighs c * exp(s) = exp(s + log c). The scorer's attention then runs on the distinct rows only.

@@ -13,6 +13,7 @@ from compiler.measure.bench_report import (
     markdown,
     precision_ratios,
     precision_table,
+    repeated_distinct_lines,
     repeated_table,
     speedup_table,
     speedups,
@@ -323,6 +324,26 @@ def test_the_repeated_users_table_reads_each_half_from_its_own_model_or_from_ins
     assert one_process == "| row cache, one process (`stca`) | 10.0 / 15.0 | 15.0 | 3.00x | 100 | 0.90 / 0.90 | 30.0 | 60.0 |"
     assert two_processes == "| row cache (`stca`) | 8.0 / 12.0 | 12.0 | 2.40x | 125 | 0.90 / 0.90 | 31.3 | 75.8 |"
     assert fused == "| fused (`stca_fused`) | 5.0 / 4.0 | 5.0 | 1.00x | 200 | - | - | 156.3 |"
+
+
+def test_the_distinct_share_is_keys_looked_up_over_history_rows_and_names_who_sent_them_once():
+    def level(concurrency, hits, misses, history_rows):
+        return {**repeated_level(concurrency, 10.0, [], {"hits": hits, "misses": misses}), "history_rows": history_rows}
+
+    rep = {"variants": {
+        "row cache, one process": {"model": ENSEMBLE, "multiplicity": "key_bias", "rows": [level(1, 500, 100, 1000), level(2, 650, 50, 1000)]},
+        "row cache": {"model": ENSEMBLE, "multiplicity": None, "rows": [level(1, 500, 100, 1000), level(2, 650, 50, 1000)]},
+        "fused": {"model": FUSED, "multiplicity": "key_bias", "rows": [repeated_level(1, 5.0, [])]},  # served from a cached repository
+    }}
+    line, blank = repeated_distinct_lines(rep)
+    assert line.startswith("Distinct row keys per history row, per level: 0.60 / 0.70 (")
+    assert line.endswith("in: `row cache, one process`.") and blank == ""
+    rep["variants"]["row cache, one process"]["multiplicity"] = None
+    assert repeated_distinct_lines(rep)[0].endswith("Every variant sent the scorer every row.")
+    for v in rep["variants"].values():  # recorded before the suite kept its history rows: no line
+        for row in v["rows"]:
+            row.pop("history_rows", None)
+    assert repeated_distinct_lines(rep) == []
 
 
 def test_the_stamp_names_the_peak_measured_before_and_after_the_cells():

@@ -153,3 +153,13 @@ def test_options_no_recorded_run_used_are_written_back_as_given(monkeypatch):
     got = bench._jsonable(asdict(made[0]))
     assert {k: got[k] for k in ("tune", "protocol", "out", "max_history", "cut_dtype", "suites", "user_model")} == \
         {k: r["config"][k] for k in ("tune", "protocol", "out", "max_history", "cut_dtype", "suites", "user_model")}
+
+
+def test_the_headline_gives_the_distinct_share_only_where_the_variant_sent_repeated_rows_once():
+    from compiler.measure.docs_tables import _distinct_share
+
+    rows = [{"cache": {"hits": 500.0, "misses": 100.0}, "history_rows": 1000},
+            {"cache": {"hits": 750.0, "misses": 50.0}, "history_rows": 1000}]
+    assert _distinct_share({"multiplicity": "key_bias", "rows": rows}) == "; the scorer took each distinct row once, 0.70 of the history rows"
+    assert _distinct_share({"multiplicity": None, "rows": rows}) == ""
+    assert _distinct_share({"multiplicity": "key_bias", "rows": [{"cache": row["cache"]} for row in rows]}) == ""  # recorded before
