@@ -101,8 +101,9 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
                     row["split_halves_ms"] = server_stats.halves_since(metrics, halves, stages[0].requests)
                 rows.append(row)
             per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
+            # multiplicity: the repository's row cache's, the way stca (not stca_fused) goes through it
             results["variants"][variant] = {
-                "model": model, "cache_holder": holder, "multiplicity": cache_multiplicity(path),  # the repository's cache: stca's way through it "rows": rows, "per_request": per_request,
+                "model": model, "cache_holder": holder, "multiplicity": cache_multiplicity(path), "rows": rows, "per_request": per_request,
                 "cache": server_stats.history_cache_counters(metrics, holder),
                 "memory_before": memory_before, "memory_after": holder_memory(triton.process.pid, holder)}
             best = max(r["throughput"] for r in rows)

@@ -89,6 +89,10 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     assert cells[("stca", "L=16 N=4")]["flops_per_request"] == cells[("stca_fused", "L=16 N=4")]["flops_per_request"]
     assert (results["response_cache"]["hits"], results["response_cache"]["misses"]) == (2, 2)
     assert {r["candidates"] for r in results["attention_check"]} == {4, 8, 16, 32, 64, 128, 512}
+    # the repeated-users suite: which variants sent each distinct history row once, and the rows each level sent
+    variants = results["repeated_users"]["variants"]
+    assert variants["row cache, one process"]["multiplicity"] == "key_bias" and variants["no cache"]["multiplicity"] is None
+    assert all(row["history_rows"] >= row["cache"]["hits"] + row["cache"]["misses"] > 0 for row in variants["row cache"]["rows"])
     assert all(r["predicted"] in ("kv", "reordered") and r["kv_ms"] > 0 for r in results["attention_check"])
     table = (out / "results.md").read_text()
     assert "| L=16 N=4 | stca |" in table and "| fp32 | L=16 N=4 |" in table  # the per-cell and speedup tables
