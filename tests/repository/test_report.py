@@ -88,6 +88,18 @@ def test_the_history_cache_section_of_a_row_local_record_names_its_keys_rows_and
                         "`remainder` (int64) (128 bytes a row). Checked against the encoder at L = 1, 64, 2000 and a left-padded "
                         "request: largest difference 2.5e-07.")
     assert lines[4].startswith("Served: the history encoder keeps up to 64 MiB of rows (over its instances)")
+    assert lines[6] == "Repeated rows: every row reaches the scorer (not checked)."  # a record from before the check
+
+
+def test_the_history_cache_section_says_whether_repeated_rows_reach_the_scorer_once_and_what_the_check_saw():
+    record = row_local(served=True, budget_bytes=64 << 20)
+    once = replace(record, row_graphs={**record.row_graphs, "multiplicity": "key_bias"}, multiplicity_check="largest difference 6.0e-08")
+    assert history_cache_lines(once)[6] == (
+        "Repeated rows: each distinct key's rows reach the scorer once, `key_bias` raised by the log of the key's count "
+        "(the scorer reads the history as a multiset; checked on repeated and reordered rows: largest difference 6.0e-08).")
+    refused = replace(record, multiplicity_check="with key_bias raised by log(count), scores differs by 0.3")
+    assert history_cache_lines(refused)[6] == ("Repeated rows: every row reaches the scorer "
+                                               "(with key_bias raised by log(count), scores differs by 0.3).")
 
 
 def test_a_row_local_encoder_whose_cache_is_not_served_says_so():
@@ -142,11 +154,13 @@ def test_report_md_of_a_real_build_shows_its_cut_verification_cases_and_row_cach
     assert table_after(lines, "| tensor | dtype | shape |") == expected + [["**total**", "", "", f"**{total:,}**"]]
     cache, record = section(lines, "## History row cache"), built.history_cache
     assert record.row_local and record.served  # the tiny encoder is row-local and the python target serves its cache
-    assert cache[:5] == history_cache_lines(record)  # the record's own section, whole
+    assert cache[:7] == history_cache_lines(record)  # the record's own section, whole
     assert all(f"`{name}`" in cache[2] for name in record.row_graphs["cached"])
     assert cache[4].startswith(f"Served: the history encoder keeps up to {record.budget_bytes // 2**20} MiB of rows")
+    # STCA's scorer reads the history as a multiset: its key bias counts a repeated row
+    assert cache[6].startswith("Repeated rows: each distinct key's rows reach the scorer once, `key_bias` raised by the log")
     priced = cached_attention_lines(built.config, record, L)  # STCA's forms priced with the cache
-    assert cache[6:6 + len(priced)] == priced
+    assert cache[8:8 + len(priced)] == priced
 
 
 @pytest.mark.slow
