@@ -118,6 +118,12 @@ def hit_rate(cache: dict) -> float:
     return cache.get("hits", 0.0) / looked_up if looked_up else 0.0
 
 
+def distinct_share(rows: list[dict]) -> float:
+    """Distinct keys looked up over the history rows sent, over these levels (rows of repeated_users, each with its
+    cache counters and history_rows)."""
+    return sum(row["cache"]["hits"] + row["cache"]["misses"] for row in rows) / sum(row["history_rows"] for row in rows)
+
+
 MIDWAY_AFTER_S = 0.01  # the middle request's bytes are on their way, well before any answer (tens of ms at least)
 
 

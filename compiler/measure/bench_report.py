@@ -5,7 +5,7 @@ import shlex
 from pathlib import Path
 
 from compiler.core.names import BASELINES, ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, PYTORCH, SCORER, SHORT_NAMES, TORCH
-from compiler.measure.bench_repeated import hit_rate
+from compiler.measure.bench_repeated import distinct_share, hit_rate
 from compiler.measure.perf import load_label
 from compiler.repository.budget import Placement
 from compiler.stca.costmodel import peaks_text
@@ -365,7 +365,7 @@ def repeated_distinct_lines(rep: dict) -> list[str]:
     if cached is None:
         return []
     once = [f"`{name}`" for name, v in served.items() if v.get("multiplicity")]
-    share = " / ".join(f"{(row['cache']['hits'] + row['cache']['misses']) / row['history_rows']:.2f}" for row in cached["rows"])
+    share = " / ".join(f"{distinct_share([row]):.2f}" for row in cached["rows"])
     return [f"Distinct row keys per history row, per level: {share} (a history holds an item again, with the same action "
             "and age bucket). " + (f"Each distinct key's rows reached the scorer once, the key bias raised by log(count) "
                                    f"(compiler.passes.history_multiset), in: {', '.join(once)}." if once else

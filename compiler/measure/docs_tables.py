@@ -24,7 +24,7 @@ from pathlib import Path
 from compiler.core.errors import CompilerError
 from compiler.core.names import ENSEMBLE, FUSED, TORCH
 from compiler.measure import bench_report
-from compiler.measure.bench_repeated import hit_rate
+from compiler.measure.bench_repeated import distinct_share, hit_rate
 from compiler.measure.bench_report import best, speedups
 from compiler.verify.gates import THRESHOLDS
 
@@ -263,8 +263,7 @@ def _distinct_share(variant: dict) -> str:
     rows = [row for row in variant["rows"] if row.get("cache") and "history_rows" in row]
     if not variant.get("multiplicity") or not rows:
         return ""
-    distinct = sum(row["cache"]["hits"] + row["cache"]["misses"] for row in rows) / sum(row["history_rows"] for row in rows)
-    return f"; the scorer took each distinct row once, {distinct:.2f} of the history rows"
+    return f"; the scorer took each distinct row once, {distinct_share(rows):.2f} of the history rows"
 
 
 def headline_int8(r: dict, b: Block) -> list[str]:

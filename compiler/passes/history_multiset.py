@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from compiler.core.errors import CompilerError
-from compiler.passes.row_locality import TOLERANCE
+from compiler.passes.row_locality import deviation
 from compiler.runtime.row_cache import RowSpec
 
 # The repetition patterns each check request is sent with: (rows drawn from the first 1/`spread` of the history, so a
@@ -71,9 +71,9 @@ def _check(score, cuts: list[tuple[dict, dict]], cached: tuple[str, ...], multip
             except Exception as e:  # noqa: BLE001 (a scorer that reads L from elsewhere cannot take fewer rows)
                 raise NotAMultiset(f"with {multiplicity} counting repeats, the scorer does not run on fewer rows: {e}") from e
             for output, value in expected.items():
-                diff = float(np.max(np.abs(got[output].astype(np.float64) - value.astype(np.float64)), initial=0.0))
-                scale, worst = 1.0 + float(np.max(np.abs(value), initial=0.0)), max(worst, diff)
-                if diff > TOLERANCE[np.dtype(value.dtype).name] * scale:
+                diff, within = deviation(got[output], value)
+                worst = max(worst, diff)
+                if not within:
                     raise NotAMultiset(f"with {multiplicity} raised by log(count), {output} differs by {diff:.3g} on check "
                                        f"request {number} ({len(rows)} rows, {len(distinct)} distinct)")
     return worst

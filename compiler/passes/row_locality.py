@@ -352,10 +352,9 @@ def confirm(row_graphs: RowGraphs, encoder: onnx.ModelProto, requests: list[dict
         expected = whole.run(request)
         for got in (cached(request), _rows_one_at_a_time(row_graphs, keys, rows, request, expected)):
             for name, value in got.items():
-                diff = float(np.max(np.abs(value.astype(np.float64) - expected[name].astype(np.float64)), initial=0.0))
+                diff, within = deviation(value, expected[name])
                 worst[name] = max(worst.get(name, 0.0), diff)
-                scale = 1.0 + float(np.max(np.abs(expected[name]), initial=0.0))
-                if value.shape != expected[name].shape or diff > TOLERANCE[np.dtype(value.dtype).name] * scale:
+                if not within:
                     raise NotRowLocal(f"history cache: {name} assembled from cached rows differs from the encoder's by {diff:.3g} "
                                       f"on check request {number}; the graph analysis said its rows are row-local")
     return worst
@@ -363,6 +362,14 @@ def confirm(row_graphs: RowGraphs, encoder: onnx.ModelProto, requests: list[dict
 
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "float64": 1e-9}  # relative to 1 + max |value|; integers exactly
 TOLERANCE.update({np.dtype(t).name: 0.0 for t in (np.int8, np.uint8, np.int32, np.int64, np.bool_)})
+
+
+def deviation(got: np.ndarray, expected: np.ndarray) -> tuple[float, bool]:
+    """The largest difference of `got` from `expected`, and whether the two agree: the same shape, and that difference
+    within the TOLERANCE of got's dtype, relative to 1 + max |expected|."""
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)), initial=0.0))
+    scale = 1.0 + float(np.max(np.abs(expected), initial=0.0))
+    return diff, got.shape == expected.shape and not diff > TOLERANCE[np.dtype(got.dtype).name] * scale
 
 
 def _rows_one_at_a_time(row_graphs: RowGraphs, keys, rows, request: dict, expected: dict) -> dict:
