@@ -2,7 +2,7 @@
 
     repeated_users(served_repositories(...), config, RepeatedConfig(...)) -> results.json's "repeated_users"
 
-Six ways to serve the same traffic (compiler.stca.data.RepeatedUsers), each on a fresh server, so each starts empty:
+Six ways to serve the same traffic (compiler.stca.data.RepeatedUsers), each on a server of its own, so each starts empty:
   row cache, one process    `stca` as built by default: both halves in one process (stca_split), which holds the
                   row cache (compiler/runtime/row_cache.py)
   row cache       the halves in two processes (--split-processes 2): the history encoder serves rows from its row cache
@@ -13,13 +13,15 @@ Six ways to serve the same traffic (compiler.stca.data.RepeatedUsers), each on a
   fused           `stca_fused`, the unsplit graph
 Every request is sent once, in order, by `concurrency` client threads: perf_analyzer cycles through a fixed set
 of requests, which a response cache would answer from memory after one pass, and real traffic never repeats
-a request byte for byte (ages move, histories grow). Per variant: a warm-up pass of other users (a cache in
-service has seen other users), then at each concurrency level a fresh set of users; throughput is requests over
-wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
+a request byte for byte (ages move, histories grow). The six servers run side by side; each gets a warm-up pass of
+other users (a cache in service has seen other users), then at each concurrency level a fresh set of users, the
+variants in turn level by level, so that a host whose speed drifts (a shared VM: 7-15% between passes minutes
+apart) moves them alike and their ratios hold; throughput is requests over wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
 each request's encoder time against the rows it had to compute (the row cache's misses) and its length; and the
 resident memory of the processes holding the cache (the encoder's without one) before and after.
 """
 
+import contextlib
 import shutil
 import statistics
 import threading
@@ -78,38 +80,61 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
                                      seed=2_000, n_candidates=cfg.candidates)
     results = {"traffic": asdict(cfg.traffic), "warmup_users": cfg.warmup_users, "candidates": cfg.candidates,
                "mean_history": statistics.mean(len(r["history_item_ids"]) for rs in levels.values() for r in rs), "variants": {}}
-    for variant in VARIANTS:
-        path, model = served[variant]
-        holder = cache_holder(path) or ENCODER  # whose counters and memory to read
-        parts = composing(path)[model]
-        with stage(f"bench: repeated users, {variant}") as s, TritonServer(ServerConfig.on_free_ports(path)) as triton:
-            url, metrics = triton.cfg.http_url, triton.cfg.metrics_url
-            memory_before = holder_memory(triton.process.pid, holder)
-            drive(url, model, warmup, concurrency=1)
-            rows = []
-            for concurrency, requests in levels.items():
-                before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, holder)
-                halves = server_stats.split_half_ms(metrics) if parts == (SPLIT,) else None
-                driven = drive(url, model, requests, concurrency)
-                after = server_stats.history_cache_counters(metrics, holder)
-                stages = server_stats.since(url, before, parts)
-                row = {"concurrency": concurrency, "requests": len(requests), "throughput": len(requests) / driven.seconds,
-                       "p50_ms": _percentile(driven.latencies_ms, 50), "p99_ms": _percentile(driven.latencies_ms, 99),
-                       "stages": [asdict(t) for t in stages], "history_rows": sum(len(r["history_item_ids"]) for r in requests),
-                       "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}}
-                if halves is not None and stages:
-                    row["split_halves_ms"] = server_stats.halves_since(metrics, halves, stages[0].requests)
-                rows.append(row)
-            per_request = encoder_profile(url, metrics, parts, profile) if parts == (ENCODER, SCORER) and holder == ENCODER else []
+    with contextlib.ExitStack() as servers:
+        up = {variant: _Served(*served[variant], servers) for variant in VARIANTS}
+        with stage(f"bench: repeated users, {len(up)} servers warmed") as s:
+            for one in up.values():  # a cache in service has seen other users
+                drive(one.url, one.model, warmup, concurrency=1)
+            s.summary = ", ".join(VARIANTS)
+        rows = {variant: [] for variant in VARIANTS}
+        for concurrency, requests in levels.items():  # level by level, the variants in turn: a drifting host slows all alike
+            with stage(f"bench: repeated users, concurrency {concurrency}") as s:
+                for variant, one in up.items():
+                    rows[variant].append(one.level(requests, concurrency))
+                s.summary = "; ".join(f"{v} {rows[v][-1]['throughput']:.1f} req/s" for v in VARIANTS)
+        for variant, one in up.items():
             # multiplicity: the repository's row cache's, the way stca (not stca_fused) goes through it
             results["variants"][variant] = {
-                "model": model, "cache_holder": holder, "multiplicity": cache_multiplicity(path), "rows": rows, "per_request": per_request,
-                "cache": server_stats.history_cache_counters(metrics, holder),
-                "memory_before": memory_before, "memory_after": holder_memory(triton.process.pid, holder)}
-            best = max(r["throughput"] for r in rows)
-            s.summary = f"best {best:.1f} req/s" + "".join(
-                f"; conc {r['concurrency']}: hit rate {hit_rate(r['cache']):.2f}" for r in rows if r["cache"])
+                "model": one.model, "cache_holder": one.holder, "multiplicity": cache_multiplicity(one.path),
+                "rows": rows[variant], "per_request": one.profile(profile),
+                "cache": server_stats.history_cache_counters(one.metrics, one.holder),
+                "memory_before": one.memory_before, "memory_after": holder_memory(one.pid, one.holder)}
     return results
+
+
+class _Served:
+    """One variant's server, started on `stack` (stopped with it), and what the suite measures through it."""
+
+    def __init__(self, path: Path, model: str, stack: contextlib.ExitStack):
+        self.path, self.model = path, model
+        self.holder = cache_holder(path) or ENCODER  # whose counters and memory to read
+        self.parts = composing(path)[model]
+        triton = stack.enter_context(TritonServer(ServerConfig.on_free_ports(path)))
+        self.url, self.metrics, self.pid = triton.cfg.http_url, triton.cfg.metrics_url, triton.process.pid
+        self.memory_before = holder_memory(self.pid, self.holder)
+
+    def level(self, requests: list[dict], concurrency: int) -> dict:
+        """One concurrency level's row of results.json: throughput, latency, Triton's stage times, the cache's counters."""
+        url, metrics = self.url, self.metrics
+        before, counters = server_stats.snapshot(url), server_stats.history_cache_counters(metrics, self.holder)
+        halves = server_stats.split_half_ms(metrics) if self.parts == (SPLIT,) else None
+        started = time.time()
+        driven = drive(url, self.model, requests, concurrency)
+        after = server_stats.history_cache_counters(metrics, self.holder)
+        stages = server_stats.since(url, before, self.parts)
+        row = {"concurrency": concurrency, "started_s": started, "requests": len(requests), "throughput": len(requests) / driven.seconds,
+               "p50_ms": _percentile(driven.latencies_ms, 50), "p99_ms": _percentile(driven.latencies_ms, 99),
+               "stages": [asdict(t) for t in stages], "history_rows": sum(len(r["history_item_ids"]) for r in requests),
+               "cache": {k: after[k] - counters.get(k, 0.0) for k in ("hits", "misses", "evictions") if k in after}}
+        if halves is not None and stages:
+            row["split_halves_ms"] = server_stats.halves_since(metrics, halves, stages[0].requests)
+        return row
+
+    def profile(self, requests: list[dict]) -> list[dict]:
+        """encoder_profile's records where the halves are two models and the encoder holds the cache, else none."""
+        if self.parts == (ENCODER, SCORER) and self.holder == ENCODER:
+            return encoder_profile(self.url, self.metrics, self.parts, requests)
+        return []
 
 
 def hit_rate(cache: dict) -> float:

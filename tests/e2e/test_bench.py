@@ -93,6 +93,9 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     variants = results["repeated_users"]["variants"]
     assert variants["row cache, one process"]["multiplicity"] == "key_bias" and variants["no cache"]["multiplicity"] is None
     assert all(row["history_rows"] >= row["cache"]["hits"] + row["cache"]["misses"] > 0 for row in variants["row cache"]["rows"])
+    # the variants served side by side, level by level in turn: every level-k window starts after every level-(k-1) one
+    starts = [[v["rows"][k]["started_s"] for v in variants.values()] for k in range(len(variants["fused"]["rows"]))]
+    assert len(starts) > 1 and all(max(earlier) < min(later) for earlier, later in zip(starts, starts[1:]))
     assert all(r["predicted"] in ("kv", "reordered") and r["kv_ms"] > 0 for r in results["attention_check"])
     table = (out / "results.md").read_text()
     assert "| L=16 N=4 | stca |" in table and "| fp32 | L=16 N=4 |" in table  # the per-cell and speedup tables
