@@ -88,11 +88,12 @@ class RowGraphs:
     def bytes_per_row(self) -> int:
         return sum(s.nbytes for s in self.row_specs.values())
 
-    def encoder(self, run_keys, run_rows, budget_bytes: int, run_encoder=None) -> CachedEncoder:
-        """The served encoder over runners of the two graphs, with a cache of `budget_bytes` (0: none); with a runner
-        of the whole encoder, requests skip a cache that does not pay (compiler.runtime.row_cache.CacheWorth)."""
+    def encoder(self, run_keys, run_rows, budget_bytes: int, run_encoder=None, skip: bool = False) -> CachedEncoder:
+        """The served encoder over runners of the two graphs, with a cache of `budget_bytes` (0: none); with `skip`,
+        requests skip a cache that does not pay (compiler.runtime.row_cache.CacheWorth), run_encoder (the whole
+        encoder) answering them where there is no multiplicity."""
         cache = RowCache(budget_bytes, self.row_specs, len(self.keys)) if budget_bytes > 0 else None
-        return CachedEncoder(run_keys, run_rows, list(self.keys), cache, run_encoder, self.multiplicity)
+        return CachedEncoder(run_keys, run_rows, list(self.keys), cache, run_encoder, self.multiplicity, skip)
 
 
 @dataclass(frozen=True)

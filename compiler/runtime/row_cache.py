@@ -27,10 +27,11 @@ for the build), a request's rows with equal keys are sent once, and `multiplicit
 that the scorer adds to its attention logits (STCA's key bias), is raised by the log of each key's count: a row
 repeated c times weighs c * exp(s) = exp(s + log c). The scorer's attention then runs on the distinct rows only.
 
-When it is consulted: where the whole encoder is at hand (run_encoder), a request skips the cache while going
-through it has cost more of late than the whole encoder would have (CacheWorth), so traffic whose rows do not
-repeat pays for the key graph, the lookups and the assembly on one request in CacheWorth.PROBE_EVERY only. Either
-path answers the encoder's outputs.
+When it is consulted: a request skips a full cache while going through it has cost more of late than skipping it
+would have (CacheWorth), so traffic whose rows do not repeat pays for the lookups, the copies and the assembly on
+one request in CacheWorth.PROBE_EVERY only. Skipping runs the whole encoder, or, where the scorer reads each
+distinct row once, the row graph on the request's distinct keys, so that the scorer keeps that saving. Either path
+answers what the cache's would.
 """
 
 import contextlib
@@ -561,10 +562,12 @@ class RowRate:
 
 class CacheWorth:
     """Whether going through a full cache pays on the traffic of late, measured: a request through the cache costs
-    what its path took (key graph, lookups, the row graph on its missing rows, copies, assembly); the whole encoder
-    would have cost its rows times the encoder's time per row (timed on the requests that ran it; until one has, the
-    row graph's time per computed row, the same rows' work). Both are exponentially weighted over requests. While the
-    cache's path costs more, the encoder runs whole and the cache is not consulted, except on one request in
+    what its path took (key graph, lookups, the row graph on its missing rows, copies, assembly); skipping the cache
+    would have cost the rows it computes then times their time per row. Skipping runs the whole encoder on every row
+    (its time per row timed on the requests that ran it; until one has, the row graph's time per computed row, the
+    same rows' work), or, where the scorer reads each distinct row once (CachedEncoder's multiplicity), the row graph
+    on the request's distinct keys, so that the scorer keeps that saving (timed on the row graph's runs). Both are
+    exponentially weighted over requests. While the cache's path costs more, requests skip the cache, except one in
     PROBE_EVERY, which keeps the frequency sketch and this measure following the traffic: a service whose rows start
     repeating finds the cache again. A cache with room for a request (as many free slots as the last request had rows)
     is always consulted and not judged: its misses fill it, which pays only later."""
@@ -591,13 +594,18 @@ class CacheWorth:
         return False
 
     def cached(self, rows: int, computed: int, computed_ms: float, path_ms: float, full: bool = True) -> None:
-        """A request of `rows` history rows went through the cache in path_ms, `computed` of them by the row graph in
-        computed_ms; `full`: the cache had no room for it (only then does the request count for the cache's worth)."""
+        """A request went through the cache in path_ms, `computed` of its rows by the row graph in computed_ms; skipping
+        the cache it would have computed `rows`; `full`: the cache had no room for it (only then does the request count
+        for the cache's worth)."""
         if computed:
             self.row_graph.add(computed, computed_ms)
         row_ms = self.encoder.per_row if self.encoder.per_row is not None else self.row_graph.per_row
         if full and row_ms is not None:
             self.margin_ms += self.WEIGHT * (rows * row_ms - path_ms - self.margin_ms)
+
+    def skipped(self, rows: int, ms: float) -> None:
+        """A request skipped the cache, the row graph computing its `rows` distinct rows in ms."""
+        self.row_graph.add(rows, ms)
 
     def whole(self, rows: int, encoder_ms: float) -> None:
         """A request of `rows` history rows ran the whole encoder in encoder_ms."""
@@ -610,32 +618,40 @@ class CachedEncoder:
     """The history encoder as key graph + cache + row graph; outputs equal the encoder's (module docstring).
 
     run_keys(request inputs) -> {key names and passthrough outputs}; run_rows({key name: [M]}) -> {cached output: [M, ...]}.
-    Without a cache (None) every row is computed, each distinct key once. With run_encoder (request inputs -> the
-    encoder's outputs, the whole encoder) a request skips the cache while the cache does not pay (CacheWorth). With
-    `multiplicity` (a cached output of one float a row), each distinct key's rows come once, that output raised by
-    the log of the key's count (module docstring): not the encoder's outputs, but what the scorer answers the same on.
+    Without a cache (None) every row is computed, each distinct key once. With `multiplicity` (a cached output of one
+    float a row), each distinct key's rows come once, that output raised by the log of the key's count (module
+    docstring): not the encoder's outputs, but what the scorer answers the same on. With `skip`, a request skips a full
+    cache while it does not pay (CacheWorth): with a multiplicity the row graph then runs on its distinct keys (the
+    scorer keeps reading each distinct row once), else run_encoder (request inputs -> the encoder's outputs, the whole
+    encoder) answers it.
     """
 
     def __init__(self, run_keys, run_rows, keys: list[RowKey], cache: RowCache | None, run_encoder=None,
-                 multiplicity: str | None = None):
+                 multiplicity: str | None = None, skip: bool = False):
+        if skip and multiplicity is None and run_encoder is None:
+            raise ValueError("CachedEncoder: skipping the cache without a multiplicity needs run_encoder, the whole encoder")
         self.run_keys, self.run_rows, self.keys, self.cache, self.run_encoder = run_keys, run_rows, keys, cache, run_encoder
         self.multiplicity = multiplicity
-        self.worth = CacheWorth() if run_encoder is not None and cache is not None and cache.capacity else None
-        self.bypassed = 0  # requests the whole encoder answered, the cache not consulted
+        self.worth = CacheWorth() if skip and cache is not None and cache.capacity else None
+        self.bypassed = 0  # requests that skipped the cache
         self.rows = 0  # the last request's history rows
 
     def __call__(self, inputs: dict) -> dict:
         start, full = time.perf_counter(), self.cache is not None and self.cache.capacity - self.cache.used < max(self.rows, 1)
+        computed = []
         if self.worth is not None and full and not self.worth.use_cache():
+            self.bypassed += 1
+            if self.multiplicity is not None:  # the row graph on the distinct keys: the scorer still reads each row once
+                outputs, self.rows, _ = self._assemble(self.run_keys(inputs), computed, consult=False)
+                self.worth.skipped(*computed[0])
+                return outputs
             outputs = self.run_encoder(inputs)
             self.rows = len(outputs[next(iter(self.cache.tables))])  # a cached output: one row per history row
             self.worth.whole(self.rows, 1e3 * (time.perf_counter() - start))
-            self.bypassed += 1
             return outputs
-        computed = []
-        outputs, self.rows = self._assemble(self.run_keys(inputs), computed)
+        outputs, self.rows, skip_rows = self._assemble(self.run_keys(inputs), computed)
         if self.worth is not None:
-            self.worth.cached(self.rows, *(computed[0] if computed else (0, 0.0)), path_ms=1e3 * (time.perf_counter() - start), full=full)
+            self.worth.cached(skip_rows, *(computed[0] if computed else (0, 0.0)), path_ms=1e3 * (time.perf_counter() - start), full=full)
         return outputs
 
     def assemble(self, keyed: dict) -> dict:
@@ -646,21 +662,23 @@ class CachedEncoder:
     def counters(self) -> dict[str, int]:
         return {**(self.cache.counters() if self.cache is not None else {}), "bypassed": self.bypassed}
 
-    def _assemble(self, keyed: dict, computed: list) -> tuple[dict, int]:
-        """(assemble's answer, the request's history rows); the row graph's (rows, milliseconds) appended to computed."""
+    def _assemble(self, keyed: dict, computed: list, consult: bool = True) -> tuple[dict, int, int]:
+        """(assemble's answer, the request's history rows, the rows a request that skips the cache computes: each
+        distinct key's with a multiplicity, else every row); the row graph's (rows, milliseconds) appended to computed.
+        consult=False: the cache is neither read nor changed."""
         keyed = dict(keyed)
         codes = key_codes([keyed.pop(k.name) for k in self.keys])
         compute = functools.partial(self._compute, computed=computed)
-        cached = self.cache is not None and self.cache.capacity > 0
+        cached = consult and self.cache is not None and self.cache.capacity > 0
         if self.multiplicity is None and cached:
-            return {**keyed, **self.cache.lookup(codes, compute)}, len(codes)
+            return {**keyed, **self.cache.lookup(codes, compute)}, len(codes), len(codes)
         unique, inverse = distinct(codes)
         if self.multiplicity is None:
-            return {**keyed, **{name: rows[inverse] for name, rows in compute(unique).items()}}, len(codes)
+            return {**keyed, **{name: rows[inverse] for name, rows in compute(unique).items()}}, len(codes), len(codes)
         rows = self.cache.lookup(unique, compute, once=True) if cached else compute(unique)
         weight = rows[self.multiplicity]
         rows[self.multiplicity] = weight + np.log(np.bincount(inverse)).astype(weight.dtype)
-        return {**keyed, **rows}, len(codes)
+        return {**keyed, **rows}, len(codes), len(unique)
 
     def _compute(self, codes: np.ndarray, computed: list) -> dict:
         start = time.perf_counter()

@@ -3,6 +3,7 @@ scores against PyTorch on the traffic it is for (the same user coming back, user
 eviction, concurrent requests, a restart)."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,12 +193,15 @@ def test_the_build_records_and_reports_why_a_model_gets_no_cache(tmp_path):
     assert history_cache_lines(record)[-1].startswith("None: ") and "MatMul" in history_cache_lines(record)[-1]
 
 
-def test_a_request_that_skips_the_cache_gets_the_same_scores(tiny):
-    """With the whole encoder beside a full cache, a request answered by either path scores as PyTorch does."""
+@pytest.mark.parametrize("multiplicity", [None, "key_bias"])
+def test_a_request_that_skips_the_cache_gets_the_same_scores(tiny, multiplicity):
+    """A request that skips a full cache, answered by the whole encoder (every row) or, where each distinct row is sent
+    once, by the row graph on its distinct keys, scores as PyTorch does."""
     model, _, row_graphs, graphs = tiny
+    row_graphs = replace(row_graphs, multiplicity=multiplicity)
     traffic = repeated_user_requests(model.config, RepeatedUsers(users=3, visits=2), seed=12, n_candidates=8)
     encoder = row_graphs.encoder(graphs["keys"].run, graphs["rows"].run, 64 * (row_graphs.bytes_per_row + 8 * len(row_graphs.keys) + ENTRY_OVERHEAD_BYTES),
-                                 run_encoder=graphs["encoder"].run)
+                                 run_encoder=graphs["encoder"].run, skip=True)
     for request in traffic[:2]:  # short histories: room for the next
         encoder({k: v[-20:] if k.startswith("history_") else v for k, v in request.items()})
     assert encoder.cache.capacity - encoder.cache.used >= 20 and encoder.bypassed == 0  # a cache with room is never skipped

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, SHARED_SLACK_BYTES, CachedEncoder, CacheWorth, KeyIndex,
-                                        RowCache, RowKey, RowRate, RowSpec, SharedRegion, distinct, from_codes, key_codes,
+                                        RowCache, RowKey, RowRate, RowSpec, SharedRegion, distinct, entry_bytes, from_codes, key_codes,
                                         region_files)
 
 SPEC = {"rows": RowSpec("float32", (3,))}
@@ -183,7 +183,7 @@ def test_the_cached_encoder_skips_a_cache_that_does_not_pay_and_both_paths_answe
     def run_keys(inputs):
         return {"passthrough": inputs["user"], "k0": inputs["keys"][:, 0], "k1": inputs["keys"][:, 1]}
 
-    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64"), RowKey("k1", "int64")], cache_of(200), run_whole)
+    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64"), RowKey("k1", "int64")], cache_of(200), run_whole, skip=True)
     rng = np.random.default_rng(3)
     for _ in range(3 * CacheWorth.PROBE_EVERY):
         request = {"user": np.arange(3), "keys": np.stack([rng.integers(1, 1 << 40, 50), np.ones(50, np.int64)], axis=1)}
@@ -316,3 +316,30 @@ def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_i
         np.testing.assert_array_equal(out["user"], request["user"])
     if with_cache:
         assert encoder.counters()["hits"] == 3 and encoder.counters()["misses"] == 3
+
+
+def test_with_a_multiplicity_a_request_that_skips_the_cache_still_sends_each_distinct_row_once():
+    """A full cache that does not pay is skipped by the row graph on the request's distinct keys (no whole encoder to
+    run): the same rows and log counts the cache's path gives, and the cache neither read nor changed."""
+    def run_rows(columns):
+        keys = columns["k0"].astype(np.float32)
+        return {"bias": keys / 10, "rows": np.stack([keys, -keys, 2 * keys], axis=1)}
+
+    def run_keys(inputs):
+        return {"k0": inputs["items"]}
+
+    specs = {"bias": RowSpec("float32", ()), "rows": RowSpec("float32", (3,))}
+    cache = RowCache(8 * entry_bytes(sum(s.nbytes for s in specs.values()), 1), specs, 1)
+    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64")], cache, multiplicity="bias", skip=True)
+    encoder({"items": np.arange(100, 108, dtype=np.int64)})  # fills the cache's 8 slots
+    encoder.worth.cached(rows=6, computed=6, computed_ms=1.0, path_ms=1_000.0)  # measured: the full cache does not pay
+    held = cache.counters()
+    out = encoder({"items": np.array([7, 5, 7, 7, 9, 5], np.int64)})
+    assert encoder.bypassed == 1 and cache.counters() == held
+    np.testing.assert_array_equal(out["rows"], [[5, -5, 10], [7, -7, 14], [9, -9, 18]])
+    np.testing.assert_allclose(out["bias"], [0.5 + np.log(2), 0.7 + np.log(3), 0.9], rtol=1e-6)
+
+
+def test_skipping_the_cache_without_a_multiplicity_needs_the_whole_encoder():
+    with pytest.raises(ValueError, match="run_encoder"):
+        CachedEncoder(lambda inputs: inputs, lambda columns: columns, [RowKey("k0", "int64")], cache_of(8), skip=True)

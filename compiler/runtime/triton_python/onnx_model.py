@@ -83,10 +83,11 @@ class TritonPythonModel(StcaModel):
                                f"is not {spec['weights_sha256'][:12]})")
         self.key_session = None if spec.get("keys_arrive") else OrtSession("key_graph.onnx", self.params)
         self.row_session = OrtSession("row_graph.onnx", self.params)
-        # the whole encoder, for requests the cache would not pay for (CacheWorth); none where only the keys arrive
+        # requests the cache would not pay for skip it (CacheWorth), none where only the keys arrive; the whole encoder
+        # answers them, unless the scorer reads each distinct row once (multiplicity): the row graph then computes those
         whole = ENCODER_FILE if os.path.isfile(os.path.join(HERE, ENCODER_FILE)) else "model.onnx"
         skip = self.params.get("history_cache_skip", "1") == "1" and self.cache_bytes > 0 and not spec.get("keys_arrive")
-        self.whole_session = OrtSession(whole, self.params) if skip else None
+        self.whole_session = OrtSession(whole, self.params) if skip and not spec.get("multiplicity") else None
         rows = {name: RowSpec(dtype, tuple(shape)) for name, (dtype, shape) in spec["rows"].items()}
         keys = [RowKey(name, dtype) for name, dtype in spec["keys"]]
         instances = sum(g.get("count", 1) for g in json.loads(args["model_config"]).get("instance_group", [])) or 1
@@ -106,7 +107,7 @@ class TritonPythonModel(StcaModel):
                 ("evictions", "Rows dropped from the row cache to make room", pb_utils.MetricFamily.COUNTER),
                 ("admitted", "Computed rows kept in the row cache", pb_utils.MetricFamily.COUNTER),
                 ("rejected", "Computed rows not kept: the full cache held rows asked for more often", pb_utils.MetricFamily.COUNTER),
-                ("bypassed", "Requests the whole encoder answered, the cache not consulted: its path cost more of late",
+                ("bypassed", "Requests that skipped the cache, not consulted: its path cost more of late",
                  pb_utils.MetricFamily.COUNTER),
                 ("entries", "Rows held in the row cache", pb_utils.MetricFamily.GAUGE),
                 ("bytes", "Bytes the row cache holds, rows, keys and index", pb_utils.MetricFamily.GAUGE),
@@ -115,7 +116,7 @@ class TritonPythonModel(StcaModel):
         self.metrics = {name: family.Metric(labels=labels) for name, family in self.metric_families.items()}
         self.reported = {name: 0 for name in self.metrics}
         return CachedEncoder(self.key_session.run if self.key_session else None, self.row_session.run, keys, cache,
-                             self.whole_session.run if self.whole_session else None, spec.get("multiplicity"))
+                             self.whole_session.run if self.whole_session else None, spec.get("multiplicity"), skip)
 
     def _report(self):
         if self.cached_encoder.cache is None:
