@@ -323,6 +323,15 @@ def latency_table(r: dict, precision: str, load: str) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _served_how(variants: dict) -> str:
+    """How the suite served its variants: side by side, each level in turn (its rows record when they started), or, in
+    runs recorded before that, one after another."""
+    if all("started_s" in row for v in variants.values() for row in v["rows"]):
+        return ("Each variant on a server of its own (an empty cache), all up together, each level served by the variants "
+                "in turn (a host's drift slows them alike)")
+    return "Each variant on a fresh server (an empty cache), one after another"
+
+
 def _repeated_markdown(rep: dict, precision: str, drawn: list[str] = ()) -> list[str]:
     """The repeated-users suite (compiler.measure.bench_repeated): the ways to serve the same traffic, where the encoder's
     time goes, and the memory of the process holding the cache."""
@@ -333,7 +342,7 @@ def _repeated_markdown(rep: dict, precision: str, drawn: list[str] = ()) -> list
              f"length; each later visit adds 1 + Poisson({t['new_items_mean'] - 1:g}) interactions and ages every item by an "
              f"Exponential({t['visit_gap_mean_s'] / 3600:g} h) gap; items from a Zipf({t['zipf_exponent']}) popularity over "
              f"{t['catalog']:,} items (compiler.stca.data.RepeatedUsers). Mean L = {rep['mean_history']:.0f}, N = {rep['candidates']}, "
-             f"{precision}. Each variant on a fresh server (an empty cache); throughput = requests / wall time.", "",
+             f"{precision}. {_served_how(variants)}; throughput = requests / wall time.", "",
              *repeated_table(rep), "",
              "Hit rate: distinct row keys found in the cache over distinct keys looked up, per level (Triton's "
              "`stca_history_cache_*` metrics). Infer ms: Triton's compute_infer per request at concurrency 1 (for stca_fused, "
