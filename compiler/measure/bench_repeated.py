@@ -16,9 +16,10 @@ of requests, which a response cache would answer from memory after one pass, and
 a request byte for byte (ages move, histories grow). The six servers run side by side; each gets a warm-up pass of
 other users (a cache in service has seen other users), then at each concurrency level a fresh set of users, the
 variants in turn level by level, so that a host whose speed drifts (a shared VM: 7-15% between passes minutes
-apart) moves them alike and their ratios hold; throughput is requests over wall time. Each level records Triton's per-model stage times and the cache's counters. Then, at concurrency 1,
-each request's encoder time against the rows it had to compute (the row cache's misses) and its length; and the
-resident memory of the processes holding the cache (the encoder's without one) before and after.
+apart) moves them alike and their ratios hold; throughput is requests over wall time. Each level records Triton's
+per-model stage times and the cache's counters. Then, at concurrency 1, each request's encoder time against the
+rows it had to compute (the row cache's misses) and its length; and the resident memory of the processes holding
+the cache (the encoder's without one) before and after.
 """
 
 import contextlib
