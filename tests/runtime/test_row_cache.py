@@ -294,10 +294,12 @@ def test_a_process_that_dies_changing_the_cache_leaves_it_emptied_not_half_chang
     assert cache.changing == 0 and held(cache) == {(9, 9), (1, 1)} and cache.evictions == 3
 
 
-@pytest.mark.parametrize("with_cache", [True, False])
-def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_its_log(with_cache):
-    """What the scorer gets where it reads the history as a multiset: one row per distinct key, in key order, and the
-    multiplicity output raised by log(count), on a miss and on a hit alike."""
+# A stand-in multiset encoder: one item key a row, a one-float "bias" output (the multiplicity) and three-float rows.
+MULTISET_SPECS = {"bias": RowSpec("float32", ()), "rows": RowSpec("float32", (3,))}
+REPEATED_ITEMS = np.array([7, 5, 7, 7, 9, 5], np.int64)  # 5 twice, 7 three times, 9 once
+
+
+def multiset_encoder(cache: RowCache | None, skip: bool = False) -> CachedEncoder:
     def run_rows(columns):
         keys = columns["k0"].astype(np.float32)
         return {"bias": keys / 10, "rows": np.stack([keys, -keys, 2 * keys], axis=1)}
@@ -305,14 +307,24 @@ def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_i
     def run_keys(inputs):
         return {"user": inputs["user"], "k0": inputs["items"]}
 
-    specs = {"bias": RowSpec("float32", ()), "rows": RowSpec("float32", (3,))}
-    cache = RowCache(1 << 16, specs, 1) if with_cache else None
-    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64")], cache, multiplicity="bias")
-    request = {"user": np.arange(2), "items": np.array([7, 5, 7, 7, 9, 5], np.int64)}
+    return CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64")], cache, multiplicity="bias", skip=skip)
+
+
+def assert_each_distinct_row_once(out: dict) -> None:
+    """REPEATED_ITEMS' rows as the scorer gets them: one per distinct key, in key order, the bias raised by log(count)."""
+    np.testing.assert_array_equal(out["rows"], [[5, -5, 10], [7, -7, 14], [9, -9, 18]])
+    np.testing.assert_allclose(out["bias"], [0.5 + np.log(2), 0.7 + np.log(3), 0.9], rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_its_log(with_cache):
+    """What the scorer gets where it reads the history as a multiset: one row per distinct key, in key order, and the
+    multiplicity output raised by log(count), on a miss and on a hit alike."""
+    encoder = multiset_encoder(RowCache(1 << 16, MULTISET_SPECS, 1) if with_cache else None)
+    request = {"user": np.arange(2), "items": REPEATED_ITEMS}
     for _ in range(2):  # computed, then found
         out = encoder(request)
-        np.testing.assert_array_equal(out["rows"], [[5, -5, 10], [7, -7, 14], [9, -9, 18]])
-        np.testing.assert_allclose(out["bias"], [0.5 + np.log(2), 0.7 + np.log(3), 0.9], rtol=1e-6)
+        assert_each_distinct_row_once(out)
         np.testing.assert_array_equal(out["user"], request["user"])
     if with_cache:
         assert encoder.counters()["hits"] == 3 and encoder.counters()["misses"] == 3
@@ -321,23 +333,14 @@ def test_with_a_multiplicity_repeated_rows_come_once_and_the_count_is_added_as_i
 def test_with_a_multiplicity_a_request_that_skips_the_cache_still_sends_each_distinct_row_once():
     """A full cache that does not pay is skipped by the row graph on the request's distinct keys (no whole encoder to
     run): the same rows and log counts the cache's path gives, and the cache neither read nor changed."""
-    def run_rows(columns):
-        keys = columns["k0"].astype(np.float32)
-        return {"bias": keys / 10, "rows": np.stack([keys, -keys, 2 * keys], axis=1)}
-
-    def run_keys(inputs):
-        return {"k0": inputs["items"]}
-
-    specs = {"bias": RowSpec("float32", ()), "rows": RowSpec("float32", (3,))}
-    cache = RowCache(8 * entry_bytes(sum(s.nbytes for s in specs.values()), 1), specs, 1)
-    encoder = CachedEncoder(run_keys, run_rows, [RowKey("k0", "int64")], cache, multiplicity="bias", skip=True)
-    encoder({"items": np.arange(100, 108, dtype=np.int64)})  # fills the cache's 8 slots
+    cache = RowCache(8 * entry_bytes(sum(s.nbytes for s in MULTISET_SPECS.values()), 1), MULTISET_SPECS, 1)
+    encoder = multiset_encoder(cache, skip=True)
+    encoder({"user": np.arange(2), "items": np.arange(100, 108, dtype=np.int64)})  # fills the cache's 8 slots
     encoder.worth.cached(rows=6, computed=6, computed_ms=1.0, path_ms=1_000.0)  # measured: the full cache does not pay
     held = cache.counters()
-    out = encoder({"items": np.array([7, 5, 7, 7, 9, 5], np.int64)})
+    out = encoder({"user": np.arange(2), "items": REPEATED_ITEMS})
     assert encoder.bypassed == 1 and cache.counters() == held
-    np.testing.assert_array_equal(out["rows"], [[5, -5, 10], [7, -7, 14], [9, -9, 18]])
-    np.testing.assert_allclose(out["bias"], [0.5 + np.log(2), 0.7 + np.log(3), 0.9], rtol=1e-6)
+    assert_each_distinct_row_once(out)
 
 
 def test_skipping_the_cache_without_a_multiplicity_needs_the_whole_encoder():
