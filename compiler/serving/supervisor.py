@@ -10,11 +10,14 @@ model-control API, which starts new processes for it and loads the ensemble agai
 state (the other models' row caches among it). Measured on the demo model: a reload takes well under a second, where
 a restart of the whole server takes seconds and empties every cache. The server process itself dying: it is started
 again on the same ports. Requests in the gap fail with an error the client retries (ScoringClient), never with a
-wrong score. A model that keeps dying is not reloaded forever: after MAX_HEALS heals within HEAL_WINDOW_S the
-supervisor stops with the server's log, so a crash loop surfaces instead of hiding behind restarts.
+wrong score. A heal that fails (a load Triton refuses or whose connection it drops) is tried again after a back-off.
+A model that keeps dying is not reloaded forever: after MAX_HEALS heals within HEAL_WINDOW_S, or MAX_FAILED_HEALS
+failed heals in a row, the supervisor stops with the server's log, so a crash loop surfaces instead of hiding behind
+restarts.
 """
 
 import contextlib
+import http.client
 import signal
 import threading
 import time
@@ -27,6 +30,7 @@ from compiler.serving import memory
 from compiler.serving.server import ServerConfig, TritonServer
 
 MAX_HEALS, HEAL_WINDOW_S = 5, 600.0
+MAX_FAILED_HEALS = 5  # in a row, each after twice the last wait: about 8 s of trying at the default interval
 
 
 @dataclass(frozen=True)
@@ -44,29 +48,60 @@ class Supervisor:
     server: TritonServer
     interval_s: float = 0.5
     heals: list[Heal] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # each heal that failed: what, and why
+    _unhealed: list[str] = field(default_factory=list)  # what the last failed heal left broken: tried again
+    _failed_in_a_row: int = 0
+    _retry_at: float = 0.0
 
     def check(self) -> Heal | None:
-        """Heal what has failed since the last check; None where nothing had."""
+        """Heal what has failed since the last check; None where nothing had, or where the heal itself failed (a
+        refused or dropped model-control request, a server not ready in time): that is tried again after a back-off
+        (interval_s, doubling), and MAX_FAILED_HEALS failures in a row stop the supervisor with the server's log."""
         start = time.monotonic()
-        if self.server.process.poll() is not None:
-            log.warning("serve: tritonserver exited with code %s; starting it again on the same ports", self.server.process.returncode)
-            self.server.stop()
-            self.server.start()
-            self.server.wait_ready()
-            heal = Heal("tritonserver", "restart", start, time.monotonic() - start)
-        else:
-            dead = self.server.dead_models()
-            if not dead:
-                return None
-            log.warning("serve: the process of %s died; reloading it", ", ".join(dead))
-            self.server.reload(dead)
-            heal = Heal(", ".join(dead), "reload", start, time.monotonic() - start)
+        if start < self._retry_at:
+            return None
+        broken = self._broken()
+        if not broken:
+            return None
+        try:
+            heal = self._heal(broken, start)
+        except (CompilerError, OSError, http.client.HTTPException) as e:
+            self._unhealed = broken
+            self.failures.append(f"{', '.join(broken)}: {e}")
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= MAX_FAILED_HEALS:
+                raise CompilerError(f"serve: healing {', '.join(broken)} failed {self._failed_in_a_row} times in a row, the "
+                                    f"last with: {e}\n{self.server.log_tail()}") from e
+            self._retry_at = time.monotonic() + self.interval_s * 2 ** (self._failed_in_a_row - 1)
+            log.warning("serve: healing %s failed (%s); trying again in %.1fs", ", ".join(broken), e,
+                        self._retry_at - time.monotonic())
+            return None
+        self._unhealed, self._failed_in_a_row = [], 0
         self.heals.append(heal)
         log.info("serve: %s healed (%s) in %.1fs; scoring again", heal.what, heal.how, heal.seconds)
         if sum(start - h.found_at < HEAL_WINDOW_S for h in self.heals) >= MAX_HEALS:
             raise CompilerError(f"serve: {MAX_HEALS} heals within {HEAL_WINDOW_S:.0f}s, the last of {heal.what}; giving up "
                                 f"(a crash loop is not healed by restarts):\n{self.server.log_tail()}")
         return heal
+
+    def _broken(self) -> list[str]:
+        """["tritonserver"] where the server process is gone (or its restart failed), else the models to reload."""
+        if self.server.process.poll() is not None or self._unhealed == ["tritonserver"]:
+            return ["tritonserver"]
+        dead = self.server.dead_models()
+        if dead:
+            log.warning("serve: the process of %s died; reloading it", ", ".join(dead))
+        return sorted(set(dead) | set(self._unhealed))
+
+    def _heal(self, broken: list[str], found_at: float) -> Heal:
+        if broken == ["tritonserver"]:
+            log.warning("serve: tritonserver exited with code %s; starting it again on the same ports", self.server.process.poll())
+            self.server.stop()
+            self.server.start()
+            self.server.wait_ready()
+            return Heal("tritonserver", "restart", found_at, time.monotonic() - found_at)
+        self.server.reload(broken)
+        return Heal(", ".join(broken), "reload", found_at, time.monotonic() - found_at)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval_s):

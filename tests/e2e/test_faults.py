@@ -4,6 +4,7 @@ true after, the supervisor heals without an operator, and retrying clients see n
 refuses the surplus at once. A small row cache evicting under concurrent callers stays exact. And the memory the server needs, measured after the largest request, against a limit."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ from compiler.serving.client import ScoringClient, retryable
 from compiler.serving.probe import probe
 from compiler.serving.server import ServerConfig, TritonServer, stub_processes
 from compiler.serving.server_stats import history_cache_counters
-from compiler.serving.supervisor import Supervisor
+from compiler.serving.supervisor import MAX_FAILED_HEALS, Supervisor
 from compiler.stca.checkpoint import load_model
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from tests.e2e.conftest import QUICK_VERIFY
@@ -134,6 +135,45 @@ def test_a_killed_model_process_is_reloaded_and_no_answer_is_wrong(supervised, t
     assert all(retryable(e) for e in load.errors["once"]), load.errors["once"][:3]
     print(f"\nkilled {SPLIT}_0_0: scoring again {recovered:.1f}s after the kill (reload {heal.seconds:.2f}s); "
           f"{len(load.answers)} answers; errors seen by a caller without retries: {len(load.errors['once'])}, with: 0")
+
+
+def test_a_reload_triton_refuses_is_tried_again_and_a_reload_that_keeps_failing_stops_the_supervisor(tmp_path, served_repo,
+                                                                                                   traffic_and_expected):
+    """The model's config unreadable while it is reloaded: Triton refuses the load, the supervisor records the failure
+    and keeps going; once the config is back its next try heals. Left unreadable, the reload fails MAX_FAILED_HEALS
+    times in a row and the supervisor stops, naming Triton's refusal."""
+    traffic, expected = traffic_and_expected
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repo, repo)
+    config = repo / SPLIT / "config.pbtxt"
+    readable = config.read_text()
+    with TritonServer(ServerConfig.on_free_ports(repo)) as server:
+        supervisor = Supervisor(server, interval_s=0.1)
+        client = ScoringClient(server.cfg.http_url, retries=0)
+        for attempt in ("heals once the file is back", "stops"):
+            os.kill(stub_pid(server, f"{SPLIT}_0_0"), signal.SIGKILL)
+            config.write_text("not a model config {")
+            deadline = time.monotonic() + 10
+            while not supervisor.failures and time.monotonic() < deadline:
+                supervisor.check()
+            assert supervisor.failures and supervisor.failures[-1].startswith(f"{SPLIT}: "), supervisor.failures
+            assert server.dead_models() == [SPLIT] and not server.can_score()
+            if attempt == "stops":
+                with pytest.raises(CompilerError, match=f"healing {SPLIT} failed {MAX_FAILED_HEALS} times in a row"):
+                    while time.monotonic() < deadline + 30:
+                        supervisor.check()
+                assert len(supervisor.failures) == MAX_FAILED_HEALS
+                break
+            config.write_text(readable)
+            while not supervisor.heals and time.monotonic() < deadline + 30:
+                supervisor.check()
+            assert [(h.what, h.how) for h in supervisor.heals] == [(SPLIT, "reload")]
+            assert server.can_score()
+            np.testing.assert_allclose(client.score(traffic[0]), expected[0], rtol=0, atol=1e-4)
+            supervisor.failures.clear()  # so the second attempt counts its own
+        client.close()
+    assert "failed to load" in supervisor.failures[-1]  # Triton's words, passed on
+    print(f"\nrefused reload: {supervisor.failures[-1]}")
 
 
 def test_a_killed_server_is_started_again_on_its_ports(supervised, traffic_and_expected):
