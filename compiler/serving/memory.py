@@ -6,10 +6,12 @@
 
 What a Python-backend instance (a process) holds: the interpreter with numpy and ONNX Runtime, each session's weights,
 ONNX Runtime's arena, which grows to the largest request's activations and keeps them, and the instance's share of the
-row cache, which fills with traffic. So `measure` sends the largest request the contract allows (the built maximum
-history and candidates) to every instance at once, reads each process's resident size (/proc) and adds what the row
-caches may still grow by (their budgets less the bytes they hold, from /metrics). That sum, with the server process's
-own resident size, is the repository's resident total: `compiler serve` prints it per model and refuses to go on
+row cache, which fills with traffic, or, where the model's instances share one cache, the region they share, resident
+in full from the start (SharedRegion). So `measure` sends the largest request the contract allows (the built maximum
+history and candidates) to every instance at once, reads each process's own resident size and the shared memory its
+model's processes map, counted once (/proc), and adds what the row caches may still grow by (their budgets less what
+they hold, from /metrics, or less the shared region). That sum, with the server process's resident size, is the
+repository's resident total: `compiler serve` prints it per model and refuses to go on
 where it exceeds the limit (the container's cgroup memory limit, else the machine's memory, else --memory-limit).
 A measurement rather than a formula because the arena's peak depends on ONNX Runtime's memory planning of each graph.
 """
@@ -73,12 +75,13 @@ def check_budgets(repo: Path, limit: MemoryLimit) -> None:
 @dataclass(frozen=True)
 class ModelMemory:
     model: str
-    resident: tuple[int, ...]  # bytes of each instance's process after the largest request
+    resident: tuple[int, ...]  # bytes of each instance's process after the largest request, less the shared memory
+    shared: int  # the shared memory its processes map (a row cache they share), counted once
     cache_to_come: int  # bytes its row caches may still grow by, over all its instances
 
     @property
     def total(self) -> int:
-        return sum(self.resident) + self.cache_to_come
+        return sum(self.resident) + self.shared + self.cache_to_come
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,13 @@ class MemoryReport:
         return self.server + sum(m.total for m in self.models)
 
     def table(self) -> str:
-        rows = ["| process | instances | resident each, MiB (after the largest request) | row cache still to fill, MiB | MiB |",
-                "|---|---:|---|---:|---:|",
-                f"| tritonserver | 1 | {self.server >> 20} | - | {self.server >> 20} |"]
-        rows += [f"| {m.model} | {len(m.resident)} | {', '.join(str(r >> 20) for r in m.resident)} | {m.cache_to_come >> 20} | "
-                 f"{m.total >> 20} |" for m in self.models]
-        rows.append(f"| total | | | | {self.total >> 20} (limit {self.limit.bytes >> 20}: {self.limit.source}) |")
+        rows = ["| process | instances | resident each, MiB (after the largest request) | shared by them, MiB | "
+                "row cache still to fill, MiB | MiB |",
+                "|---|---:|---|---:|---:|---:|",
+                f"| tritonserver | 1 | {self.server >> 20} | - | - | {self.server >> 20} |"]
+        rows += [f"| {m.model} | {len(m.resident)} | {', '.join(str(r >> 20) for r in m.resident)} | {m.shared >> 20} | "
+                 f"{m.cache_to_come >> 20} | {m.total >> 20} |" for m in self.models]
+        rows.append(f"| total | | | | | {self.total >> 20} (limit {self.limit.bytes >> 20}: {self.limit.source}) |")
         return "\n".join(rows)
 
     def check(self) -> None:
@@ -136,9 +140,13 @@ def measure(server: TritonServer, limit: MemoryLimit) -> MemoryReport:
     budgets = cache_budgets(server.cfg.repo)
     models = []
     for model in sorted({s.model for s in stubs}):
+        own = [s for s in stubs if s.model == model]
+        shared = max(s.shared_bytes for s in own)
         held = server_stats.history_cache_counters(server.cfg.metrics_url, model).get("bytes", 0.0) if model in budgets else 0
-        models.append(ModelMemory(model, tuple(s.resident_bytes for s in stubs if s.model == model),
-                                  max(0, budgets.get(model, 0) - int(held))))
+        # a private cache's rows are in its process's own memory (held); a shared cache's in the shared region, which
+        # is resident in full once populated
+        models.append(ModelMemory(model, tuple(s.resident_bytes - s.shared_bytes for s in own), shared,
+                                  max(0, budgets.get(model, 0) - max(int(held), shared))))
     largest = f"{copies} concurrent request(s) of {_describe(contract)}"
     return MemoryReport(tuple(models), resident_bytes(server.process.pid), limit, largest)
 

@@ -310,7 +310,8 @@ class StubProcess:
     model: str
     instance: str  # Triton's <model>_<group>_<index>
     state: str  # /proc's one-letter state: Z for a zombie
-    resident_bytes: int
+    resident_bytes: int  # all of it, the shared memory it maps among it
+    shared_bytes: int  # of that, shared memory (RssShmem): a row cache its model's processes share, Triton's tensor pool
 
 
 def stub_processes(group: int) -> list[StubProcess]:
@@ -325,16 +326,17 @@ def stub_processes(group: int) -> list[StubProcess]:
                 continue
             model = Path(argv[1]).parent.parent.name
             instance = next(a for a in argv[2:] if a.startswith(f"{model}_"))
-            stubs.append(StubProcess(int(stat.parent.name), model, instance, fields[0], int(fields[21]) * os.sysconf("SC_PAGE_SIZE")))
+            stubs.append(StubProcess(int(stat.parent.name), model, instance, fields[0], resident_bytes(int(stat.parent.name)),
+                                     resident_bytes(int(stat.parent.name), "RssShmem")))
         except (OSError, IndexError, ValueError, StopIteration):
             continue  # ended while being read, or not ours to read
     return sorted(stubs, key=lambda s: s.instance)
 
 
-def resident_bytes(pid: int) -> int:
-    """A process's resident memory (VmRSS in /proc/<pid>/status)."""
+def resident_bytes(pid: int, kind: str = "VmRSS") -> int:
+    """A process's resident memory (`kind`: VmRSS, all of it; RssShmem, its shared memory; from /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1]) * 1024
     return 0
 

@@ -46,13 +46,15 @@ def test_row_cache_budgets_that_alone_exceed_the_limit_are_refused_before_the_se
         memory.check_budgets(repo, memory.MemoryLimit(2 << 30, "test"))
 
 
-def test_the_report_adds_every_process_and_the_caches_still_to_fill():
-    report = memory.MemoryReport((memory.ModelMemory("stca_split", (300 << 20, 310 << 20), 1 << 30),
-                                  memory.ModelMemory("stca_fused", (200 << 20,), 0)), 100 << 20,
-                                 memory.MemoryLimit(2 << 30, "test"), "2 requests")
-    assert report.total == (300 + 310 + 1024 + 200 + 100) << 20
+def test_the_report_adds_every_process_the_memory_they_share_once_and_the_caches_still_to_fill():
+    report = memory.MemoryReport((memory.ModelMemory("stca_split", (300 << 20, 310 << 20), 1025 << 20, 0),
+                                  memory.ModelMemory("stca_encoder", (150 << 20,), 0, 1 << 30),
+                                  memory.ModelMemory("stca_fused", (200 << 20,), 0, 0)), 100 << 20,
+                                 memory.MemoryLimit(4 << 30, "test"), "2 requests")
+    assert report.total == (300 + 310 + 1025 + 150 + 1024 + 200 + 100) << 20
     report.check()
     tight = memory.MemoryReport(report.models, report.server, memory.MemoryLimit(1 << 30, "test"), "2 requests")
-    with pytest.raises(CompilerError, match="needs 1,934 MiB once its row caches fill, more than the memory limit 1,024 MiB"):
+    with pytest.raises(CompilerError, match="needs 3,109 MiB once its row caches fill, more than the memory limit 1,024 MiB"):
         tight.check()
-    assert "| stca_split | 2 | 300, 310 | 1024 | 1634 |" in report.table()
+    assert "| stca_split | 2 | 300, 310 | 1025 | 0 | 1635 |" in report.table()
+    assert "| stca_encoder | 1 | 150 | 0 | 1024 | 1174 |" in report.table()
