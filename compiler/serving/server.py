@@ -326,19 +326,28 @@ def stub_processes(group: int) -> list[StubProcess]:
                 continue
             model = Path(argv[1]).parent.parent.name
             instance = next(a for a in argv[2:] if a.startswith(f"{model}_"))
-            stubs.append(StubProcess(int(stat.parent.name), model, instance, fields[0], resident_bytes(int(stat.parent.name)),
-                                     resident_bytes(int(stat.parent.name), "RssShmem")))
+            pid = int(stat.parent.name)
+            sizes = status_bytes(pid)
+            stubs.append(StubProcess(pid, model, instance, fields[0], sizes.get("VmRSS", 0), sizes.get("RssShmem", 0)))
         except (OSError, IndexError, ValueError, StopIteration):
             continue  # ended while being read, or not ours to read
     return sorted(stubs, key=lambda s: s.instance)
 
 
-def resident_bytes(pid: int, kind: str = "VmRSS") -> int:
-    """A process's resident memory (`kind`: VmRSS, all of it; RssShmem, its shared memory; from /proc/<pid>/status)."""
+def status_bytes(pid: int) -> dict[str, int]:
+    """A process's sizes in /proc/<pid>/status, in bytes (VmRSS: all it holds resident; RssShmem: of that, shared memory).
+    A zombie has none."""
+    sizes = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{kind}:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        name, _, value = line.partition(":")
+        if value.endswith(" kB"):
+            sizes[name] = int(value.split()[0]) * 1024
+    return sizes
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS)."""
+    return status_bytes(pid).get("VmRSS", 0)
 
 
 def die_with_parent() -> None:

@@ -95,7 +95,9 @@ class Supervisor:
 
     def _heal(self, broken: list[str], found_at: float) -> Heal:
         if broken == ["tritonserver"]:
-            log.warning("serve: tritonserver exited with code %s; starting it again on the same ports", self.server.process.poll())
+            code = self.server.process.poll()
+            log.warning("serve: tritonserver %s; starting it again on the same ports",
+                        "was not ready after its restart" if code is None else f"exited with code {code}")
             self.server.stop()
             self.server.start()
             self.server.wait_ready()

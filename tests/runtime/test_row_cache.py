@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from compiler.serving.server import resident_bytes
 from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, SHARED_SLACK_BYTES, CachedEncoder, CacheWorth, KeyIndex,
                                         RowCache, RowKey, RowRate, RowSpec, SharedRegion, distinct, entry_bytes, from_codes, key_codes,
                                         region_files)
+from compiler.serving.server import status_bytes
 
 SPEC = {"rows": RowSpec("float32", (3,))}
 
@@ -257,11 +257,11 @@ def test_a_shared_region_is_resident_from_the_start_so_no_row_written_later_faul
     process before any row is written, and writing every page afterwards faults none in."""
     nbytes, regions = 32 << 20, []  # the made one kept open: the second opening finds it
     for opening in ("made", "opened"):
-        shmem_before = resident_bytes(os.getpid(), "RssShmem")
+        shmem_before = status_bytes(os.getpid())["RssShmem"]
         region = SharedRegion(region_name, nbytes, server=os.getpid())
         regions.append(region)
         assert region.fresh == (opening == "made")
-        assert resident_bytes(os.getpid(), "RssShmem") - shmem_before >= nbytes, opening
+        assert status_bytes(os.getpid())["RssShmem"] - shmem_before >= nbytes, opening
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         np.frombuffer(region.memory, np.uint8)[::4096] = 1
         assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 16, opening  # not nbytes / 4096
