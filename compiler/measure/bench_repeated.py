@@ -18,8 +18,9 @@ other users (a cache in service has seen other users), then at each concurrency 
 variants in turn level by level, so that a host whose speed drifts (a shared VM: 7-15% between passes minutes
 apart) moves them alike and their ratios hold; throughput is requests over wall time. Each level records Triton's
 per-model stage times and the cache's counters. Then, at concurrency 1, each request's encoder time against the
-rows it had to compute (the row cache's misses) and its length; and the resident memory of the processes holding
-the cache (the encoder's without one) before and after.
+rows it had to compute (the row cache's misses) and its length; and the memory of the processes holding the cache
+(the encoder's without one) before and after: each one's own, and the shared memory they map (a cache its instances
+share, resident in full from load) counted once.
 """
 
 import contextlib
@@ -36,7 +37,7 @@ from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT
 from compiler.repository.reader import cache_holder, cache_multiplicity, composing, linked_copy, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import ServerConfig, TritonServer, stub_processes
+from compiler.serving.server import ServerConfig, StubProcess, TritonServer, stub_processes
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from compiler.stca.model import STCAConfig
 
@@ -99,7 +100,7 @@ def repeated_users(served: dict[str, tuple[Path, str]], config: STCAConfig, cfg:
                 "model": one.model, "cache_holder": one.holder, "multiplicity": cache_multiplicity(one.path),
                 "rows": rows[variant], "per_request": one.profile(profile),
                 "cache": server_stats.history_cache_counters(one.metrics, one.holder),
-                "memory_before": one.memory_before, "memory_after": holder_memory(one.pid, one.holder)}
+                **memory_fields("before", one.memory_before), **memory_fields("after", holder_memory(one.pid, one.holder))}
     return results
 
 
@@ -227,9 +228,14 @@ def encoder_profile(url: str, metrics: str, parts: tuple[str, ...], requests: li
     return out
 
 
-def holder_memory(server_pid: int, model: str = ENCODER) -> list[int]:
-    """Resident bytes of each of a model's Python-backend processes (in the server's process group)."""
-    return sorted(stub.resident_bytes for stub in stub_processes(server_pid) if stub.model == model)
+def holder_memory(server_pid: int, model: str = ENCODER) -> list[StubProcess]:
+    """A model's Python-backend processes (in the server's process group), with what each holds resident."""
+    return [stub for stub in stub_processes(server_pid) if stub.model == model]
+
+
+def memory_fields(when: str, stubs: list[StubProcess]) -> dict:
+    """results.json's memory_<when> (each process's own bytes) and shared_<when> (the shared memory they map, once)."""
+    return {f"memory_{when}": sorted(s.own_bytes for s in stubs), f"shared_{when}": max((s.shared_bytes for s in stubs), default=0)}
 
 
 def uncached_copy(repo: Path, copy: Path) -> Path:

@@ -406,15 +406,21 @@ def repeated_table(rep: dict) -> list[str]:
 
 
 def repeated_memory_table(rep: dict) -> list[str]:
-    """Resident memory of each variant's process holding the cache, before and after the traffic, and the cache's gauges."""
+    """Memory of each variant's processes holding the cache, before and after the traffic, and the cache's gauges, in
+    MiB: each process's own (resident less shared) and the shared memory they map, counted once. A run recorded before
+    the shared memory was read apart (no shared_before) has each process's whole resident set and no shared column."""
     variants = rep["variants"]
-    lines = ["| variant | process | before the traffic | after | the cache's bytes gauge | rows held | rows evicted |",
-             "|---|---|---|---|---:|---:|---:|"]
+    apart = any("shared_before" in v for v in variants.values())
+    lines = ["| variant | process | " + ("own, before the traffic | own, after | shared by them, before / after"
+                                       if apart else "before the traffic | after")
+             + " | the cache's bytes gauge | rows held | rows evicted |",
+             "|---|---|---|---|" + ("---|" if apart else "") + "---:|---:|---:|"]
     for name in (n for n in ("row cache, one process", "row cache", "row cache in the scorer", "no cache") if n in variants):
         v = variants[name]
         mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs) or "-"  # noqa: E731
+        shared = f" {v['shared_before'] / 2**20:.0f} / {v['shared_after'] / 2**20:.0f} |" if apart else ""
         held = v["cache"]
-        lines.append(f"| {name} | `{v.get('cache_holder', ENCODER)}` | {mib(v['memory_before'])} | {mib(v['memory_after'])} | "
+        lines.append(f"| {name} | `{v.get('cache_holder', ENCODER)}` | {mib(v['memory_before'])} | {mib(v['memory_after'])} |{shared} "
                      + (f"{held['bytes'] / 2**20:.0f} | {held['entries']:,.0f} | {held['evictions']:,.0f}" if held else "- | - | -") + " |")
     return lines
 

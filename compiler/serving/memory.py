@@ -145,7 +145,7 @@ def measure(server: TritonServer, limit: MemoryLimit) -> MemoryReport:
         held = server_stats.history_cache_counters(server.cfg.metrics_url, model).get("bytes", 0.0) if model in budgets else 0
         # a private cache's rows are in its process's own memory (held); a shared cache's in the shared region, which
         # is resident in full once populated
-        models.append(ModelMemory(model, tuple(s.resident_bytes - s.shared_bytes for s in own), shared,
+        models.append(ModelMemory(model, tuple(s.own_bytes for s in own), shared,
                                   max(0, budgets.get(model, 0) - max(int(held), shared))))
     largest = f"{copies} concurrent request(s) of {_describe(contract)}"
     return MemoryReport(tuple(models), resident_bytes(server.process.pid), limit, largest)

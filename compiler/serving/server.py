@@ -313,6 +313,11 @@ class StubProcess:
     resident_bytes: int  # all of it, the shared memory it maps among it
     shared_bytes: int  # of that, shared memory (RssShmem): a row cache its model's processes share, Triton's tensor pool
 
+    @property
+    def own_bytes(self) -> int:
+        """What it holds resident less the shared memory it maps: its own share of the machine's memory."""
+        return self.resident_bytes - self.shared_bytes
+
 
 def stub_processes(group: int) -> list[StubProcess]:
     """The Python-backend stubs in a server's process group (the server's pid: it leads its own group), from /proc.

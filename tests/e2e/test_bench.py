@@ -9,6 +9,7 @@ from compiler.measure.bench import BenchConfig, cache_experiment, run
 from compiler.measure.bench_report import speedups
 from compiler.measure.perf import UnstableMeasurement, perf, write_input_file
 from compiler.repository.deployment import EmitConfig
+from compiler.runtime.row_cache import DEFAULT_HISTORY_CACHE_BYTES
 from compiler.serving.server import ServerConfig, TritonServer
 from compiler.stca.checkpoint import load_config
 from compiler.stca.data import sample_requests
@@ -93,6 +94,10 @@ def test_a_tiny_benchmark_run_measures_every_cell_and_writes_tables_and_plots(ti
     variants = results["repeated_users"]["variants"]
     assert variants["row cache, one process"]["multiplicity"] == "key_bias" and variants["no cache"]["multiplicity"] is None
     assert all(row["history_rows"] >= row["cache"]["hits"] + row["cache"]["misses"] > 0 for row in variants["row cache"]["rows"])
+    # stca_split's instances share one populated cache: its region is counted once, outside each process's own memory
+    one_process = variants["row cache, one process"]
+    assert len(one_process["memory_after"]) == 2 and min(one_process["memory_after"]) > 0
+    assert one_process["shared_before"] >= DEFAULT_HISTORY_CACHE_BYTES > max(one_process["memory_after"])
     # the variants served side by side, level by level in turn: every level-k window starts after every level-(k-1) one
     starts = [[v["rows"][k]["started_s"] for v in variants.values()] for k in range(len(variants["fused"]["rows"]))]
     assert len(starts) > 1 and all(max(earlier) < min(later) for earlier, later in zip(starts, starts[1:]))

@@ -4,6 +4,7 @@ on small hand-made results dicts shaped like benchmarks/results/*/results.json (
 import pytest
 
 from compiler.core.names import ENCODER, ENSEMBLE, FUSED, INDUCTOR, NAIVE, SCORER, SPLIT, TORCH
+from compiler.measure.bench_repeated import memory_fields
 from compiler.measure.bench_report import (
     NAMES,
     bar_segments,
@@ -14,6 +15,7 @@ from compiler.measure.bench_report import (
     precision_ratios,
     precision_table,
     repeated_distinct_lines,
+    repeated_memory_table,
     repeated_table,
     speedup_table,
     speedups,
@@ -21,6 +23,7 @@ from compiler.measure.bench_report import (
     stamp,
     throughput_table,
 )
+from compiler.serving.server import StubProcess
 
 LOAD, OTHER_LOAD = "L=512 N=32", "mixed N=128"
 
@@ -344,6 +347,26 @@ def test_the_distinct_share_is_keys_looked_up_over_history_rows_and_names_who_se
         for row in v["rows"]:
             row.pop("history_rows", None)
     assert repeated_distinct_lines(rep) == []
+
+
+def test_the_memory_table_counts_a_shared_cache_once_and_each_process_by_what_is_its_own():
+    MiB = 2**20
+    # two stca_split instances mapping one populated 1,024 MiB region; a two-process encoder with a private cache
+    one_process = [StubProcess(11, SPLIT, f"{SPLIT}_0_{i}", "S", (190 + i + 1024) * MiB, 1024 * MiB) for i in range(2)]
+    encoder = [StubProcess(12, ENCODER, f"{ENCODER}_0_0", "S", 150 * MiB, 0)]
+    cache = {"bytes": 600 * MiB, "entries": 1000, "evictions": 0}
+    rep = {"variants": {"row cache, one process": {"model": ENSEMBLE, "cache_holder": SPLIT, "cache": cache,
+                                                   **memory_fields("before", one_process), **memory_fields("after", one_process)},
+                        "no cache": {"model": ENSEMBLE, "cache": None,
+                                     **memory_fields("before", encoder), **memory_fields("after", encoder)}}}
+    header, _, split, uncached = repeated_memory_table(rep)
+    assert "shared by them" in header
+    assert split == f"| row cache, one process | `{SPLIT}` | 190, 191 | 190, 191 | 1024 / 1024 | 600 | 1,000 | 0 |"
+    assert uncached == f"| no cache | `{ENCODER}` | 150 | 150 | 0 / 0 | - | - | - |"
+    for v in rep["variants"].values():  # recorded before the shared memory was read apart: whole resident sets
+        del v["shared_before"], v["shared_after"]
+    header, _, split, _ = repeated_memory_table(rep)
+    assert "shared" not in header and split == f"| row cache, one process | `{SPLIT}` | 190, 191 | 190, 191 | 600 | 1,000 | 0 |"
 
 
 def test_the_stamp_names_the_peak_measured_before_and_after_the_cells():
