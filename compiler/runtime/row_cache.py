@@ -527,10 +527,13 @@ def _table(capacity: int, spec: RowSpec) -> np.ndarray:
     """[capacity, *row_shape] of address space that becomes resident as rows are written, in 2 MiB pages where the
     kernel allows (transparent huge pages on madvise): with 4 KiB pages every new row's first write faulted its pages
     in, which doubled the cost of a computed row (medium model, in process: 49.6 us against 23.3 with the pages
-    resident; the uncached encoder takes 24.1 a row)."""
+    resident; the uncached encoder takes 24.1 a row). Private: Python maps anonymous memory shared by default, which
+    Linux backs with shmem, whose huge pages follow shmem_enabled (often never), not the madvise, and which /proc
+    counts as shared (RssShmem), not as the process's own."""
     if capacity * spec.nbytes == 0:
         return np.empty((capacity, *spec.row_shape), spec.dtype)
-    memory = mmap.mmap(-1, capacity * spec.nbytes)  # anonymous, zero-filled on first touch, like np.empty's large blocks
+    # anonymous, zero-filled on first touch, like np.empty's large blocks
+    memory = mmap.mmap(-1, capacity * spec.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(memory, spec.dtype).reshape(capacity, *spec.row_shape)

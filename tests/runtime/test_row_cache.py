@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, SHARED_SLACK_BYTES, CachedEncoder, CacheWorth, KeyIndex,
+from compiler.runtime.row_cache import (ADMISSIONS, ENTRY_OVERHEAD_BYTES, Arena, SHARED_SLACK_BYTES, CachedEncoder, CacheWorth, KeyIndex,
                                         RowCache, RowKey, RowRate, RowSpec, SharedRegion, distinct, entry_bytes, from_codes, key_codes,
                                         region_files)
 from compiler.serving.server import status_bytes
@@ -265,6 +265,19 @@ def test_a_shared_region_is_resident_from_the_start_so_no_row_written_later_faul
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         np.frombuffer(region.memory, np.uint8)[::4096] = 1
         assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 16, opening  # not nbytes / 4096
+
+
+def test_a_private_table_is_its_processs_own_memory_where_huge_pages_can_back_it():
+    """A cache one process holds: its rows become private anonymous memory as they are written (RssAnon), the kind
+    transparent huge pages back on madvise; not shmem, which Python's default anonymous mapping is, whose huge pages
+    follow shmem_enabled and which /proc counts as shared."""
+    nbytes = 32 << 20
+    before = status_bytes(os.getpid())
+    table = Arena().table(nbytes // 1024, RowSpec("float32", (256,)))
+    table[:] = 1.0
+    after = status_bytes(os.getpid())
+    assert after["RssAnon"] - before["RssAnon"] >= nbytes
+    assert after["RssShmem"] - before["RssShmem"] < nbytes // 16
 
 
 def test_processes_sharing_a_cache_find_each_others_rows_and_every_answer_is_exact(region_name):
