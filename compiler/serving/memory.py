@@ -26,7 +26,7 @@ from compiler.core.names import ENSEMBLE
 from compiler.repository.reader import read_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import TritonServer, resident_bytes, stub_processes
+from compiler.serving.server import StubProcess, TritonServer, resident_bytes, stub_processes
 
 CGROUP_LIMITS = ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
 NO_CGROUP_LIMIT = 1 << 60  # what cgroup v1 reports for "no limit" is near 2^63; anything this large is none
@@ -140,15 +140,20 @@ def measure(server: TritonServer, limit: MemoryLimit) -> MemoryReport:
     budgets = cache_budgets(server.cfg.repo)
     models = []
     for model in sorted({s.model for s in stubs}):
-        own = [s for s in stubs if s.model == model]
-        shared = max(s.shared_bytes for s in own)
         held = server_stats.history_cache_counters(server.cfg.metrics_url, model).get("bytes", 0.0) if model in budgets else 0
-        # a private cache's rows are in its process's own memory (held); a shared cache's in the shared region, which
-        # is resident in full once populated
-        models.append(ModelMemory(model, tuple(s.own_bytes for s in own), shared,
-                                  max(0, budgets.get(model, 0) - max(int(held), shared))))
+        models.append(model_memory(model, [s for s in stubs if s.model == model], budgets.get(model, 0), int(held)))
     largest = f"{copies} concurrent request(s) of {_describe(contract)}"
     return MemoryReport(tuple(models), resident_bytes(server.process.pid), limit, largest)
+
+
+def model_memory(model: str, stubs: list[StubProcess], budget: int, held: int) -> ModelMemory:
+    """One model's memory from its processes, its row cache budget and the bytes its cache holds. A model's instances
+    share one cache where it has several (a SharedRegion, resident in full once populated, in their shared memory);
+    one instance's cache is private, its rows in its process's own memory as they come (held). The shared memory
+    also holds the Python backend's tensor pool, which is not the cache's."""
+    shared = max(s.shared_bytes for s in stubs)
+    cached = max(held, shared) if len(stubs) > 1 else held
+    return ModelMemory(model, tuple(s.own_bytes for s in stubs), shared, max(0, budget - cached))
 
 
 def _describe(contract) -> str:

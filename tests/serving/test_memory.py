@@ -7,6 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from compiler.core.errors import CompilerError
 from compiler.repository.reader import write_config
 from compiler.serving import memory
+from compiler.serving.server import StubProcess
 
 
 def machine(tmp_path, cgroup: dict[str, str], mem_total_kib: int = 8 << 20):
@@ -58,3 +59,16 @@ def test_the_report_adds_every_process_the_memory_they_share_once_and_the_caches
         tight.check()
     assert "| stca_split | 2 | 300, 310 | 1025 | 0 | 1635 |" in report.table()
     assert "| stca_encoder | 1 | 150 | 0 | 1024 | 1174 |" in report.table()
+
+
+def test_a_shared_cache_is_to_come_beside_its_populated_region_and_a_private_one_beside_its_rows_alone():
+    MiB = 1 << 20
+    region, pool = 1024 * MiB, 300 * MiB  # a populated 1 GiB region; the Python backend's tensor pool
+    two = [StubProcess(i, "stca_split", f"stca_split_0_{i}", "S", (200 * MiB) + region, region) for i in range(2)]
+    shared = memory.model_memory("stca_split", two, 1 << 30, held=100 * MiB)
+    assert shared.resident == (200 * MiB, 200 * MiB) and shared.shared == region and shared.cache_to_come == 0
+    # one instance: its cache is private, its 100 MiB of rows in its own memory; the pool in shared is not the cache's
+    one = [StubProcess(1, "stca_history_encoder", "stca_history_encoder_0_0", "S", 250 * MiB + pool, pool)]
+    private = memory.model_memory("stca_history_encoder", one, 1 << 30, held=100 * MiB)
+    assert private.resident == (250 * MiB,) and private.shared == pool and private.cache_to_come == 924 * MiB
+    assert private.total == 250 * MiB + pool + 924 * MiB
