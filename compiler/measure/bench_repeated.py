@@ -37,7 +37,7 @@ from compiler.core.names import ENCODER, ENSEMBLE, FUSED, SCORER, SPLIT
 from compiler.repository.reader import cache_holder, cache_multiplicity, composing, linked_copy, update_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import ServerConfig, StubProcess, TritonServer, stub_processes
+from compiler.serving.server import ServerConfig, StubProcess, TritonServer, shared_once, stub_processes
 from compiler.stca.data import RepeatedUsers, repeated_user_requests
 from compiler.stca.model import STCAConfig
 
@@ -235,7 +235,7 @@ def holder_memory(server_pid: int, model: str = ENCODER) -> list[StubProcess]:
 
 def memory_fields(when: str, stubs: list[StubProcess]) -> dict:
     """results.json's memory_<when> (each process's own bytes) and shared_<when> (the shared memory they map, once)."""
-    return {f"memory_{when}": sorted(s.own_bytes for s in stubs), f"shared_{when}": max((s.shared_bytes for s in stubs), default=0)}
+    return {f"memory_{when}": sorted(s.own_bytes for s in stubs), f"shared_{when}": shared_once(stubs)}
 
 
 def uncached_copy(repo: Path, copy: Path) -> Path:

@@ -26,7 +26,7 @@ from compiler.core.names import ENSEMBLE
 from compiler.repository.reader import read_config
 from compiler.serving import server_stats
 from compiler.serving.client import ScoringClient
-from compiler.serving.server import StubProcess, TritonServer, resident_bytes, stub_processes
+from compiler.serving.server import StubProcess, TritonServer, resident_bytes, shared_once, stub_processes
 
 CGROUP_LIMITS = ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
 NO_CGROUP_LIMIT = 1 << 60  # what cgroup v1 reports for "no limit" is near 2^63; anything this large is none
@@ -151,7 +151,7 @@ def model_memory(model: str, stubs: list[StubProcess], budget: int, held: int) -
     share one cache where it has several (a SharedRegion, resident in full once populated, in their shared memory);
     one instance's cache is private, its rows in its process's own memory as they come (held). The shared memory
     also holds the Python backend's tensor pool, which is not the cache's."""
-    shared = max(s.shared_bytes for s in stubs)
+    shared = shared_once(stubs)
     cached = max(held, shared) if len(stubs) > 1 else held
     return ModelMemory(model, tuple(s.own_bytes for s in stubs), shared, max(0, budget - cached))
 

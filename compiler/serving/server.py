@@ -319,6 +319,12 @@ class StubProcess:
         return self.resident_bytes - self.shared_bytes
 
 
+def shared_once(stubs: list[StubProcess]) -> int:
+    """The shared memory a model's processes map, counted once: the most any one of them maps (they map the same
+    region; 0 without processes)."""
+    return max((s.shared_bytes for s in stubs), default=0)
+
+
 def stub_processes(group: int) -> list[StubProcess]:
     """The Python-backend stubs in a server's process group (the server's pid: it leads its own group), from /proc.
     A stub's command line is the stub binary, its model.py (<repo>/<model>/1/model.py), ..., the instance name."""

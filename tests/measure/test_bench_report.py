@@ -351,7 +351,7 @@ def test_the_distinct_share_is_keys_looked_up_over_history_rows_and_names_who_se
 
 def test_the_memory_table_counts_a_shared_cache_once_and_each_process_by_what_is_its_own():
     MiB = 2**20
-    # two stca_split instances mapping one populated 1,024 MiB region; a two-process encoder with a private cache
+    # two stca_split instances mapping one populated 1,024 MiB region; an encoder without a cache
     one_process = [StubProcess(11, SPLIT, f"{SPLIT}_0_{i}", "S", (190 + i + 1024) * MiB, 1024 * MiB) for i in range(2)]
     encoder = [StubProcess(12, ENCODER, f"{ENCODER}_0_0", "S", 150 * MiB, 0)]
     cache = {"bytes": 600 * MiB, "entries": 1000, "evictions": 0}
