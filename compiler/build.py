@@ -11,6 +11,7 @@ import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import onnx
@@ -174,10 +175,10 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
     layers that cost the ranking most in float until its gates pass (compiler.precision.int8_fallback). Returns the
     attempt kept (its `made`: the Halves) and those layers."""
 
-    def attempt(kept) -> Attempt:
+    def attempt(kept, ranges: Path | None = None) -> Attempt:
         with stage("precision") as s:
             halves = convert(parts, cfg.precision, calibration, whole if FUSED in cfg.emit.baselines else None, int8_form,
-                             keep_float=keep_float(kept))
+                             keep_float=keep_float(kept), ranges=ranges)
             s.summary = f"encoder {halves.encoder_precision}, scorer {halves.scorer_precision}" + (
                 f"; {len(kept)} layer(s) kept in float" if kept else "")
         if cut_precision == "fp16":
@@ -189,7 +190,10 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
 
     if "int8" not in (cfg.precision.encoder_precision, cfg.precision.scorer_precision):
         return attempt([]), ()
-    return keep_float_until_the_gates_pass(attempt, lambda: rank_layers(parts, cfg.precision, calibration, int8_form, subject))
+    with tempfile.TemporaryDirectory(prefix="stca-int8-ranges-") as tmp:  # each float graph is calibrated once
+        ranges = Path(tmp)
+        return keep_float_until_the_gates_pass(partial(attempt, ranges=ranges),
+                                               lambda: rank_layers(parts, cfg.precision, calibration, int8_form, subject, ranges))
 
 
 def _fuse_attention(halves: Halves) -> Halves:

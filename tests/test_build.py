@@ -318,7 +318,7 @@ def test_int8_and_its_gates_hold_on_a_demo_model_trained_from_another_seed(tmp_p
     from compiler.precision.convert import PrecisionConfig
     from compiler.stca.train import TrainConfig, train
 
-    checkpoint = train(TrainConfig(seed=1), tmp_path / "seed1").checkpoint  # about 2 minutes on 2 cores
+    checkpoint = train(TrainConfig(seed=1), tmp_path / "seed1").checkpoint  # 2-4.5 minutes on 2 cores: most of this test
     result = build(BuildConfig(out=tmp_path / "int8", checkpoint=checkpoint, precision=PrecisionConfig("int8")))
     v = result.verification
     assert v.passed and result.precisions.int8_form == "cpu"

@@ -23,9 +23,14 @@ that verify runs on ONNX Runtime are the ones the engines are built from.
                     MinMax calibration, only MatMul/Gemm inputs quantized (their outputs stay float). ONNX
                     Runtime's x86 kernels are fast for u8 x s8 (VNNI, AMX) and fall back to generic code for
                     s8 x s8 without AVX-VNNI-INT8, so the tensorrt form runs slower than fp32 on most CPUs.
+                    Given a `ranges` directory, each float graph's calibrated ranges on its feeds are kept there
+                    (ONNX Runtime's calibration cache) and read back when the same graph is converted on the same
+                    feeds again with other layers kept in float: the int8 fallback converts a half once per layer,
+                    and the calibration run was most of each conversion.
 """
 
 import contextlib
+import hashlib
 import io
 import re
 import tempfile
@@ -123,21 +128,25 @@ class Halves:
 
 
 def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.ModelProto | None = None,
-            int8_form: str = "tensorrt", keep_float: Mapping[str, Iterable[str]] = {}) -> Halves:
+            int8_form: str = "tensorrt", keep_float: Mapping[str, Iterable[str]] = {}, ranges: Path | None = None) -> Halves:
     """`calibration` (a compiler.precision.calibrate.CalibrationSet) is needed when a graph is int8, made in `int8_form`
     (cfg.int8_form wins where given); `whole`, the unsplit graph, is converted at the base precision for the
-    stca_fused baseline. keep_float: per half ("encoder", "scorer", "fused"), weight GEMMs int8 leaves alone."""
+    stca_fused baseline. keep_float: per half ("encoder", "scorer", "fused"), weight GEMMs int8 leaves alone.
+    ranges: a directory where the cpu int8 form keeps calibrated ranges between calls (the module docstring)."""
     cfg = replace(cfg, int8_form=cfg.int8_form or int8_form)
     if "int8" in (cfg.encoder_precision, cfg.scorer_precision, cfg.precision if whole is not None else None) and calibration is None:
         raise CompilerError("precision int8: no calibration set given")
     details = {}
     keep = {half: tuple(nodes) for half, nodes in keep_float.items()}
     e, sc, f = (SHORT_NAMES[m] for m in (ENCODER, SCORER, FUSED))
-    encoder, details[e] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration), keep.get(e, ()))
+    requests = calibration.sha256.encode() if calibration is not None else b""
+    encoder, details[e] = _convert(parts.encoder, cfg.encoder_precision, cfg, partial(_request_feeds, parts.encoder, calibration),
+                                   keep.get(e, ()), _ranges_file(ranges, parts.encoder, requests))
     scorer, details[sc] = _convert(parts.scorer, cfg.scorer_precision, cfg, partial(_scorer_feeds, encoder, parts.scorer, calibration),
-                                   keep.get(sc, ()))
+                                   keep.get(sc, ()), _ranges_file(ranges, parts.scorer, requests, encoder))
     if whole is not None:
-        whole, details[f] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration), keep.get(f, ()))
+        whole, details[f] = _convert(whole, cfg.precision, cfg, partial(_request_feeds, whole, calibration), keep.get(f, ()),
+                                     _ranges_file(ranges, whole, requests))
     if calibration is not None:
         details["calibration"] = {"path": str(calibration.path), "count": calibration.count, "sha256": calibration.sha256,
                                   "lengths": {"min": min(calibration.lengths), "median": int(np.median(calibration.lengths)),
@@ -145,7 +154,20 @@ def convert(parts: Split, cfg: PrecisionConfig, calibration=None, whole: onnx.Mo
     return Halves(Split(encoder, scorer, parts.cut), cfg.encoder_precision, cfg.scorer_precision, details, whole)
 
 
-def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds, keep_float: tuple[str, ...] = ()):
+def _ranges_file(ranges: Path | None, graph: onnx.ModelProto, requests: bytes, served_encoder: onnx.ModelProto | None = None) -> Path | None:
+    """Where `graph`'s calibrated ranges are kept: one file per float graph and feeds (the calibration requests, and for
+    the scorer the encoder that makes its cut), since those alone decide the ranges."""
+    if ranges is None:
+        return None
+    digest = hashlib.sha256(graph.SerializeToString())
+    digest.update(requests)
+    if served_encoder is not None:
+        digest.update(served_encoder.SerializeToString())
+    return Path(ranges) / f"{digest.hexdigest()[:32]}.json"
+
+
+def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds, keep_float: tuple[str, ...] = (),
+             ranges: Path | None = None):
     if precision == "fp32":
         return half, {"precision": "fp32"}
     if precision == "fp16":
@@ -153,7 +175,10 @@ def _convert(half: onnx.ModelProto, precision: str, cfg: PrecisionConfig, feeds,
     unknown = sorted(set(keep_float) - set(weight_matmuls(half)))
     if unknown:
         raise CompilerError(f"precision int8: {unknown[:3]} are not weight MatMul/Gemm nodes of this graph; nothing else is quantized")
-    quantized, details = (to_int8_cpu if cfg.int8_form == "cpu" else to_int8)(half, feeds, cfg, keep_float)
+    if cfg.int8_form == "cpu":
+        quantized, details = to_int8_cpu(half, feeds, cfg, keep_float, ranges)
+    else:
+        quantized, details = to_int8(half, feeds, cfg, keep_float)
     if cfg.int8_high_precision == "fp16":
         quantized, details["fp16"] = to_fp16(quantized, cfg.length_dim)
     return quantized, details
@@ -254,9 +279,11 @@ def to_int8(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: tupl
     return quantized, details
 
 
-def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict]:
+def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: tuple[str, ...] = (),
+                ranges: Path | None = None) -> tuple[onnx.ModelProto, dict]:
     """The cpu int8 form (module docstring): every MatMul/Gemm with a weight, in the Q/DQ pattern ONNX Runtime
-    fuses into its integer kernels (QGemm, MatMulIntegerToFloat)."""
+    fuses into its integer kernels (QGemm, MatMulIntegerToFloat); `ranges`, a file for the calibrated ranges: read
+    where it exists, written where not."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     bmms = attention_matmuls(half)
@@ -270,7 +297,7 @@ def to_int8_cpu(half: onnx.ModelProto, feeds, cfg: PrecisionConfig, keep_float: 
         quantize_static(source, target, _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
                         per_channel=True, reduce_range=seven_bit, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=[*bmms, *keep_float],
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=ranges,
                         # outputs stay float: a quantized output would put a Q/DQ pair in front of the float bmms
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],

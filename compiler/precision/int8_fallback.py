@@ -14,6 +14,7 @@ The sensitivity requests are not verify's (other seeds), so the gate still judge
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -101,8 +102,9 @@ def keep_float_until_the_gates_pass(attempt: Callable[[list[Layer]], Attempt], r
     return current, tuple(kept)
 
 
-def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str, subject) -> list[Layer]:
-    """Every quantizable layer of each int8 half, the most harmful first (see the module docstring)."""
+def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str, subject, ranges: Path | None = None) -> list[Layer]:
+    """Every quantizable layer of each int8 half, the most harmful first (see the module docstring); `ranges`: convert()'s,
+    so each half is calibrated once, not once per layer."""
     contract = subject.contract
     lengths = [min(L, max(contract.max_history, 1)) for L in SENSITIVITY_LENGTHS]
     requests = [r.inputs for r in subject.requests(lengths, min(SENSITIVITY_CANDIDATES, contract.max_candidates), SENSITIVITY_SEED)]
@@ -119,7 +121,7 @@ def rank_layers(parts: Split, cfg: PrecisionConfig, calibration, int8_form: str,
             alone = replace(cfg, precision="fp32", encoder="int8" if half == "encoder" else "fp32",
                             scorer="int8" if half == "scorer" else "fp32")
             others = [n for n in quantized[half] if n != node]
-            halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others})
+            halves = convert(parts, alone, calibration, int8_form=int8_form, keep_float={half: others}, ranges=ranges)
             runner = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
             deficit = np.mean([1 - kendall_tau(e[:, t], got[:, t]) for e, r in zip(expected, requests)
                                for got in [columns(runner.score(r))] for t in range(e.shape[1])])

@@ -8,6 +8,7 @@ from compiler.core.contract import REQUEST_INPUTS
 from compiler.passes.lint import lint
 from compiler.passes.partition import split
 from compiler.precision import calibrate
+from compiler.precision.calibrate import CalibrationSet
 from compiler.precision.convert import (
     PrecisionConfig,
     attention_matmuls,
@@ -15,6 +16,7 @@ from compiler.precision.convert import (
     discretization_inputs,
     length_reductions,
     to_fp16,
+    weight_matmuls,
 )
 from compiler.runtime.ort import OrtGraph, SplitRunner
 from compiler.stca.data import sample_requests
@@ -141,6 +143,37 @@ def test_cpu_int8_runs_every_weight_matmul_in_onnx_runtimes_integer_kernels(tiny
     quantized = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
     for request in sample_requests(model.config, [1, 300], seed=4, n_candidates=32):
         assert np.abs(quantized.score(request.inputs) - reference.score(request.inputs)).max() < 0.05
+
+
+class CountedSet(CalibrationSet):
+    """The real calibration set, counting the requests read from it."""
+
+    read = 0
+
+    def requests(self):
+        for request in super().requests():
+            type(self).read += 1
+            yield request
+
+
+def test_a_graph_converted_again_on_the_same_feeds_reads_its_ranges_instead_of_calibrating(tiny, calibration_set, tmp_path):
+    """The int8 fallback converts a half once per layer it tries. With a ranges directory, each float graph is
+    calibrated once per feeds, and what a conversion makes from the kept ranges is what calibrating again makes."""
+    _, parts = tiny
+    counted, cfg, count = CountedSet(*vars(calibration_set).values()), PrecisionConfig("int8", int8_form="cpu"), calibration_set.count
+    convert(parts, cfg, counted, ranges=tmp_path)
+    assert CountedSet.read == 2 * count  # the encoder on the requests, the scorer on the encoder's cut
+
+    one_scorer_layer = {"scorer": weight_matmuls(parts.scorer)[:1]}
+    again = convert(parts, cfg, counted, keep_float=one_scorer_layer, ranges=tmp_path)
+    assert CountedSet.read == 2 * count
+    calibrated = convert(parts, cfg, calibration_set, keep_float=one_scorer_layer)
+    for name in ("encoder", "scorer"):
+        assert again.graphs()[name].SerializeToString() == calibrated.graphs()[name].SerializeToString()
+
+    # another int8 encoder hands the scorer another cut: the scorer is calibrated again, the encoder is not
+    convert(parts, cfg, counted, keep_float={"encoder": weight_matmuls(parts.encoder)[:1]}, ranges=tmp_path)
+    assert CountedSet.read == 3 * count
 
 
 def test_per_half_precision_overrides_the_build_precision(tiny, calibration_set):
