@@ -1,5 +1,6 @@
 """build(): the pipeline, stage after stage: load -> export -> partition -> precision -> attention -> verify -> lint ->
-history cache -> engines -> emit.
+history cache -> engines -> emit (verify's requests and the fp32 model's answers to them are made once, before the
+first precision attempt, and judge every graph the build tries).
 
 Every stage is a function from plain artifacts to plain artifacts (the stage folders of compiler/); this module
 only calls them in order, gates on verification, and writes the repository, manifest.json and report.md
@@ -44,7 +45,7 @@ from compiler.runtime.ort import OrtGraph, SplitRunner, with_cut
 from compiler.stca.checkpoint import save_checkpoint
 from compiler.stca.data import kuairand_lengths
 from compiler.stca.model import STCA, STCAConfig
-from compiler.verify.gates import VerifyConfig, verify
+from compiler.verify.gates import HeldOut, VerifyConfig, held_out, verify
 
 DEFAULT_CALIBRATION_REQUESTS = 32
 
@@ -113,9 +114,10 @@ def build(cfg: BuildConfig) -> BuildResult:
     cut_precision = cfg.precision.cut_precision(deployment.cut_bytes_cost)
     subject, whole, parts = load_and_split(cfg, deployment.target, cut_precision)
     precision = least_precise(cfg.precision.encoder_precision, cfg.precision.scorer_precision, cut_precision)
+    held = held_out(subject, cfg.verify)  # every graph verified below is judged on the same requests and answers
     with _calibration_set(cfg, subject) as calibration:
         attempt, kept = _convert_within_gates(cfg, subject, parts, whole, calibration, int8_form, cut_precision, precision,
-                                              deployment.fuses_attention)
+                                              deployment.fuses_attention, held)
     halves, verification = attempt.made, attempt.verification
     with stage("lint") as s:
         lint_reports = lint.check(halves.graphs(), tensorrt_qdq=int8_form == "tensorrt",
@@ -126,7 +128,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         raise CompilerError(f"verify: the {precision} build misses its accuracy gate ({'; '.join(verification.failures[:3])}); "
                             "nothing was written (--accept-accuracy-loss writes it anyway)")
     row_cache, locality = _row_locality(halves.split.encoder, halves.split.scorer, subject, deployment)
-    plans = _engines(cfg, subject, halves, precision) if deployment.target == "tensorrt" else None
+    plans = _engines(cfg, subject, halves, precision, held) if deployment.target == "tensorrt" else None
     if plans:
         deployment = replace(deployment, tensorrt_profiles=len(plans.details["profiles"]))
     with atomic_directory(cfg.out, is_build, "an earlier build") as tmp, tempfile.TemporaryDirectory() as scratch:
@@ -170,10 +172,10 @@ def _deployment(cfg: BuildConfig) -> tuple[Deployment, str]:
 
 
 def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whole, calibration, int8_form: str,
-                          cut_precision: str, precision: str, fuses_attention: bool) -> tuple[Attempt, tuple]:
-    """Convert, narrow the cut, fuse the attention where the deployment runs it fused, verify; an int8 build keeps the
-    layers that cost the ranking most in float until its gates pass (compiler.precision.int8_fallback). Returns the
-    attempt kept (its `made`: the Halves) and those layers."""
+                          cut_precision: str, precision: str, fuses_attention: bool, held: HeldOut) -> tuple[Attempt, tuple]:
+    """Convert, narrow the cut, fuse the attention where the deployment runs it fused, verify on `held`; an int8 build
+    keeps the layers that cost the ranking most in float until its gates pass (compiler.precision.int8_fallback).
+    Returns the attempt kept (its `made`: the Halves) and those layers."""
 
     def attempt(kept, ranges: Path | None = None) -> Attempt:
         with stage("precision") as s:
@@ -186,7 +188,7 @@ def _convert_within_gates(cfg: BuildConfig, subject: Subject, parts: Split, whol
         if fuses_attention:
             halves = _fuse_attention(halves)
         served = SplitRunner(OrtGraph(halves.split.encoder), OrtGraph(halves.split.scorer))
-        return Attempt(halves, verify(subject, served.score, precision, cfg.verify))
+        return Attempt(halves, verify(subject, served.score, precision, held=held))
 
     if "int8" not in (cfg.precision.encoder_precision, cfg.precision.scorer_precision):
         return attempt([]), ()
@@ -273,7 +275,7 @@ def _row_locality(encoder: onnx.ModelProto, scorer: onnx.ModelProto, subject: Su
                                                        budget_bytes if served else 0, check)
 
 
-def _engines(cfg: BuildConfig, subject: Subject, halves: Halves, precision: str) -> Plans:
+def _engines(cfg: BuildConfig, subject: Subject, halves: Halves, precision: str, held: HeldOut) -> Plans:
     """TensorRT plans of the served graphs, then the same parity check run on the plans themselves."""
     contract = subject.contract
     profiles = cfg.engines.resolved_profiles(contract.max_history, contract.max_candidates)
@@ -282,7 +284,7 @@ def _engines(cfg: BuildConfig, subject: Subject, halves: Halves, precision: str)
         plans = build_plans(graphs, profiles, cfg.engines)
         s.summary = f"TensorRT {plans.details['tensorrt']} on {plans.details['gpu']['name']}: {len(plans.plans)} plans"
     runner = SplitRunner(TrtGraph(plans.plans[ENCODER], outputs_on_device=True), TrtGraph(plans.plans[SCORER]))
-    check = verify(subject, runner.score, precision, cfg.verify)
+    check = verify(subject, runner.score, precision, held=held)
     if not check.passed and not cfg.accept_accuracy_loss:
         raise CompilerError(f"engines: the TensorRT plans miss the {precision} gate ({'; '.join(check.failures[:3])})")
     return replace(plans, details={**plans.details, "verification": check.to_dict()})

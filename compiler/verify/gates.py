@@ -101,29 +101,54 @@ class Verification:
                    tuple(d["failures"]), d.get("note", ""))
 
 
-def verify(subject: Subject, compiled: Callable[[dict], np.ndarray], precision: str, cfg: VerifyConfig = VerifyConfig()) -> Verification:
-    """Compare `compiled(inputs)` (the first output) with the subject's fp32 reference on held-out requests."""
+@dataclass(frozen=True)
+class HeldOut:
+    """verify's held-out requests, each with the fp32 model's first output: made once (held_out), judged against every
+    graph a build tries. An int8 build verifies up to MAX_KEPT_FLOAT + 1 attempts (compiler.precision.int8_fallback),
+    and the reference's answers were two thirds of each verification."""
+
+    cases: tuple[tuple[int, int, tuple], ...]  # (L, N, ((request, reference output), ...)) per case
+    labelled: tuple  # ((request, reference output), ...): labelled requests at served lengths, for the AUC gate
+
+
+def held_out(subject: Subject, cfg: VerifyConfig = VerifyConfig()) -> HeldOut:
     contract = subject.contract
     cfg = cfg.for_limits(max(contract.max_history, 1), contract.max_candidates)
-    axis = contract.output_candidate_axis
-    thresholds, note = THRESHOLDS[precision], ""
-    if axis is None:
-        thresholds = ERROR_ONLY_THRESHOLDS[precision]
-        note = f"output {contract.outputs[0]!r} has no candidate axis: no ranking to compare, so the gates are error metrics only"
-    rows = lambda x: _by_candidate(x, axis)  # noqa: E731
+    answered = lambda requests: tuple((r, subject.reference(r.inputs)) for r in requests)  # noqa: E731
     cases = []
-    with stage(f"verify: {precision} graphs against the fp32 model") as s:
+    with stage("verify: the fp32 model on held-out requests") as s:
         progress = Progress("case", len(cfg.lengths) * len(cfg.candidates))
         for i, L in enumerate(cfg.lengths):
             for j, N in enumerate(cfg.candidates):
-                seed = cfg.seed + 1_000 * i + j
-                requests = subject.requests([L] * cfg.requests_per_case, N, seed)
-                pairs = [(rows(subject.reference(r.inputs)), rows(compiled(r.inputs))) for r in requests]
-                labels = np.concatenate([r.labels for r in requests]) if all(r.labels is not None for r in requests) else None
-                cases.append(_case(L, N, pairs, labels))
-                progress.advance(note=f"L={L} N={N} max abs {cases[-1].max_abs_error:.2e}")
-        labelled = subject.labelled_requests(cfg.auc_requests, cfg.seed) if cfg.auc_requests and axis is not None else []
-        auc_table = _auc_deltas(subject, compiled, labelled) if labelled else {}
+                cases.append((L, N, answered(subject.requests([L] * cfg.requests_per_case, N, cfg.seed + 1_000 * i + j))))
+                progress.advance(note=f"L={L} N={N}")
+        ranked = cfg.auc_requests and contract.output_candidate_axis is not None
+        labelled = answered(subject.labelled_requests(cfg.auc_requests, cfg.seed)) if ranked else ()
+        s.summary = f"{sum(len(c[2]) for c in cases)} requests in {len(cases)} cases, {len(labelled)} labelled"
+    return HeldOut(tuple(cases), labelled)
+
+
+def verify(subject: Subject, compiled: Callable[[dict], np.ndarray], precision: str, cfg: VerifyConfig = VerifyConfig(),
+           held: HeldOut | None = None) -> Verification:
+    """Compare `compiled(inputs)` (the first output) with the subject's fp32 reference on held-out requests (`held`,
+    where the caller made them already; else made here from `cfg`)."""
+    held = held or held_out(subject, cfg)
+    axis = subject.contract.output_candidate_axis
+    thresholds, note = THRESHOLDS[precision], ""
+    if axis is None:
+        thresholds = ERROR_ONLY_THRESHOLDS[precision]
+        note = f"output {subject.contract.outputs[0]!r} has no candidate axis: no ranking to compare, so the gates are error metrics only"
+    rows = lambda x: _by_candidate(x, axis)  # noqa: E731
+    cases = []
+    with stage(f"verify: {precision} graphs against the fp32 model") as s:
+        progress = Progress("case", len(held.cases))
+        for L, N, answered in held.cases:
+            pairs = [(rows(reference), rows(compiled(r.inputs))) for r, reference in answered]
+            requests = [r for r, _ in answered]
+            labels = np.concatenate([r.labels for r in requests]) if all(r.labels is not None for r in requests) else None
+            cases.append(_case(L, N, pairs, labels))
+            progress.advance(note=f"L={L} N={N} max abs {cases[-1].max_abs_error:.2e}")
+        auc_table = _auc_deltas(subject.tasks, compiled, held.labelled) if held.labelled else {}
         failures = _failures(thresholds, cases, auc_table)
         s.summary = (
             f"max abs error {max(x.max_abs_error for x in cases):.2e} over {len(cases)} cases; "
@@ -155,12 +180,12 @@ def _case(L: int, N: int, pairs: list[tuple[np.ndarray, np.ndarray]], labels: np
     )
 
 
-def _auc_deltas(subject: Subject, compiled, requests) -> dict:
-    ref = np.concatenate([subject.reference(r.inputs) for r in requests])
-    out = np.concatenate([compiled(r.inputs) for r in requests])
-    labels = np.concatenate([r.labels for r in requests])
+def _auc_deltas(tasks, compiled, answered) -> dict:
+    ref = np.concatenate([reference for _, reference in answered])
+    out = np.concatenate([compiled(r.inputs) for r, _ in answered])
+    labels = np.concatenate([r.labels for r, _ in answered])
     table = {}
-    for t, task in enumerate(subject.tasks):
+    for t, task in enumerate(tasks):
         a_ref, a_out = auc(labels[:, t], ref[:, t]), auc(labels[:, t], out[:, t])
         table[task] = {"reference": round(a_ref, 5), "compiled": round(a_out, 5), "delta": round(a_out - a_ref, 5)}
     return table

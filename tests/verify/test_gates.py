@@ -8,7 +8,7 @@ from compiler.core.precisions import least_precise
 from compiler.load.subject import Source, StcaSubject
 from compiler.passes.partition import split
 from compiler.runtime.ort import OrtGraph, SplitRunner
-from compiler.verify.gates import VerifyConfig, verify
+from compiler.verify.gates import VerifyConfig, held_out, verify
 from tests.models import stca
 
 QUICK = VerifyConfig(lengths=(1, 300), candidates=(3, 40), requests_per_case=2, auc_requests=6)
@@ -50,6 +50,31 @@ def test_auc_delta_is_measured_on_labelled_requests(tiny):
     result = verify(model, noisy, "int8", QUICK)
     assert set(result.auc) == {"finish", "skip", "like"}
     assert any(f.startswith("task ") and "AUC delta" in f for f in result.failures)
+
+
+class CountedSubject(StcaSubject):
+    """The real subject, counting the reference's answers."""
+
+    answers = 0
+
+    def reference(self, inputs):
+        type(self).answers += 1
+        return super().reference(inputs)
+
+
+def test_held_out_answers_made_once_judge_every_graph_as_a_fresh_verification_would(tiny):
+    """A build judges each of its attempts on one HeldOut: the fp32 model answers once per request, and every verdict
+    is the one verify reaches making its own."""
+    model, runner = tiny
+    counted = CountedSubject(model.model, model.source)
+    held = held_out(counted, QUICK)
+    answered = CountedSubject.answers
+    assert answered == 2 * 2 * QUICK.requests_per_case + QUICK.auc_requests  # (L, N) cases, then the labelled requests
+    wrong = lambda inputs: runner.score(inputs) + 3e-4  # noqa: E731
+    for graphs in (runner.score, wrong, runner.score):
+        assert verify(counted, graphs, "int8", held=held) == verify(model, graphs, "int8", QUICK)
+    assert CountedSubject.answers == answered
+    assert verify(counted, wrong, "fp32", held=held).failures[0] == "L=1 N=3: max abs error 3.00e-04 > 1e-04"
 
 
 def test_cases_are_clipped_to_the_built_limits():
