@@ -25,4 +25,5 @@ def test_train_cli_writes_a_checkpoint(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "held-out AUC" in result.stderr
+    assert "this model has not learned the signal in its data" in result.stderr  # 20 steps: it has not
     assert load_model(out).config.n_layers == 2
